@@ -1,0 +1,5 @@
+import sys
+
+from random_ltd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,22 @@
+"""Layer-family adapters and their registry. Built-in families register on import."""
+from random_ltd.adapters import hf, torch_nn
+from random_ltd.adapters.base import (
+    LayerAdapter,
+    adapter_for,
+    register_family,
+    register_layer,
+    registered_names,
+    unregister_layer,
+)
+
+hf.register_all()
+torch_nn.register_all()
+
+__all__ = [
+    "LayerAdapter",
+    "adapter_for",
+    "register_family",
+    "register_layer",
+    "registered_names",
+    "unregister_layer",
+]

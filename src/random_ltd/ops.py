@@ -1,0 +1,127 @@
+"""Pure tensor operations of random-LTD: sample, gather, scatter.
+
+Shapes: ``B`` sequences of length ``s``, hidden size ``d``, ``k`` kept tokens per sequence.
+Index tensors are ``(B, k)`` int64, sorted ascending along dim 1. Every function here is
+vectorised over the batch and is free of hidden state: the same indices are passed to every
+gather so that tokens, masks and positions stay aligned.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "sample_indices",
+    "flat_indices",
+    "gather_tokens",
+    "scatter_tokens",
+    "gather_sequence",
+    "gather_mask",
+    "attend_somewhere",
+]
+
+
+def sample_indices(
+    batch: int,
+    seq_len: int,
+    keep: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    num_prefix: int = 0,
+) -> torch.Tensor:
+    """A uniformly random ``keep``-subset of ``range(seq_len)`` per sequence, sorted ascending.
+
+    The top-``k`` of i.i.d. uniform keys is a uniform ``k``-subset. Sorting keeps the relative
+    order of tokens, which is what makes a causal layer on the subsequence causal again.
+    With ``num_prefix > 0`` the first ``num_prefix`` positions (e.g. a ViT's CLS token) are
+    always kept and the rest is drawn from the remaining positions. Returns ``(B, keep)`` int64.
+    """
+    if not 0 <= num_prefix <= keep <= seq_len:
+        raise ValueError(f"need 0 <= num_prefix ({num_prefix}) <= keep ({keep}) <= seq_len ({seq_len})")
+    keys = torch.rand(batch, seq_len - num_prefix, generator=generator, device=device)
+    drawn = keys.topk(keep - num_prefix, dim=1, sorted=False).indices
+    drawn = drawn.sort(dim=1).values
+    if num_prefix == 0:
+        return drawn
+    prefix = torch.arange(num_prefix, device=drawn.device).expand(batch, num_prefix)
+    return torch.cat([prefix, drawn + num_prefix], dim=1)
+
+
+def flat_indices(indices: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """``(B, k)`` per-sequence indices -> ``(B*k,)`` rows of a ``(B*s, ...)`` flattened tensor."""
+    offsets = torch.arange(indices.shape[0], device=indices.device).unsqueeze(1) * seq_len
+    return (indices + offsets).reshape(-1)
+
+
+def gather_tokens(hidden: torch.Tensor, flat_idx: torch.Tensor, keep: int) -> torch.Tensor:
+    """``(B, s, d)`` -> ``(B, k, d)``: the kept tokens, in index order."""
+    batch, seq_len = hidden.shape[:2]
+    rows = hidden.reshape(batch * seq_len, *hidden.shape[2:]).index_select(0, flat_idx)
+    return rows.reshape(batch, keep, *hidden.shape[2:])
+
+
+def scatter_tokens(hidden: torch.Tensor, kept_out: torch.Tensor, flat_idx: torch.Tensor) -> torch.Tensor:
+    """Write the layer's ``(B, k, d)`` output into a copy of its ``(B, s, d)`` input.
+
+    Dropped positions carry their input bit for bit. One out-of-place ``index_copy``: a single
+    full-size allocation (the output), no clone-then-write; autograd routes the gradient of
+    kept rows to ``kept_out`` and of dropped rows to ``hidden``.
+    """
+    batch, seq_len = hidden.shape[:2]
+    rest = hidden.shape[2:]
+    source = kept_out.reshape(-1, *rest).to(hidden.dtype)
+    merged = hidden.reshape(batch * seq_len, *rest).index_copy(0, flat_idx, source)
+    return merged.reshape(hidden.shape)
+
+
+def gather_sequence(values: torch.Tensor, indices: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Gather a per-token tensor (positions, rotary cos/sin, 2-D padding masks) along ``dim``.
+
+    ``values`` has the sequence at ``dim`` and a batch of ``B`` or 1 at dim 0 (broadcast to
+    ``B``); trailing dims are kept. ``(B or 1, s, *rest)`` -> ``(B, k, *rest)``.
+    """
+    batch, keep = indices.shape
+    values = values.expand(batch, *values.shape[1:])
+    shape = [batch] + [1] * (values.dim() - 1)
+    shape[dim] = keep
+    index = indices.reshape(shape).expand(*values.shape[:dim], keep, *values.shape[dim + 1 :])
+    return values.gather(dim, index)
+
+
+def gather_mask(mask: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Gather an attention mask ``(B or 1, *heads, q, s)`` to the kept tokens.
+
+    Covers Hugging Face 4-D masks ``(B, 1, s, s)`` and ``(B, 1, 1, s)``, boolean or additive,
+    and 3-D ``(B, q, s)`` masks. The key dimension is always gathered; the query dimension when
+    it spans the sequence (``q == s``). A shared ``(s, s)`` mask becomes per-sequence once
+    unsqueezed to ``(1, s, s)``. 2-D ``(B, s)`` padding masks go through ``gather_sequence``.
+    """
+    seq_len = mask.shape[-1]
+    if mask.shape[-2] == seq_len and seq_len > 1:
+        mask = gather_sequence(mask, indices, dim=mask.dim() - 2)
+    return gather_sequence(mask, indices, dim=mask.dim() - 1)
+
+
+def attend_somewhere(mask: torch.Tensor, bool_means_keep: bool = True) -> torch.Tensor:
+    """Make every query row of a gathered mask attend to at least one key.
+
+    A row whose kept keys are all blocked (heavy padding, few kept tokens) can only belong to
+    a padding token, whose output is never used, yet it turns into NaN in the softmax and
+    poisons the backward pass. Such a row attends to its own token (the diagonal) in square
+    masks and to every key otherwise (2-D padding masks: every key). Boolean masks follow ``bool_means_keep`` (Hugging Face:
+    True = attend; PyTorch ``nn.MultiheadAttention``: True = blocked); float masks are additive,
+    a value at or below half the dtype's minimum counting as blocked. No host sync.
+    """
+    if mask.dtype == torch.bool:
+        blocked = ~mask if bool_means_keep else mask
+        allowed = torch.tensor(bool_means_keep, device=mask.device)
+    else:
+        blocked = mask <= torch.finfo(mask.dtype).min / 2
+        allowed = torch.zeros((), dtype=mask.dtype, device=mask.device)
+    empty = blocked.all(dim=-1, keepdim=True)
+    if mask.dim() >= 3 and mask.shape[-1] == mask.shape[-2]:
+        eye = torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
+        release = empty & eye
+    else:
+        release = empty
+    return torch.where(release, allowed, mask)
