@@ -1,0 +1,212 @@
+"""The dropping layer against references, for every registered layer family (tests/zoo.py)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import random_ltd
+from random_ltd import adapters, ops
+from random_ltd.layer import layer_state
+
+from zoo import CASES, Case
+
+torch.set_num_threads(1)
+
+
+def _grads(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _run(case: Case, model, seed=0):
+    inputs = case.inputs(torch.Generator().manual_seed(seed))
+    model.zero_grad(set_to_none=True)
+    loss = case.loss(model, inputs)
+    loss.backward()
+    return loss.detach(), _grads(model)
+
+
+def test_every_registered_family_has_a_case():
+    families = {adapter.name for adapter in adapters.base._BY_KEY.values()}
+    families |= {adapter.name for _, adapter in adapters.base._PREDICATES}
+    assert families - {"roberta", "xlm_roberta"} <= {case.family for case in CASES}
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_full_keep_in_training_equals_unwrapped(case):
+    torch.manual_seed(0)
+    model = case.build().train()
+    reference = copy.deepcopy(model)
+    random_ltd.apply(model, keep=case.seq_len)
+    loss, grads = _run(case, model)
+    ref_loss, ref_grads = _run(case, reference)
+    assert torch.equal(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        assert torch.equal(grads[name], ref_grads[name]), name
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_eval_never_drops(case, monkeypatch):
+    torch.manual_seed(0)
+    model = case.build().eval()
+    reference = copy.deepcopy(model)
+    random_ltd.apply(model, keep=3)
+    drawn = _spy(monkeypatch)
+    with torch.no_grad():
+        inputs = case.inputs(torch.Generator().manual_seed(1))
+        assert torch.equal(case.loss(model, inputs), case.loss(reference, inputs))
+    assert drawn == []
+
+
+def _spy(monkeypatch):
+    drawn = []
+    original = ops.sample_indices
+
+    def spy(*args, **kwargs):
+        indices = original(*args, **kwargs)
+        drawn.append(indices)
+        return indices
+
+    monkeypatch.setattr(ops, "sample_indices", spy)
+    return drawn
+
+
+def _capture_calls(model, handle):
+    calls = []
+    stack = dict(model.named_modules())
+    for wrapped in handle.layers:
+        layer = stack[wrapped.name]
+
+        def pre(module, args, kwargs, record=calls):
+            record.append({"layer": module, "args": args, "kwargs": dict(kwargs)})
+
+        def post(module, args, kwargs, output, record=calls):
+            record[-1]["output"] = output if isinstance(output, torch.Tensor) else output[0]
+
+        layer.register_forward_pre_hook(pre, with_kwargs=True)
+        layer.register_forward_hook(post, with_kwargs=True)
+    return calls
+
+
+def _take(value, name, adapter, b, idx, seq_len):
+    """Independent per-sequence reference gather (plain indexing, one sequence at a time)."""
+    if value is None or name in adapter.caches:
+        return None
+    if name == adapter.use_cache:
+        return False
+    if name in adapter.position_pairs:
+        return tuple(part[min(b, part.shape[0] - 1)][idx].unsqueeze(0) for part in value)
+    if not isinstance(value, torch.Tensor):
+        return value
+    if name == "src_mask":
+        return value[idx][:, idx]
+    if name in adapter.masks:
+        mask = value[min(b, value.shape[0] - 1)][..., idx]
+        return (mask[..., idx, :] if mask.shape[-2] == seq_len else mask).unsqueeze(0)
+    if name in adapter.positions or name in adapter.padding_masks or name == "src_key_padding_mask":
+        return value[min(b, value.shape[0] - 1)][idx].unsqueeze(0)
+    return value
+
+
+def _reference(call, b, idx, seq_len, batch_first):
+    layer = call["layer"]
+    state = layer_state(layer)
+    bound = state.signature.bind(*call["args"], **call["kwargs"])
+    hidden_name = state.adapter.hidden or next(iter(state.signature.parameters))
+    var_kw = [p.name for p in state.signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+    for name, value in list(bound.arguments.items()):
+        if name == hidden_name:
+            bound.arguments[name] = value[b : b + 1, idx] if batch_first else value[idx, b : b + 1]
+        elif var_kw and name == var_kw[0]:
+            bound.arguments[name] = {k: _take(v, k, state.adapter, b, idx, seq_len) for k, v in value.items()}
+        else:
+            bound.arguments[name] = _take(value, name, state.adapter, b, idx, seq_len)
+    out = state.original_class.forward(layer, *bound.args, **bound.kwargs)
+    out = out if isinstance(out, torch.Tensor) else out[0]
+    return out[0] if batch_first else out[:, 0]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_dropping_matches_reference_on_subsequence(case, monkeypatch):
+    torch.manual_seed(0)
+    model = case.build().train()
+    keep = case.seq_len // 2
+    handle = random_ltd.apply(model, keep=keep, seed=123)
+    drawn = _spy(monkeypatch)
+    calls = _capture_calls(model, handle)
+    inputs = case.inputs(torch.Generator().manual_seed(2))
+    case.loss(model, inputs)
+    assert len(drawn) == len(calls) == len(handle.layers)
+    valid = inputs.get("attention_mask")
+    for call, indices in zip(calls, drawn):
+        state = layer_state(call["layer"])
+        batch_first = state.adapter.batch_first is None or state.adapter.batch_first(call["layer"])
+        hidden = call["args"][0] if call["args"] else call["kwargs"][state.adapter.hidden]
+        hidden = hidden if batch_first else hidden.transpose(0, 1)
+        output = call["output"] if batch_first else call["output"].transpose(0, 1)
+        assert indices.shape == (hidden.shape[0], keep)
+        for b in range(hidden.shape[0]):
+            idx = indices[b]
+            dropped = torch.ones(case.seq_len, dtype=torch.bool)
+            dropped[idx] = False
+            assert torch.equal(output[b, dropped], hidden[b, dropped]), "dropped tokens must pass unchanged"
+            expected = _reference(call, b, idx, case.seq_len, batch_first)
+            rows = torch.ones(keep, dtype=torch.bool) if valid is None else valid[b, idx].bool()
+            torch.testing.assert_close(output[b, idx][rows], expected[rows], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_heavy_padding_small_keep_stays_finite(case):
+    torch.manual_seed(0)
+    model = case.build().train()
+    handle = random_ltd.apply(model, seed=7)
+    for draw in range(6):
+        handle.set_keep(2 + draw % 3)
+        inputs = case.inputs(torch.Generator().manual_seed(100 + draw))
+        if "attention_mask" in inputs:
+            inputs["attention_mask"][:, :] = 0
+            inputs["attention_mask"][:, -(2 + draw % 4):] = 1  # rows with 2..5 valid tokens
+        model.zero_grad(set_to_none=True)
+        loss = case.loss(model, inputs)
+        loss.backward()
+        assert torch.isfinite(loss), draw
+        for name, p in model.named_parameters():
+            assert p.grad is None or torch.isfinite(p.grad).all(), (draw, name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_every_parameter_gets_a_gradient_and_keys_are_kept(case):
+    torch.manual_seed(0)
+    model = case.build().train()
+    keys = list(model.state_dict().keys())
+    classes = [type(m) for m in model.modules()]
+    n_params = sum(p.numel() for p in model.parameters())
+    random_ltd.apply(model, keep=case.seq_len // 2)
+    assert list(model.state_dict().keys()) == keys
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    _, grads = _run(case, model)
+    unused = {n for n, p in model.named_parameters() if p.requires_grad and n not in grads}
+    assert not {n for n in unused if "pooler" not in n}
+    random_ltd.remove(model)
+    assert [type(m) for m in model.modules()] == classes
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_tiny_model_trains_at_half_keep(case):
+    torch.manual_seed(0)
+    model = case.build().train()
+    handle = random_ltd.apply(model, keep=case.seq_len // 2, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    inputs = case.inputs(torch.Generator().manual_seed(5))
+    losses = []
+    for _ in range(12):
+        optimizer.zero_grad()
+        loss = case.loss(model, inputs)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+    assert handle.keep == case.seq_len // 2

@@ -1,0 +1,242 @@
+"""Tiny models (random weights, built from configs) covering every registered layer family."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import transformers as T
+
+import random_ltd
+
+SEQ = 16
+BATCH = 3
+VOCAB = 97
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    family: str
+    build: Callable[[], nn.Module]
+    inputs: Callable[[torch.Generator], dict]
+    loss: Callable[[nn.Module, dict], torch.Tensor]
+    seq_len: int = SEQ
+    padded: bool = False
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _ids(gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen)
+
+
+def _padding(gen: torch.Generator, left: bool = False) -> torch.Tensor:
+    """Rows with 2..SEQ valid tokens; row 0 keeps only 2."""
+    lengths = torch.randint(2, SEQ + 1, (BATCH,), generator=gen)
+    lengths[0] = 2
+    positions = torch.arange(SEQ)
+    valid = positions < lengths[:, None]
+    return valid.flip(1).long() if left else valid.long()
+
+
+def _lm_inputs(gen, padded=False, left=False):
+    inputs = {"input_ids": _ids(gen)}
+    if padded:
+        inputs["attention_mask"] = _padding(gen, left=left)
+    return inputs
+
+
+def _lm_loss(model, inputs):
+    logits = model(**inputs).logits
+    mask = inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).bool()
+    labels = inputs["input_ids"].masked_fill(~mask, -100)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def _image_inputs(gen):
+    return {"pixel_values": torch.randn(BATCH, 1, 8, 8, generator=gen), "labels": torch.randint(0, 3, (BATCH,), generator=gen)}
+
+
+def _hf_loss(model, inputs):
+    return model(**inputs).loss
+
+
+def gpt2(impl="sdpa"):
+    config = T.GPT2Config(n_layer=4, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64, bos_token_id=0,
+                          eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation=impl)
+    return T.GPT2LMHeadModel(config)
+
+
+def _encoder_config(cls, impl="sdpa", **extra):
+    return cls(num_hidden_layers=4, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=VOCAB,
+               max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+               attn_implementation=impl, **extra)
+
+
+def bert(impl="sdpa"):
+    return T.BertForMaskedLM(_encoder_config(T.BertConfig, impl))
+
+
+def roberta(impl="sdpa"):
+    return T.RobertaForMaskedLM(_encoder_config(T.RobertaConfig, impl, pad_token_id=1))
+
+
+def xlm_roberta(impl="sdpa"):
+    return T.XLMRobertaForMaskedLM(_encoder_config(T.XLMRobertaConfig, impl, pad_token_id=1))
+
+
+def _vision_config(cls, impl="sdpa"):
+    return cls(num_hidden_layers=4, hidden_size=32, num_attention_heads=2, intermediate_size=64, image_size=8,
+               patch_size=2, num_channels=1, num_labels=3, hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0, attn_implementation=impl)
+
+
+def vit(impl="sdpa"):
+    return T.ViTForImageClassification(_vision_config(T.ViTConfig, impl))
+
+
+def deit(impl="sdpa"):
+    return T.DeiTForImageClassification(_vision_config(T.DeiTConfig, impl))
+
+
+def _decoder_config(cls, impl="sdpa"):
+    return cls(num_hidden_layers=4, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=0,
+               eos_token_id=0, pad_token_id=0, attn_implementation=impl)
+
+
+def llama(impl="sdpa"):
+    return T.LlamaForCausalLM(_decoder_config(T.LlamaConfig, impl))
+
+
+def mistral(impl="sdpa"):
+    return T.MistralForCausalLM(_decoder_config(T.MistralConfig, impl))
+
+
+def qwen2(impl="sdpa"):
+    return T.Qwen2ForCausalLM(_decoder_config(T.Qwen2Config, impl))
+
+
+class TorchEncoderLM(nn.Module):
+    """Embedding + ``nn.TransformerEncoder`` + head; causal or bidirectional, with padding."""
+
+    def __init__(self, batch_first=True, causal=False):
+        super().__init__()
+        self.batch_first, self.causal = batch_first, causal
+        self.embed = nn.Embedding(VOCAB, 32)
+        layer = nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=batch_first)
+        self.encoder = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False)
+        self.head = nn.Linear(32, VOCAB)
+
+    def forward(self, input_ids, attention_mask=None):
+        x = self.embed(input_ids)
+        padding = None if attention_mask is None else attention_mask == 0
+        mask = nn.Transformer.generate_square_subsequent_mask(input_ids.shape[1]) if self.causal else None
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        x = self.encoder(x, mask=mask, src_key_padding_mask=padding, is_causal=self.causal)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        return T.modeling_outputs.MaskedLMOutput(logits=self.head(x))
+
+
+class Block(nn.Module):
+    """A nanoGPT-style block: ``Block(x) -> x``, causal attention inside."""
+
+    def __init__(self, dim=32, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        batch, seq, dim = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(dim, dim=2)
+        q, k, v = (t.view(batch, seq, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(batch, seq, dim)
+        x = x + self.proj(y)
+        return x + self.mlp(self.ln2(x))
+
+
+class NanoGPT(nn.Module):
+    def __init__(self, layers=4, dim=32):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(VOCAB, dim), nn.Embedding(64, dim)
+        self.blocks = nn.ModuleList(Block(dim) for _ in range(layers))
+        self.head = nn.Linear(dim, VOCAB)
+
+    def forward(self, input_ids, attention_mask=None):
+        x = self.wte(input_ids) + self.wpe(torch.arange(input_ids.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return T.modeling_outputs.CausalLMOutput(logits=self.head(x))
+
+
+class MaskedBlock(Block):
+    """Bidirectional attention by hand with ``-inf`` masking: a fully blocked row is NaN unless random-LTD prevents it."""
+
+    def forward(self, x, attention_mask=None):
+        batch, seq, dim = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(dim, dim=2)
+        q, k, v = (t.view(batch, seq, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        scores = (q @ k.transpose(-1, -2)) / (q.shape[-1] ** 0.5)
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, seq, dim)
+        x = x + self.proj(y)
+        return x + self.mlp(self.ln2(x))
+
+
+class MaskedNanoGPT(NanoGPT):
+    def __init__(self, layers=4, dim=32):
+        super().__init__(layers, dim)
+        self.blocks = nn.ModuleList(MaskedBlock(dim) for _ in range(layers))
+
+    def forward(self, input_ids, attention_mask):
+        seq = input_ids.shape[1]
+        # Bidirectional, padding keys blocked for every query: no row is empty at full length, but
+        # a kept set of padding tokens only leaves rows with every key blocked.
+        mask = attention_mask.bool()[:, None, None, :].expand(-1, 1, seq, seq)
+        x = self.wte(input_ids) + self.wpe(torch.arange(seq))
+        for block in self.blocks:
+            x = block(x, mask)
+        return T.modeling_outputs.CausalLMOutput(logits=self.head(x))
+
+
+random_ltd.register_layer(Block)
+random_ltd.register_layer(MaskedBlock, masks=("attention_mask",))
+
+
+def _case(name, family, build, padded=False, left=False, image=0):
+    if image:
+        return Case(name, family, build, _image_inputs, _hf_loss, seq_len=16 + image)
+    return Case(name, family, build, lambda g: _lm_inputs(g, padded, left), _lm_loss, padded=padded)
+
+
+CASES = [
+    _case("gpt2-sdpa", "gpt2", lambda: gpt2("sdpa")),
+    _case("gpt2-eager-pad", "gpt2", lambda: gpt2("eager"), padded=True),
+    _case("gpt2-sdpa-leftpad", "gpt2", lambda: gpt2("sdpa"), padded=True, left=True),
+    _case("bert-sdpa-pad", "bert", lambda: bert("sdpa"), padded=True),
+    _case("bert-eager-pad", "bert", lambda: bert("eager"), padded=True),
+    _case("bert-sdpa", "bert", lambda: bert("sdpa")),
+    _case("roberta-sdpa-pad", "bert", lambda: roberta("sdpa"), padded=True),
+    _case("xlm-roberta-eager", "bert", lambda: xlm_roberta("eager"), padded=True),
+    _case("vit-sdpa", "vit", lambda: vit("sdpa"), image=1),
+    _case("vit-eager", "vit", lambda: vit("eager"), image=1),
+    _case("deit-sdpa", "deit", lambda: deit("sdpa"), image=2),
+    _case("llama-sdpa", "llama", lambda: llama("sdpa")),
+    _case("llama-eager-leftpad", "llama", lambda: llama("eager"), padded=True, left=True),
+    _case("llama-sdpa-pad", "llama", lambda: llama("sdpa"), padded=True),
+    _case("mistral-sdpa", "llama", lambda: mistral("sdpa")),
+    _case("qwen2-eager-pad", "llama", lambda: qwen2("eager"), padded=True),
+    _case("torch-encoder-pad", "torch.nn.TransformerEncoderLayer", lambda: TorchEncoderLM(), padded=True),
+    _case("torch-encoder-causal-seqfirst", "torch.nn.TransformerEncoderLayer",
+          lambda: TorchEncoderLM(batch_first=False, causal=True), padded=True),
+    _case("nanogpt-block", "Block", NanoGPT),
+    _case("manual-softmax-bidir-pad", "MaskedBlock", MaskedNanoGPT, padded=True, left=True),
+]
