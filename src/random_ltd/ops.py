@@ -36,8 +36,8 @@ def sample_indices(
     With ``num_prefix > 0`` the first ``num_prefix`` positions (e.g. a ViT's CLS token) are
     always kept and the rest is drawn from the remaining positions. Returns ``(B, keep)`` int64.
     """
-    if not 0 <= num_prefix <= keep <= seq_len:
-        raise ValueError(f"need 0 <= num_prefix ({num_prefix}) <= keep ({keep}) <= seq_len ({seq_len})")
+    if not (0 <= num_prefix <= keep <= seq_len and keep >= 1):
+        raise ValueError(f"need 0 <= num_prefix ({num_prefix}) <= keep ({keep}) <= seq_len ({seq_len}) and keep >= 1")
     keys = torch.rand(batch, seq_len - num_prefix, generator=generator, device=device)
     drawn = keys.topk(keep - num_prefix, dim=1, sorted=False).indices
     drawn = drawn.sort(dim=1).values
