@@ -210,3 +210,24 @@ def test_tiny_model_trains_at_half_keep(case):
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) < sum(losses[:3]), losses
     assert handle.keep == case.seq_len // 2
+
+
+CAUSAL = [case for case in CASES if case.family in ("gpt2", "llama", "Block") or "causal" in case.name]
+
+
+@pytest.mark.parametrize("case", CAUSAL, ids=str)
+def test_dropping_keeps_causal_models_causal(case):
+    """With the same draws, changing a token never changes predictions at earlier positions."""
+    torch.manual_seed(0)
+    model = case.build().train()
+    handle = random_ltd.apply(model, keep=case.seq_len // 2, seed=9)
+    inputs = case.inputs(torch.Generator().manual_seed(3))
+    inputs.pop("attention_mask", None)
+    state = handle.state_dict()
+    before = model(**inputs).logits
+    changed = inputs["input_ids"].clone()
+    changed[:, 10:] = (changed[:, 10:] + 1) % 97
+    handle.load_state_dict(state)
+    after = model(input_ids=changed).logits
+    torch.testing.assert_close(after[:, :10], before[:, :10], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(after[:, 10:], before[:, 10:])
