@@ -1,0 +1,17 @@
+"""The console script and ``python -m random_ltd`` both answer --help."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from random_ltd.cli import main
+
+
+def test_help_in_process(capsys):
+    assert main([]) == 0
+    assert "random-ltd" in capsys.readouterr().out
+
+
+def test_python_m_help():
+    result = subprocess.run([sys.executable, "-m", "random_ltd", "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "usage: random-ltd" in result.stdout
