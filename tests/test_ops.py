@@ -135,3 +135,9 @@ def test_attend_somewhere_releases_only_empty_rows():
     assert ops.attend_somewhere(key_only).tolist() == [[[[True, True]]], [[[True, False]]]]
     padding = torch.tensor([[0, 0, 0], [1, 0, 1]], dtype=torch.bool)
     assert ops.attend_somewhere(padding).tolist() == [[True, True, True], [True, False, True]]
+
+
+def test_two_dimensional_mask_is_a_padding_mask_even_when_batch_equals_seq():
+    mask = torch.rand(4, 4, generator=_gen(0)) > 0.3
+    indices = ops.sample_indices(4, 4, 2, generator=_gen(1))
+    assert torch.equal(ops.gather_mask(mask, indices), torch.stack([mask[b, indices[b]] for b in range(4)]))

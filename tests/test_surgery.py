@@ -197,3 +197,12 @@ def test_vit_prefix_tokens_kept_on_request(drawn):
     random_ltd.apply(model, keep=5, keep_prefix_tokens=True)
     model(pixel_values=torch.randn(4, 1, 8, 8))
     assert all((indices[:, 0] == 0).all() for indices in drawn)
+
+
+def test_unsupported_mask_object_is_a_clear_error():
+    model = zoo.llama().train()
+    random_ltd.apply(model, keep=4)
+    hidden = torch.randn(2, zoo.SEQ, 32)
+    rotary = model.model.rotary_emb(hidden, torch.arange(zoo.SEQ).unsqueeze(0))
+    with pytest.raises(random_ltd.RandomLTDError, match="not supported"):
+        model.model.layers[1](hidden, attention_mask=object(), position_embeddings=rotary)

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from random_ltd import ops
 from random_ltd.adapters.base import LayerAdapter
+from random_ltd.errors import RandomLTDError
 from random_ltd.rng import GeneratorPool, derive_seed
 
 
@@ -136,6 +137,7 @@ def _gather_inputs(
     for name in adapter.masks:
         mask = arguments.get(name)
         if mask is not None:
+            _check_tensor_mask(name, mask)
             gathered = ops.gather_mask(mask, indices)
             arguments.set_if_present(name, ops.attend_somewhere(gathered, adapter.bool_means_keep))
     for name in adapter.query_masks:
@@ -160,6 +162,14 @@ def _gather_inputs(
         arguments.set_if_present(adapter.use_cache, False)
     if adapter.prepare is not None:
         adapter.prepare(layer, arguments.bound.arguments, indices)
+
+
+def _check_tensor_mask(name: str, mask) -> None:
+    if not isinstance(mask, torch.Tensor):
+        raise RandomLTDError(
+            f"{name} is a {type(mask).__name__}, not a tensor: this attention implementation (e.g. flex "
+            "attention's BlockMask) is not supported; use attn_implementation='sdpa' or 'eager'"
+        )
 
 
 def _replace_hidden(output, tokens: torch.Tensor, flat: torch.Tensor, batch_first: bool):

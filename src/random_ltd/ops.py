@@ -94,8 +94,10 @@ def gather_mask(mask: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     Covers Hugging Face 4-D masks ``(B, 1, s, s)`` and ``(B, 1, 1, s)``, boolean or additive,
     and 3-D ``(B, q, s)`` masks. The key dimension is always gathered; the query dimension when
     it spans the sequence (``q == s``). A shared ``(s, s)`` mask becomes per-sequence once
-    unsqueezed to ``(1, s, s)``. 2-D ``(B, s)`` padding masks go through ``gather_sequence``.
+    unsqueezed to ``(1, s, s)``. A 2-D mask is a ``(B, s)`` padding mask (flash attention's form).
     """
+    if mask.dim() == 2:
+        return gather_sequence(mask, indices, dim=1)
     seq_len = mask.shape[-1]
     if mask.shape[-2] == seq_len and seq_len > 1:
         mask = gather_sequence(mask, indices, dim=mask.dim() - 2)

@@ -9,14 +9,11 @@ import torch
 import torch.nn as nn
 
 from random_ltd import adapters
+from random_ltd.errors import RandomLTDError
 from random_ltd.layer import DropControl, is_wrapped, layer_state, unwrap_layer, wrap_layer
 
 _HANDLE_ATTR = "_random_ltd_handle"
 LayerSelection = str | Sequence[int]
-
-
-class RandomLTDError(ValueError):
-    """A model or argument that random-LTD cannot work with; the message says what to change."""
 
 
 @dataclasses.dataclass(frozen=True)
