@@ -1,0 +1,136 @@
+"""``Driver``: random-LTD in a custom training loop, in three lines.
+
+    driver = random_ltd.Driver(handle, schedule, batch_size=B, seq_len=S, lr_scheduler=lr)
+    for batch in data:
+        driver.before_step()          # sets the kept length of this step on the model
+        loss = model(batch).loss; loss.backward(); optimizer.step(); optimizer.zero_grad()
+        driver.after_step()           # counts layer-tokens, steps the LR by them, advances the step
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from random_ltd.accounting import count_drop_layers, layer_tokens_per_step
+from random_ltd.lr import LayerTokenLR
+from random_ltd.schedules import ConfigError, KeptLengthSchedule, check_int
+from random_ltd.surgery import RandomLTDError
+
+
+class Driver:
+    """Advances the step and layer-token counters, sets the kept length, steps the LR.
+
+    ``handle`` is what ``random_ltd.apply`` returned, or ``None`` for the baseline arm: then
+    nothing is dropped (the schedule, if any, is not applied) but layer-tokens are still
+    counted and the LR still follows them, so both arms of a comparison share one loop.
+    ``schedule=None`` also means no dropping. A schedule that grows every N tokens gets
+    ``tokens_per_step = batch_size * seq_len``. ``num_layers`` / ``drop_layers`` default to
+    the handle's and are needed without one (``drop_layers`` is then only informative).
+    ``lr_scheduler``: a ``LayerTokenLR`` is stepped by the layer-tokens of each step; any other
+    ``torch.optim.lr_scheduler`` is stepped once per step (iteration-based).
+    """
+
+    def __init__(self, handle: Any, schedule: KeptLengthSchedule | None, *, batch_size: int, seq_len: int,
+                 lr_scheduler: Any = None, num_layers: int | None = None, drop_layers: list[int] | None = None):
+        self.handle = handle
+        self.batch_size = check_int("batch_size", batch_size)
+        self.seq_len = check_int("seq_len", seq_len)
+        self.schedule = self._bind(schedule)
+        self.lr_scheduler = lr_scheduler
+        self.num_layers, self.drop_layers = self._layers(handle, num_layers, drop_layers)
+        self.step = 0
+        self.layer_tokens = 0
+        self.tokens = 0
+        self.kept: int | None = None
+        self._in_step = False
+
+    def _bind(self, schedule: KeptLengthSchedule | None) -> KeptLengthSchedule | None:
+        if schedule is None:
+            return None
+        if schedule.seq_len != self.seq_len:
+            raise ConfigError("schedule", f"grows to seq_len={schedule.seq_len} but the driver's seq_len is {self.seq_len}")
+        if getattr(schedule, "every_tokens", None) is not None and schedule.tokens_per_step is None:
+            schedule = schedule.resolve(tokens_per_step=self.batch_size * self.seq_len)
+        return schedule
+
+    @staticmethod
+    def _layers(handle: Any, num_layers: int | None, drop_layers: list[int] | None) -> tuple[int, list[int]]:
+        if handle is not None:
+            for name, given, actual in (("num_layers", num_layers, handle.num_layers),
+                                        ("drop_layers", drop_layers, list(handle.drop_layers))):
+                if given is not None and given != actual:
+                    raise ConfigError(name, f"{given!r} differs from the handle's {actual!r}")
+            return handle.num_layers, list(handle.drop_layers)
+        if num_layers is None:
+            raise ConfigError("num_layers", "is needed when there is no handle (baseline arm)")
+        drop_layers = list(drop_layers or [])
+        count_drop_layers(num_layers, drop_layers)  # validates
+        return num_layers, drop_layers
+
+    @property
+    def dropping(self) -> bool:
+        return self.handle is not None and self.schedule is not None
+
+    def before_step(self) -> int:
+        """Set this step's kept length on the handle and return it (``seq_len``: no dropping)."""
+        kept = self.schedule(self.step) if self.dropping else self.seq_len
+        if self.handle is not None:
+            self.handle.set_keep(None if kept >= self.seq_len else kept)
+        self.kept = kept
+        self._in_step = True
+        return kept
+
+    def after_step(self, batch_size: int | None = None) -> int:
+        """Count this step's layer-tokens (``batch_size`` overrides a short last batch), step the
+        LR by them, advance the step. Returns the layer-tokens of the step."""
+        if not self._in_step:
+            raise RandomLTDError("Driver.after_step() called without before_step() for this step")
+        batch_size = self.batch_size if batch_size is None else check_int("batch_size", batch_size)
+        dropped = self.drop_layers if self.dropping else []
+        step_tokens = layer_tokens_per_step(self.seq_len, batch_size, self.num_layers, dropped, self.kept)
+        self.layer_tokens += step_tokens
+        self.tokens += batch_size * self.seq_len
+        if isinstance(self.lr_scheduler, LayerTokenLR):
+            self.lr_scheduler.step(step_tokens)
+        elif self.lr_scheduler is not None:
+            self.lr_scheduler.step()  # an iteration-based torch scheduler (the paper's ablation)
+        self.step += 1
+        self._in_step = False
+        return step_tokens
+
+    def metrics(self) -> dict[str, float]:
+        """Namespaced values to log: kept length, layer-tokens so far, LR (with an LR scheduler)."""
+        values: dict[str, float] = {
+            "random_ltd/kept_len": self.kept if self.kept is not None else self._next_kept(),
+            "random_ltd/layer_tokens": self.layer_tokens,
+            "random_ltd/tokens": self.tokens,
+            "random_ltd/step": self.step,
+        }
+        if self.lr_scheduler is not None:
+            values["random_ltd/lr"] = float(self.lr_scheduler.get_last_lr()[0])
+        return values
+
+    def _next_kept(self) -> int:
+        return self.schedule(self.step) if self.dropping else self.seq_len
+
+    def state_dict(self) -> dict:
+        """Counters plus the schedule's, the LR scheduler's and the handle's state (one object to save)."""
+        return {
+            "step": self.step, "layer_tokens": self.layer_tokens, "tokens": self.tokens, "kept": self.kept,
+            "schedule": None if self.schedule is None else self.schedule.state_dict(),
+            "lr_scheduler": None if self.lr_scheduler is None else self.lr_scheduler.state_dict(),
+            "handle": None if self.handle is None else self.handle.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._in_step:
+            raise RandomLTDError("Driver.load_state_dict() in the middle of a step (between before_step and after_step)")
+        self.step = check_int("step", state["step"], minimum=0)
+        self.layer_tokens = check_int("layer_tokens", state["layer_tokens"], minimum=0)
+        self.tokens = check_int("tokens", state["tokens"], minimum=0)
+        self.kept = state["kept"]
+        for name in ("schedule", "lr_scheduler", "handle"):
+            target, saved = getattr(self, name), state.get(name)
+            if (target is None) != (saved is None):
+                raise ConfigError(name, "the saved driver state and this driver disagree on whether there is one")
+            if target is not None:
+                target.load_state_dict(saved)
