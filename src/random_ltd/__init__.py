@@ -7,6 +7,14 @@ __version__ = "0.1.0"
 
 from random_ltd.adapters import LayerAdapter, register_family, register_layer, unregister_layer  # noqa: E402
 from random_ltd.surgery import RandomLTDError, RandomLTDHandle, apply, get_handle, remove  # noqa: E402
+from random_ltd.schedules import MSLG, ConfigError, ConstantKeep, change_points  # noqa: E402
+from random_ltd.deepspeed_config import DeepSpeedLinear, DeepSpeedRandomLTD, from_deepspeed_config  # noqa: E402
+from random_ltd.accounting import (  # noqa: E402
+    LayerTokenCounter, flops_per_step, kept_segments, layer_tokens_per_step, total_flops, total_layer_tokens,
+)
+from random_ltd.lr import LayerTokenLR, lr_factor  # noqa: E402
+from random_ltd.driver import Driver  # noqa: E402
+from random_ltd.planner import FlopModel, Plan, Training, build_plan, solve_for_saving  # noqa: E402
 
 __all__ = [
     "LayerAdapter",
@@ -18,4 +26,25 @@ __all__ = [
     "register_layer",
     "remove",
     "unregister_layer",
+    "MSLG",
+    "ConfigError",
+    "ConstantKeep",
+    "change_points",
+    "DeepSpeedLinear",
+    "DeepSpeedRandomLTD",
+    "from_deepspeed_config",
+    "LayerTokenCounter",
+    "flops_per_step",
+    "kept_segments",
+    "layer_tokens_per_step",
+    "total_flops",
+    "total_layer_tokens",
+    "LayerTokenLR",
+    "lr_factor",
+    "Driver",
+    "FlopModel",
+    "Plan",
+    "Training",
+    "build_plan",
+    "solve_for_saving",
 ]
