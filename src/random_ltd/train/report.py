@@ -1,0 +1,146 @@
+"""What a finished run leaves behind: summary.json, report.md and the plots.
+
+Per arm the summary holds the mean over seeds of each result (and ``<name>_std`` with more than
+one seed), the per-seed results, and the savings of random-LTD against the baseline.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from random_ltd.train import plots
+from random_ltd.train.config import TrainConfig
+
+NUMERIC_RESULTS = ("steps", "tokens", "layer_tokens", "flops", "wall_clock_s", "eval_s", "final_val_loss",
+                   "final_val_perplexity", "final_val_accuracy")
+
+
+def write_json(path: Path, value: dict) -> None:
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def write(root: Path, config: TrainConfig, plans: dict, results: dict, data: dict, command: str | None,
+          device: str = "cpu") -> dict:
+    summary = summarize(config, plans, results, data, command)
+    summary["environment"]["device"] = device
+    write_json(root / "summary.json", summary)
+    figures = plots.draw(root, config, list(plans))
+    (root / "report.md").write_text(markdown(summary, figures))
+    return summary
+
+
+def summarize(config: TrainConfig, plans: dict, results: dict, data: dict, command: str | None) -> dict:
+    arms = {}
+    for arm, plan in plans.items():
+        runs = [with_perplexity(results[(arm, seed)]) for seed in range(config.seed, config.seed + config.seeds)]
+        arms[arm] = {**aggregate(runs), "drop_layers": list(plan.drop_layers), "lr_clock": plan.lr_clock,
+                     "schedule": None if plan.schedule is None else plan.schedule.state_dict(), "seeds": runs}
+    return {
+        "task": config.task, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command,
+        "world_size": 1, "arms": arms, "comparison": compare(arms), "config": config.to_dict(), "data": data,
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "threads": torch.get_num_threads(), "machine": platform.machine()},
+    }
+
+
+def with_perplexity(result: dict) -> dict:
+    if "final_val_loss" in result and "final_val_accuracy" not in result:
+        return {**result, "final_val_perplexity": math.exp(min(result["final_val_loss"], 50.0))}
+    return result
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Mean over seeds of every numeric result; ``<name>_std`` (sample std) with several seeds."""
+    summary = {}
+    for name in NUMERIC_RESULTS:
+        values = [run[name] for run in runs if name in run]
+        if not values:
+            continue
+        mean = statistics.fmean(values)
+        summary[name] = int(round(mean)) if isinstance(values[0], int) and len(values) == 1 else mean
+        if len(values) > 1:
+            summary[f"{name}_std"] = statistics.stdev(values)
+    return summary
+
+
+def compare(arms: dict) -> dict:
+    if "baseline" not in arms or "random_ltd" not in arms:
+        return {}
+    base, ltd = arms["baseline"], arms["random_ltd"]
+    comparison = {f"{name}_saving": 1.0 - ltd[name] / base[name] for name in ("layer_tokens", "flops", "wall_clock_s")
+                  if base.get(name)}
+    comparison["val_loss_difference"] = ltd["final_val_loss"] - base["final_val_loss"]
+    if "final_val_accuracy" in base:
+        comparison["val_accuracy_difference"] = ltd["final_val_accuracy"] - base["final_val_accuracy"]
+    return comparison
+
+
+def _cell(arm: dict, name: str, fmt: str) -> str:
+    if name not in arm:
+        return "—"
+    text = format(arm[name], fmt)
+    return f"{text} ± {format(arm[name + '_std'], fmt)}" if f"{name}_std" in arm else text
+
+
+def table(summary: dict) -> str:
+    """The Markdown table of the report (also what the README's results section shows)."""
+    vit = summary["task"] == "vit"
+    quality = ("final_val_accuracy", "val accuracy", ".4f") if vit else ("final_val_perplexity", "val perplexity", ".2f")
+    lines = ["| arm | steps | layer-tokens | saving | FLOPs (est.) | wall-clock (s) | val loss | " + quality[1] + " |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    base = summary["arms"].get("baseline")
+    for name, arm in summary["arms"].items():
+        saving = f"{100 * (1 - arm['layer_tokens'] / base['layer_tokens']):.1f}%" if base and name != "baseline" else "—"
+        lines.append(f"| {name} | {arm['steps']} | {arm['layer_tokens']:.4g} | {saving} | {arm['flops']:.3g} | "
+                     f"{_cell(arm, 'wall_clock_s', '.1f')} | {_cell(arm, 'final_val_loss', '.4f')} | "
+                     f"{_cell(arm, quality[0], quality[2])} |")
+    return "\n".join(lines)
+
+
+def markdown(summary: dict, figures: list[str]) -> str:
+    config, data = summary["config"], summary["data"]
+    seeds = config["seeds"]
+    parts = [
+        f"# random-ltd train: {summary['task']}", "",
+        f"Run {summary['date']}; {seeds} seed{'s' if seeds > 1 else ''}"
+        + (" (mean ± std)" if seeds > 1 else "") + f"; torch {summary['environment']['torch']}, "
+        f"{summary['environment']['threads']} threads, device {summary['environment']['device']}.", "",
+        "```bash", summary["command"] or "(run through the Python API: random_ltd.train.run_training)", "```", "",
+        table(summary), "",
+        "Layer-tokens: tokens processed summed over layers. Wall-clock: training steps only (evaluation and "
+        "checkpoints excluded). Validation runs at full length, without dropping.", "",
+    ]
+    parts += _comparison_lines(summary) + _schedule_lines(summary) + [f"Data: {json.dumps(data)}", ""]
+    parts += [f"![{figure}]({figure})" for figure in figures]
+    return "\n".join(parts) + "\n"
+
+
+def _comparison_lines(summary: dict) -> list[str]:
+    comparison = summary["comparison"]
+    if not comparison:
+        return []
+    labels = {"layer_tokens_saving": "layer-token saving", "flops_saving": "FLOP saving (estimate)",
+              "wall_clock_s_saving": "wall-clock saving"}
+    words = [f"{labels[name]} {100 * value:.1f}%" for name, value in comparison.items() if name in labels]
+    words.append(f"val loss difference (random-LTD − baseline) {comparison['val_loss_difference']:+.4f}")
+    if "val_accuracy_difference" in comparison:
+        words.append(f"accuracy difference {100 * comparison['val_accuracy_difference']:+.2f} points")
+    return ["Random-LTD against the baseline: " + "; ".join(words) + ".", ""]
+
+
+def _schedule_lines(summary: dict) -> list[str]:
+    ltd = summary["arms"].get("random_ltd")
+    if not ltd:
+        return []
+    settings = {k: v for k, v in (ltd["schedule"] or {}).items() if v is not None}
+    return [f"Random-LTD: layers {ltd['drop_layers']} drop tokens; schedule {settings}; LR clock: {ltd['lr_clock']}.", ""]
+

