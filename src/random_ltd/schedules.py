@@ -280,4 +280,4 @@ class ConstantKeep:
         return f"ConstantKeep(seq_len={self.seq_len}, keep={self.keep})"
 
 
-from random_ltd.deepspeed_config import DeepSpeedLinear, from_deepspeed_config  # noqa: E402  (re-export)
+from random_ltd.deepspeed_config import DeepSpeedLinear, from_deepspeed_config  # noqa: E402, F401  (re-export)
