@@ -168,3 +168,22 @@ def test_errors():
     other = Driver(FakeHandle(), None, batch_size=BATCH, seq_len=SEQ)
     with pytest.raises(ConfigError, match="schedule"):
         other.load_state_dict(state)
+
+
+def readme_plan_section():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return text.split("<!-- section: plan -->")[1].split("<!-- /section: plan -->")[0]
+
+
+def test_readme_training_loop_example_runs(one_thread, capsys):
+    import re
+
+    (example,) = re.findall(r"```python\n(.*?)```", readme_plan_section(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(example, "README plan example", "exec"), namespace)
+    driver, plan = namespace["driver"], namespace["plan"]
+    assert driver.step == 12 and driver.kept == 64
+    assert driver.layer_tokens == plan.random_ltd_layer_tokens  # the loop consumed what the plan said
+    assert driver.lr_scheduler.get_last_lr()[0] == pytest.approx(1e-4)  # the floor, reached at the end

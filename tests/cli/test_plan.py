@@ -182,3 +182,17 @@ def test_deepspeed_config_errors_name_the_key(capsys, tmp_path):
                                                "random_ltd_layer_id": [1, 2], "random_ltd_schedule": {}}}))
     code, _, err = invoke(capsys, "--deepspeed-config", str(path), "--total-steps", "9", "--batch-size", "2")
     assert code == 2 and "--deepspeed-config: random_ltd_layer_num" in err
+
+
+def test_readme_shows_what_the_command_prints(capsys):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("<!-- section: plan -->")[1].split("<!-- /section: plan -->")[0]
+    command = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1).replace("\\\n", " ").split()
+    shown = re.search(r"```text\n(.*?)```", section, flags=re.S).group(1)
+    assert command[:2] == ["random-ltd", "plan"]
+    code, out, _ = invoke(capsys, *command[2:])
+    assert code == 0 and out == shown
+    saving = re.search(r"LayerToken saving  ([\d.]+%)", out).group(1)
+    assert f"The LayerToken saving of this schedule is {saving}" in section
