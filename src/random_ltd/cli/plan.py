@@ -118,7 +118,7 @@ def _add_schedule_flags(group) -> None:
     when = group.add_mutually_exclusive_group()
     when.add_argument("--every-steps", type=int, metavar="N", help="grow every N steps")
     when.add_argument("--every-tokens", type=count, metavar="N", help="grow every N training tokens")
-    when.add_argument("--full-at", type=full_at, metavar="STEP|FRACTION", help="reach full length at this step, or fraction of training (0.7)")
+    when.add_argument("--full-at", type=full_at, metavar="STEP|FRACTION", help="reach full length at this step (> 1) or fraction of training (<= 1, e.g. 0.7)")
     when.add_argument("--keep", type=int, metavar="K", help="constant kept length instead of MSLG (ablation baseline)")
     group.add_argument("--multiple-of", type=int, metavar="M", help="round kept lengths down to a multiple of M")
     group.add_argument("--target-saving", type=float, metavar="FRACTION", help="inverse mode: solve for this LayerToken saving")
