@@ -1,0 +1,96 @@
+"""Random-LTD under ``torch.distributed``: DDP and FSDP2.
+
+Three rules make data-parallel random-LTD correct (docs/integrations.md):
+
+- **Each rank draws its own indices**: give each rank its own seed, ``rank_seed(base, rank)``.
+  With one seed on every rank, all replicas would drop the same positions of their (different)
+  sequences: still valid, but the draws are no longer independent across the global batch.
+- **Every rank uses the same kept length**: the schedule is a pure function of the optimizer
+  step, which all ranks share; ``check_kept_lengths_agree`` verifies it.
+- **Nothing else changes**: a dropping layer still runs every parameter (on fewer tokens), so
+  DDP needs no ``find_unused_parameters`` and gradients are averaged as usual.
+
+FSDP2 (``torch.distributed.fsdp.fully_shard``) swaps a module's class to ``FSDP<Class>``, as
+random-LTD swaps it to a dropping subclass; both orders train identically, but only
+"shard first, then ``random_ltd.apply``" leaves ``random_ltd.remove`` able to restore the
+sharded class. ``shard_layers`` shards the layers random-LTD wraps (and the root) and, when
+random-LTD was applied first, re-applies it on top of the sharded classes, so either order ends
+in the same state.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch.distributed as dist
+import torch.nn as nn
+
+from random_ltd.errors import RandomLTDError
+from random_ltd.layer import is_wrapped, layer_state, unwrap_layer, wrap_layer
+from random_ltd.rng import derive_seed
+from random_ltd.surgery import RandomLTDHandle, find_layer_stack, get_handle
+
+
+def current_rank() -> int:
+    """This process's rank in the default process group (0 when not distributed)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def rank_seed(base_seed: int, rank: int | None = None) -> int:
+    """The random-LTD seed of ``rank`` (default: this process's rank) derived from ``base_seed``.
+
+    Different ranks get well-separated seeds; the same ``(base_seed, rank)`` always gives the
+    same seed, so a run restarted on the same number of ranks draws the same indices.
+    """
+    if isinstance(base_seed, bool) or not isinstance(base_seed, int) or base_seed < 0:
+        raise RandomLTDError(f"base_seed must be an integer >= 0, got {base_seed!r}")
+    rank = current_rank() if rank is None else rank
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise RandomLTDError(f"rank must be an integer >= 0, got {rank!r}")
+    return derive_seed(base_seed, rank)
+
+
+def check_kept_lengths_agree(handle: RandomLTDHandle, group: Any = None) -> int | None:
+    """Raise unless every rank of ``group`` has the same kept length; return it.
+
+    A collective call: every rank must call it. Useful after ``Driver.before_step()`` while
+    setting a run up (ranks that disagree would train on differently shaped layers).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return handle.keep
+    gathered: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, handle.keep, group=group)
+    if len(set(gathered)) != 1:
+        raise RandomLTDError(f"ranks disagree on the kept length: {gathered} (rank order); drive every rank "
+                             "with the same schedule and the same step")
+    return handle.keep
+
+
+def shard_layers(model: nn.Module, *, stack: str | None = None, **fully_shard_kwargs: Any) -> list[str]:
+    """FSDP2-shard each transformer layer of ``model`` (found as ``random_ltd.apply`` finds them), then the root.
+
+    Works before or after ``random_ltd.apply``: layers that already drop tokens are unwrapped,
+    sharded and wrapped again with the same settings, so the handle stays valid and
+    ``random_ltd.remove`` later restores the sharded ``FSDP<Layer>`` class. Extra keyword
+    arguments go to every ``fully_shard`` call (``mesh``, ``reshard_after_forward``,
+    ``mp_policy``, ...). Returns the names of the sharded layers.
+    """
+    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415  (needs torch.distributed)
+
+    handle = get_handle(model)
+    if stack is None and handle is not None:
+        stack = handle.stack_name
+    _, members = find_layer_stack(model, stack)
+    for _, layer in members:
+        _shard_layer(layer, fully_shard, fully_shard_kwargs)
+    fully_shard(model, **fully_shard_kwargs)
+    return [name for name, _ in members]
+
+
+def _shard_layer(layer: nn.Module, fully_shard: Any, kwargs: dict) -> None:
+    if not is_wrapped(layer):
+        fully_shard(layer, **kwargs)
+        return
+    state = layer_state(layer)
+    unwrap_layer(layer)
+    fully_shard(layer, **kwargs)
+    wrap_layer(layer, state.adapter, state.position, state.control)
