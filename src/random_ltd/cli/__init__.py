@@ -19,8 +19,15 @@ class UsageError(Exception):
     """Bad command-line input: printed as one line, exit code 2, no traceback."""
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="random-ltd",
         description="Random and layerwise token dropping (random-LTD) for transformer training.",
     )
