@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from random_ltd.train.config import ConfigError, TrainConfig
 from random_ltd.train.tasks.base import Batch, ModelShape, Task, cache_dir, to_device
@@ -26,6 +27,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     resolved = dataclasses.replace(config, **filled)
     if resolved.task == "vit":
         resolved = _vit_length(resolved)
+    resolved = _kept_defaults(resolved, task_class.start_fraction)
     if resolved.eval_every is None:
         resolved = dataclasses.replace(resolved, eval_every=max(1, budget_steps(resolved) // 10))
     if resolved.checkpoint_every is None:
@@ -41,6 +43,12 @@ def _vit_length(config: TrainConfig) -> TrainConfig:
         raise ConfigError("seq_len", f"--task vit's length follows --patch-size ({config.patch_size} -> {length} tokens), "
                                      f"got {config.seq_len}")
     return dataclasses.replace(config, seq_len=length)
+
+
+def _kept_defaults(config: TrainConfig, start_fraction: float) -> TrainConfig:
+    start = config.kept_start or max(1, math.ceil(start_fraction * config.seq_len))
+    increment = config.kept_increment or max(1, config.seq_len // 32)
+    return dataclasses.replace(config, kept_start=start, kept_increment=increment)
 
 
 def _check_kept(config: TrainConfig) -> None:

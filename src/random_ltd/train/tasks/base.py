@@ -34,6 +34,9 @@ class Task:
 
     name: str = ""
     metric_names: tuple[str, ...] = ("val_loss",)
+    # default first kept length, as a fraction of the sequence (the paper: GPT 128/2048,
+    # BERT 128/512, ViT 66/197); the default increment is 1/32 of the sequence
+    start_fraction: float = 0.25
 
     def __init__(self, config: TrainConfig):
         self.config = config

@@ -63,14 +63,13 @@ class FinetuneTask(GPTTask):
     name = "finetune"
     model_name = "SmolLM2-135M"
     max_positions = MAX_POSITIONS
+    start_fraction = 1 / 4
 
     @classmethod
     def defaults(cls, quick: bool) -> dict:
         if quick:
-            return dict(steps=4, batch_size=2, seq_len=32, corpus_mb=0.3, lr=1e-4, kept_start=8,
-                        kept_increment=8, full_at=0.75, eval_batches=1)
-        return dict(steps=60, batch_size=4, seq_len=256, corpus_mb=4.0, lr=1e-4, kept_start=64,
-                    kept_increment=16, full_at=0.7, eval_batches=4)
+            return dict(steps=4, batch_size=2, seq_len=32, corpus_mb=0.3, lr=1e-4, full_at=0.75, eval_batches=1)
+        return dict(steps=60, batch_size=4, seq_len=256, corpus_mb=4.0, lr=1e-4, full_at=0.7, eval_batches=4)
 
     @classmethod
     def check(cls, config: TrainConfig) -> None:

@@ -76,14 +76,15 @@ class GPTTask(TextTask):
 
     name = "gpt"
     model_name = "GPT-2"
+    start_fraction = 1 / 8
 
     @classmethod
     def defaults(cls, quick: bool) -> dict:
         if quick:
             return dict(steps=24, batch_size=8, seq_len=64, model_size="tiny", vocab_size=512, corpus_mb=1.0,
-                        lr=2e-3, dropout=0.0, kept_start=16, kept_increment=8, full_at=0.7, eval_batches=2)
+                        lr=2e-3, dropout=0.0, full_at=0.7, eval_batches=2)
         return dict(steps=300, batch_size=16, seq_len=128, model_size="small", vocab_size=4096, lr=1e-3,
-                    dropout=0.0, kept_start=16, kept_increment=4, full_at=0.7, eval_batches=8)
+                    dropout=0.0, full_at=0.7, eval_batches=8)
 
     def shape(self) -> ModelShape:
         layers, hidden, _ = size_of(self.config)
@@ -114,15 +115,16 @@ class BERTTask(TextTask):
 
     name = "bert"
     model_name = "BERT"
+    start_fraction = 1 / 4
     max_positions = 512
 
     @classmethod
     def defaults(cls, quick: bool) -> dict:
         if quick:
             return dict(steps=24, batch_size=8, seq_len=64, model_size="tiny", vocab_size=512, corpus_mb=1.0,
-                        lr=2e-3, dropout=0.0, kept_start=16, kept_increment=8, full_at=0.7, eval_batches=2)
+                        lr=2e-3, dropout=0.0, full_at=0.7, eval_batches=2)
         return dict(steps=300, batch_size=16, seq_len=128, model_size="small", vocab_size=4096, lr=1e-3,
-                    dropout=0.0, kept_start=32, kept_increment=4, full_at=0.7, eval_batches=8)
+                    dropout=0.0, full_at=0.7, eval_batches=8)
 
     @property
     def example_length(self) -> int:

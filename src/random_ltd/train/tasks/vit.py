@@ -51,15 +51,14 @@ def load_fashion_mnist(directory: Path, split: str) -> tuple[np.ndarray, np.ndar
 
 class ViTTask(Task):
     name = "vit"
+    start_fraction = 1 / 3
     metric_names = ("val_loss", "val_accuracy")
 
     @classmethod
     def defaults(cls, quick: bool) -> dict:
         if quick:
-            return dict(steps=24, batch_size=16, patch_size=7, model_size="tiny", lr=2e-3, dropout=0.0,
-                        kept_start=6, kept_increment=2, full_at=0.8, eval_batches=4)
-        return dict(steps=150, batch_size=32, patch_size=2, model_size="small", lr=1e-3, dropout=0.0,
-                    kept_start=66, kept_increment=6, full_at=0.8, eval_batches=16)
+            return dict(steps=24, batch_size=16, patch_size=7, model_size="tiny", lr=2e-3, dropout=0.0, full_at=0.8, eval_batches=4)
+        return dict(steps=150, batch_size=32, patch_size=2, model_size="small", lr=1e-3, dropout=0.0, full_at=0.8, eval_batches=16)
 
     @classmethod
     def check(cls, config: TrainConfig) -> None:
