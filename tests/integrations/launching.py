@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -32,3 +33,28 @@ def torchrun(script: Path | str, *args: str, nproc: int = 2, timeout: float = 12
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
                f"--master-port={free_port()}", str(script), *args]
     return run_command(command, timeout=timeout)
+
+
+def accelerate_launch(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``accelerate launch ARGS`` with a free port (the rest as given)."""
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    return run_command([accelerate, "launch", f"--main_process_port={free_port()}", *args], timeout=timeout)
+
+
+STEP_LINE = re.compile(r"step +(\d+) +loss ([\d.]+) +kept +(\d+) +layer-tokens (\d+) +lr ([\d.e+-]+)")
+
+
+def check_training_log(output: str, schedule, *, steps: int, batch_size: int, num_layers: int,
+                       drop_layers: list[int], every: int = 1) -> list[tuple]:
+    """Check the ``step N  loss L  kept K  layer-tokens T  lr R`` lines the examples print against
+    the schedule and a brute-force layer-token count; return the parsed rows."""
+    rows = [(int(s), float(loss), int(k), int(t), float(lr)) for s, loss, k, t, lr in STEP_LINE.findall(output)]
+    printed = [s for s in range(1, steps + 1) if s % every == 0 or s == steps]
+    assert [row[0] for row in rows] == printed, output[-2000:]
+    kept = [schedule(step) for step in range(steps)]
+    consumed = [sum(batch_size * (len(drop_layers) * k + (num_layers - len(drop_layers)) * schedule.seq_len)
+                    for k in kept[:s]) for s in range(1, steps + 1)]
+    assert [row[2] for row in rows] == [kept[s - 1] for s in printed]
+    assert [row[3] for row in rows] == [consumed[s - 1] for s in printed]
+    assert all(0 < row[1] < 10 for row in rows)
+    return rows

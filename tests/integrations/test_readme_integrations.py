@@ -1,0 +1,87 @@
+"""The README's integration snippets run as written, and produce what they claim.
+
+Python blocks run in-process, or under torchrun when their first line says so; bash blocks run
+from the repository root (with a free port added, and DeepSpeed's CPU kernel build skipped:
+see without_shm_kernel.py).
+"""
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+import sys
+
+import pytest
+
+import random_ltd
+
+from launching import HERE, REPO, accelerate_launch, check_training_log, free_port, run_command
+
+SECTION = "integrations"
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    text = (REPO / "README.md").read_text()
+    body = text.split(f"<!-- section: {SECTION} -->")[1].split(f"<!-- /section: {SECTION} -->")[0]
+    return re.findall(r"```(python|bash)\n(.*?)```", body, flags=re.S)
+
+
+def block(kind: str) -> str:
+    matches = [code for language, code in readme_blocks() if _kind(language, code) == kind]
+    assert len(matches) == 1, f"expected one README block for {kind}"
+    return matches[0]
+
+
+def _kind(language: str, code: str) -> str:
+    if language == "python":
+        return "torchrun" if "torchrun" in code.splitlines()[0] else "trainer"
+    return "accelerate" if code.startswith("accelerate launch") else "deepspeed"
+
+
+def test_every_block_is_checked():
+    assert sorted(_kind(*b) for b in readme_blocks()) == ["accelerate", "deepspeed", "torchrun", "trainer"]
+
+
+def test_trainer_snippet(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block("trainer"), "README trainer snippet", "exec"), namespace)
+    schedule = namespace["schedule"].resolve(total_steps=10)
+    logged = [log for log in namespace["trainer"].state.log_history if "loss" in log]
+    assert [log["random_ltd/kept_len"] for log in logged] == [schedule(4), schedule(9)] == [80, 128]
+    assert random_ltd.get_handle(namespace["model"]).drop_layers == [1, 2]
+
+
+def test_torchrun_snippet(tmp_path):
+    script = tmp_path / "ddp_min.py"
+    script.write_text(block("torchrun"))
+    done = run_command([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+                        f"--master-port={free_port()}", str(script)], cwd=tmp_path)
+    metrics = {int(rank): ast.literal_eval(values) for rank, values in re.findall(r"rank (\d): (\{.*\})", done.stdout)}
+    assert sorted(metrics) == [0, 1] and metrics[0] == metrics[1]
+    kept = [32, 32, 64, 64, 96, 96]
+    assert metrics[0]["random_ltd/kept_len"] == 96
+    assert metrics[0]["random_ltd/layer_tokens"] == sum(16 * (2 * 128 + 2 * k) for k in kept)
+
+
+def test_accelerate_command():
+    command = shlex.split(block("accelerate").strip())
+    assert command[:2] == ["accelerate", "launch"]
+    done = accelerate_launch(*command[2:])
+    schedule = random_ltd.MSLG(seq_len=128, start=32, increment=16, full_at=0.7, total_steps=6)
+    rows = check_training_log(done.stdout, schedule, steps=6, batch_size=4 * 2 * 2, num_layers=6, drop_layers=[1, 2, 3, 4])
+    assert rows[-1][4] == 0.0  # the LayerToken LR decayed to zero exactly at the planned budget
+
+
+def test_deepspeed_command():
+    pytest.importorskip("deepspeed")
+    command = shlex.split(block("deepspeed").strip())
+    script = next(i for i, token in enumerate(command) if token.endswith(".py"))
+    assert command[0] == "torchrun"
+    done = run_command([sys.executable, "-m", "torch.distributed.run", f"--master-port={free_port()}",
+                        *command[1:script], str(HERE / "without_shm_kernel.py"), *command[script:]], timeout=240)
+    settings = random_ltd.from_deepspeed_config(REPO / "examples" / "deepspeed_config.json")
+    steps = int(command[command.index("--steps") + 1])
+    rows = check_training_log(done.stdout, settings.schedule, steps=steps, batch_size=8, num_layers=6,
+                              drop_layers=settings.layer_ids)
+    assert rows[-1][2] == settings.seq_len
