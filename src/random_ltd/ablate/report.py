@@ -1,0 +1,124 @@
+"""A finished study's numbers: per-arm mean ± std, each claim's verdict, a table and a plot."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from random_ltd.ablate import verdict
+from random_ltd.ablate.studies import Claim, Study
+
+METRICS = ("final_val_loss", "overfit_rise", "layer_tokens", "wall_clock_s")
+
+
+def overfit_rise(result: dict) -> float:
+    """How far the final validation loss sits above the lowest one seen during training."""
+    losses = [point[2] for point in result["curve"]]
+    return losses[-1] - min(losses)
+
+
+def per_seed(results: list[dict]) -> dict[str, list[float]]:
+    values = {name: [float(r[name]) for r in results] for name in ("final_val_loss", "layer_tokens", "wall_clock_s")}
+    values["overfit_rise"] = [overfit_rise(r) for r in results]
+    return values
+
+
+def summarize_arms(results: dict[str, list[dict]]) -> dict[str, dict]:
+    """``{label: {"seeds": [...], metric: [per-seed values], metric_mean, metric_std, "curve_mean": ...}}``."""
+    summary = {}
+    for label, runs in results.items():
+        values = per_seed(runs)
+        entry = {"seeds": [r["seed"] for r in runs], "steps": runs[0]["steps"], **values,
+                 "curve_mean": mean_curve(runs)}
+        for name in METRICS:
+            entry[f"{name}_mean"], entry[f"{name}_std"] = verdict.mean_std(values[name])
+        summary[label] = entry
+    return summary
+
+
+def mean_curve(runs: list[dict]) -> list[list[float]]:
+    """Validation curve averaged over seeds (``[step, layer_tokens, val_loss]``) at the common steps."""
+    length = min(len(r["curve"]) for r in runs)
+    return [[runs[0]["curve"][i][0], sum(r["curve"][i][1] for r in runs) / len(runs),
+             sum(r["curve"][i][2] for r in runs) / len(runs)] for i in range(length)]
+
+
+def judge_claim(claim: Claim, arms: dict[str, dict], tolerance: float = verdict.DEFAULT_TOLERANCE) -> dict:
+    a = verdict.per_seed_mean([arms[label][claim.metric] for label in claim.a])
+    b = verdict.per_seed_mean([arms[label][claim.metric] for label in claim.b])
+    reference = verdict.per_seed_mean([arms[label]["final_val_loss"] for label in claim.b])
+    absolute_tolerance = tolerance * abs(sum(reference) / len(reference))
+    interval = verdict.paired_interval(a, b)
+    outcome, note = verdict.judge(claim.kind, interval, absolute_tolerance), ""
+    if claim.needs_overfitting:
+        rise = sum(verdict.per_seed_mean([arms[label]["overfit_rise"] for label in claim.b])) / len(b)
+        if rise <= absolute_tolerance:
+            outcome = verdict.INCONCLUSIVE
+            note = f"precondition not met: B's validation loss rose only {rise:.4f} above its minimum"
+    return {"section": claim.section, "claim": claim.text, "kind": claim.kind, "metric": claim.metric,
+            "a": list(claim.a), "b": list(claim.b), "difference": interval.difference,
+            "half_width": interval.half_width, "tolerance": absolute_tolerance, "seeds": interval.count,
+            "verdict": outcome, "note": note}
+
+
+def fmt(mean: float, std: float, digits: int = 4) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def arms_table(arms: dict[str, dict]) -> str:
+    reference = next((arm for label, arm in arms.items() if label.startswith("baseline")), None)
+    lines = ["| arm | steps | layer-tokens | saving | val loss (mean ± std) | val perplexity | overfit rise | wall-clock (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, arm in arms.items():
+        saving = "—" if reference is None else f"{100 * (1 - arm['layer_tokens_mean'] / reference['layer_tokens_mean']):.1f}%"
+        lines.append(f"| {label} | {arm['steps']} | {arm['layer_tokens_mean']:.4g} | {saving} | "
+                     f"{fmt(arm['final_val_loss_mean'], arm['final_val_loss_std'])} | "
+                     f"{math.exp(min(arm['final_val_loss_mean'], 50)):.2f} | "
+                     f"{fmt(arm['overfit_rise_mean'], arm['overfit_rise_std'])} | {arm['wall_clock_s_mean']:.1f} |")
+    return "\n".join(lines)
+
+
+def claims_table(judged: list[dict]) -> str:
+    lines = ["| § | claim (A vs B) | metric | A − B (95% CI) | tolerance | verdict |", "|---|---|---|---:|---:|---|"]
+    for item in judged:
+        interval = ("n/a (1 seed)" if math.isinf(item["half_width"])
+                    else f"{item['difference']:+.4f} ± {item['half_width']:.4f}")
+        note = f" ({item['note']})" if item.get("note") else ""
+        lines.append(f"| {item['section']} | {item['claim']} | {item['metric']} | {interval} | "
+                     f"{item['tolerance']:.4f} | **{item['verdict']}**{note} |")
+    return "\n".join(lines)
+
+
+def study_markdown(study: Study, arms: dict[str, dict], judged: list[dict], command: str, context: str) -> str:
+    """The study's section: setup, command, arms table, claims with verdicts."""
+    return "\n".join([
+        f"## {study.section} {study.title} (`{study.name}`)", "",
+        study.setup, "", context, "", "```bash", command, "```", "",
+        arms_table(arms), "", claims_table(judged), "",
+    ])
+
+
+def plot(path: Path, study: Study, arms: dict[str, dict]) -> None:
+    """Left: mean validation curves against layer-tokens; right: final loss per arm (mean ± std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for label, arm in arms.items():
+        points = arm["curve_mean"]
+        curves.plot([p[1] for p in points], [p[2] for p in points], label=label, linewidth=1.2)
+    curves.set(xlabel="layer-tokens", ylabel="validation loss (mean over seeds)", title=study.title)
+    curves.legend(fontsize=7)
+    labels = list(arms)
+    bars.bar(range(len(labels)), [arms[k]["final_val_loss_mean"] for k in labels],
+             yerr=[arms[k]["final_val_loss_std"] for k in labels], capsize=3, color="tab:blue", alpha=0.7)
+    lowest = min(arms[k]["final_val_loss_mean"] - arms[k]["final_val_loss_std"] for k in labels)
+    highest = max(arms[k]["final_val_loss_mean"] + arms[k]["final_val_loss_std"] for k in labels)
+    margin = max(highest - lowest, 1e-3) * 0.3
+    bars.set_ylim(lowest - margin, highest + margin)
+    bars.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
+    bars.set(ylabel="final validation loss (mean ± std)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,114 @@
+"""One arm of a study, trained for every seed, and its per-seed results in one uniform form.
+
+An arm is a ``random-ltd train`` configuration plus which of its arms to train and, for the
+methods the training program lacks, the ``loop`` method to train it with. Arms are stored by a
+hash of what they compute under ``ROOT/runs/``, so studies that share an arm (the baseline, the
+default random-LTD) train it once, and an interrupted study continues where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from random_ltd.ablate import loop
+from random_ltd.train import TrainConfig, run_training
+from random_ltd.train.arms import plan_arms
+from random_ltd.train.report import write_json
+from random_ltd.train.rundir import arm_dir, pick_device
+from random_ltd.train.tasks import make_task, resolve_config
+
+# Fields that only shape the random-LTD arm: a baseline run ignores them, so they leave its key.
+_RANDOM_LTD_FIELDS = ("drop_layers", "schedule", "kept_start", "kept_increment", "kept_every", "full_at",
+                      "lr_clock", "budget_ratio")
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """``label``: the name in tables; ``arm``: "baseline" or "random_ltd" (whose plan — steps,
+    schedule, layers, LR — it follows); ``settings``: ``TrainConfig`` fields; ``method``:
+    ``None`` to train with ``run_training``, else a ``loop.METHODS`` name."""
+
+    label: str
+    arm: str
+    settings: tuple[tuple[str, Any], ...]
+    method: str | None = None
+
+    @classmethod
+    def make(cls, label: str, arm: str, settings: dict, method: str | None = None) -> "Arm":
+        if arm not in ("baseline", "random_ltd"):
+            raise ValueError(f"arm must be baseline or random_ltd, got {arm!r}")
+        if method is not None and method not in loop.METHODS:
+            raise ValueError(f"unknown method {method!r}")
+        if arm == "baseline":
+            settings = {k: v for k, v in settings.items() if k not in _RANDOM_LTD_FIELDS}
+        return cls(label, arm, tuple(sorted(settings.items())), method)
+
+    def config(self, seeds: int, seed: int, device: str) -> TrainConfig:
+        return TrainConfig(**dict(self.settings), arms=(self.arm,), seeds=seeds, seed=seed, device=device,
+                           progress=False)
+
+    def key(self, seeds: int, seed: int) -> str:
+        text = json.dumps([self.arm, self.method, self.settings, seeds, seed], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def folder(self, root: Path, seeds: int, seed: int) -> Path:
+        kind = self.method or self.arm
+        return Path(root) / "runs" / f"{kind}-{self.key(seeds, seed)}"
+
+
+def train(arm: Arm, root: Path, seeds: int, seed: int = 0, device: str = "auto") -> list[dict]:
+    """Train ``arm`` for seeds ``seed .. seed+seeds-1`` (or reuse what is stored); per-seed results."""
+    folder = arm.folder(root, seeds, seed)
+    config = arm.config(seeds, seed, device)
+    if arm.method is None:
+        return _with_training_program(arm, config, folder)
+    return _with_loop(arm, config, folder)
+
+
+def _with_training_program(arm: Arm, config: TrainConfig, folder: Path) -> list[dict]:
+    summary_path = folder / "summary.json"
+    if not summary_path.exists():
+        resumable = any(folder.glob("*/seed*/checkpoint.pt")) or any(folder.glob("*/seed*/result.json"))
+        if folder.exists() and not resumable:
+            shutil.rmtree(folder)  # started but never reached a checkpoint: nothing to keep
+        run_training(dataclasses.replace(config, out=str(folder)), resume=resumable,
+                     command=f"random_ltd.ablate: {arm.label}")
+    summary = json.loads(summary_path.read_text())
+    results = []
+    for result in summary["arms"][arm.arm]["seeds"]:
+        curve = _curve(arm_dir(folder, arm.arm, result["seed"]) / "metrics.jsonl")
+        results.append({**result, "curve": curve})
+    return results
+
+
+def _curve(metrics_path: Path) -> list[list[float]]:
+    curve = []
+    for line in metrics_path.read_text().splitlines():
+        record = json.loads(line)
+        if "val_loss" in record:
+            curve.append([record["step"], record.get("layer_tokens", 0), record["val_loss"]])
+    return curve
+
+
+def _with_loop(arm: Arm, config: TrainConfig, folder: Path) -> list[dict]:
+    resolved = resolve_config(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "config.json", {"label": arm.label, "method": arm.method, "config": resolved.to_dict()})
+    task = None
+    results = []
+    for seed in range(config.seed, config.seed + config.seeds):
+        path = folder / f"seed{seed}.json"
+        if not path.exists():
+            if task is None:
+                task = make_task(resolved)
+                task.prepare()
+                shape = task.shape()
+                plan = plan_arms(resolved, shape)[arm.arm]
+            result = loop.train_method(arm.method, resolved, task, shape, plan, seed, pick_device(resolved.device))
+            write_json(path, {"arm": arm.arm, **result})
+        results.append(json.loads(path.read_text()))
+    return results

@@ -1,0 +1,186 @@
+"""The paper's ablations (Section 5), each as arms to train and claims to judge.
+
+Every study starts from one base configuration of ``random-ltd train`` (a small GPT-2, or BERT
+for the special-token study) and changes only what the paper's ablation changes. The settings
+and claims were written down before any run; ``docs/results.md`` reports what came out.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from random_ltd.ablate.runs import Arm
+from random_ltd.accounting import kept_segments
+from random_ltd.tokenbypass import bypass_range
+from random_ltd.train.arms import make_schedule
+from random_ltd.train.tasks import budget_steps, resolve_config
+
+GPT = dict(task="gpt", model_size="tiny", layers=6, seq_len=128, batch_size=8, steps=300, vocab_size=1024,
+           corpus_mb=2.0, lr=2e-3, dropout=0.0, eval_every=30, eval_batches=8, kept_start=16, kept_increment=8,
+           full_at=0.7)
+GPT_QUICK = dict(task="gpt", quick=True, model_size="tiny", layers=6, seq_len=32, batch_size=4, steps=6,
+                 vocab_size=256, corpus_mb=0.2, lr=2e-3, dropout=0.0, eval_every=3, eval_batches=1, kept_start=8,
+                 kept_increment=8, full_at=0.7)
+SMALL_CORPUS_MB = {False: 0.04, True: 0.05}  # the dropout study: small enough that the baseline overfits
+DROPOUT = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A claim of the paper: arm(s) ``a`` against arm(s) ``b`` on a lower-is-better ``metric``;
+    several labels on one side are averaged per seed. ``kind``: see ``verdict.judge``.
+    ``needs_overfitting``: the claim can only be tested if ``b`` overfits (its validation loss
+    rises above its minimum by more than the tolerance); otherwise it is inconclusive."""
+
+    section: str
+    text: str
+    kind: str
+    a: tuple[str, ...]
+    b: tuple[str, ...]
+    metric: str = "final_val_loss"
+    needs_overfitting: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    name: str
+    section: str
+    title: str
+    setup: str
+    build: Callable[[bool], tuple[list[Arm], list[Claim]]]
+
+
+def base(quick: bool, **changes) -> dict:
+    return {**(GPT_QUICK if quick else GPT), **changes}
+
+
+def baseline(settings: dict, label: str = "baseline") -> Arm:
+    return Arm.make(label, "baseline", settings)
+
+
+def random_ltd(label: str, settings: dict, method: str | None = None) -> Arm:
+    return Arm.make(label, "random_ltd", settings, method)
+
+
+def as_slice(indices: list[int]) -> str:
+    return f"{indices[0]}:{indices[-1] + 1}"
+
+
+def bypass(quick: bool):
+    settings = base(quick)
+    layers, half = settings["layers"], settings["seq_len"] // 2
+    arms, claims = [baseline(settings)], []
+    for number, setting in ((1, "middle"), (2, "second")):
+        drop = as_slice(bypass_range(setting, layers))
+        constant = {**settings, "schedule": "constant", "kept_start": half, "drop_layers": drop}
+        ltd, tb = f"random-LTD, layers {drop}", f"TokenBypass, layers {drop}"
+        arms += [random_ltd(ltd, constant), random_ltd(tb, constant, method="tokenbypass")]
+        claims.append(Claim("5.1", f"Set {number}: dropping half the tokens in layers {drop} (0-based slice), random-LTD "
+                                   "beats TokenBypass on causal LM", "better", (ltd,), (tb,)))
+    return arms, claims
+
+
+def special_tokens(quick: bool):
+    settings = base(quick, task="bert", kept_start=8 if quick else 32)
+    plain, kept = "random-LTD", "random-LTD, [CLS]/[SEP] always kept"
+    arms = [baseline(settings), random_ltd(plain, settings), random_ltd(kept, settings, method="random_ltd_protected")]
+    claim = Claim("5.2", "Always keeping [CLS]/[SEP] gives random-LTD no benefit (plain random-LTD is no worse)",
+                  "no_worse", (plain,), (kept,))
+    return arms, [claim]
+
+
+def layers(quick: bool):
+    settings = base(quick)
+    count, half = settings["layers"], settings["seq_len"] // 2
+    chosen = {"all but first and last": "1:-1", "all layers": ":", "all but first": "1:", "all but last": ":-1"}
+    arms = [baseline(settings)] + [random_ltd(f"MSLG, {name}", {**settings, "drop_layers": drop})
+                                   for name, drop in chosen.items()]
+    single = [f"drop half in layer {i} only" for i in range(count)]
+    arms += [random_ltd(label, {**settings, "schedule": "constant", "kept_start": half, "drop_layers": str(i)})
+             for i, label in enumerate(single)]
+    keep_ends = "MSLG, all but first and last"
+    claims = [Claim("5.3", f"Keeping the first and last layers full beats dropping in {name}", "better",
+                    (keep_ends,), (f"MSLG, {name}",)) for name in list(chosen)[1:]]
+    middle = tuple(single[1:-1])
+    claims += [Claim("5.3", f"Single-layer sweep is U-shaped: dropping in the {end} layer hurts more than in a "
+                            "middle layer (mean over middle layers)", "better", middle, (label,))
+               for end, label in (("first", single[0]), ("last", single[-1]))]
+    return arms, claims
+
+
+def matching_constant_keep(settings: dict) -> int:
+    """The constant kept length whose layer-tokens equal MSLG's over the same steps."""
+    config = resolve_config(Arm.make("", "random_ltd", settings).config(1, 0, "cpu"))
+    steps = budget_steps(config)
+    segments = kept_segments(make_schedule(config, config.seq_len, steps), steps)
+    return round(sum(kept * count for _, kept, count in segments) / steps)
+
+
+def schedule(quick: bool):
+    settings = base(quick)
+    keep = matching_constant_keep(settings)
+    constant = f"constant kept length {keep}"
+    arms = [baseline(settings), random_ltd("MSLG", settings),
+            random_ltd(constant, {**settings, "schedule": "constant", "kept_start": keep})]
+    claim = Claim("5.4", "At equal layer-token saving, MSLG beats a constant drop rate", "better", ("MSLG",), (constant,))
+    return arms, [claim]
+
+
+def lr(quick: bool):
+    settings = base(quick)
+    token_lr, step_lr = "random-LTD, LayerToken LR", "random-LTD, iteration LR"
+    arms = [baseline(settings), random_ltd(token_lr, settings),
+            random_ltd(step_lr, {**settings, "lr_clock": "steps"})]
+    claims = [Claim("5.5", "Random-LTD with the LayerToken LR reaches the baseline's validation loss", "no_worse",
+                    (token_lr,), ("baseline",)),
+              Claim("5.5", "The LayerToken LR beats the iteration LR under random-LTD", "better", (token_lr,), (step_lr,))]
+    return arms, claims
+
+
+def budget(quick: bool):
+    settings = base(quick)
+    steps = settings["steps"]
+    larger = {**settings, "steps": steps * 3 // 2}
+    arms = [baseline(settings, "baseline, budget B"), baseline(larger, "baseline, budget 1.5B"),
+            random_ltd("random-LTD, 2/3 of B", {**settings, "budget_ratio": 2 / 3}),
+            random_ltd("random-LTD, 2/3 of 1.5B", {**larger, "budget_ratio": 2 / 3})]
+    claims = [Claim("5.6", f"Random-LTD on 2/3 of the layer-tokens matches the baseline at budget {name}", "no_worse",
+                    (f"random-LTD, 2/3 of {name}",), (f"baseline, budget {name}",)) for name in ("B", "1.5B")]
+    claims.append(Claim("5.6", "A larger budget gives a better model (baseline 1.5B beats B)", "better",
+                        ("baseline, budget 1.5B",), ("baseline, budget B",)))
+    return arms, claims
+
+
+def dropout(quick: bool):
+    settings = base(quick, corpus_mb=SMALL_CORPUS_MB[quick])
+    with_dropout = {**settings, "dropout": DROPOUT}
+    arms = [baseline(settings, "baseline, no dropout"), baseline(with_dropout, f"baseline, dropout {DROPOUT}"),
+            random_ltd("random-LTD, no dropout", settings), random_ltd(f"random-LTD, dropout {DROPOUT}", with_dropout)]
+    pair = (("random-LTD, no dropout",), ("baseline, no dropout",))
+    claims = [Claim("5.7", "Without dropout, random-LTD ends with a lower validation loss than the baseline", "better", *pair),
+              Claim("5.7", "Without dropout, random-LTD overfits less: its validation loss rises less above its "
+                           "minimum", "better", *pair, metric="overfit_rise", needs_overfitting=True)]
+    return arms, claims
+
+
+STUDIES = {study.name: study for study in (
+    Study("bypass", "5.1", "Random-LTD vs TokenBypass (causal LM)",
+          "GPT-2, constant kept length s/2 in both methods; TokenBypass keeps the tokens with the highest "
+          "moving-average loss (and end-of-text), random-LTD a uniform random half per layer.", bypass),
+    Study("special-tokens", "5.2", "Special-token treatment (BERT)",
+          "BERT masked LM, MSLG; one arm always keeps the positions of [CLS] and [SEP] in every dropping layer.",
+          special_tokens),
+    Study("layers", "5.3", "Which layers drop",
+          "GPT-2, MSLG in four layer sets; then a constant drop of half the tokens in one layer at a time.", layers),
+    Study("schedule", "5.4", "MSLG vs a constant drop rate",
+          "GPT-2; the constant kept length is the MSLG run's mean kept length, so both save the same layer-tokens.",
+          schedule),
+    Study("lr", "5.5", "LayerToken LR vs iteration LR",
+          "GPT-2, MSLG; the same warmup + cosine decay clocked by layer-tokens or by steps.", lr),
+    Study("budget", "5.6", "Training budgets (Table 7)",
+          "GPT-2; baseline at budgets B and 1.5B steps; random-LTD (MSLG) trained until it has used 2/3 of each "
+          "baseline's layer-tokens.", budget),
+    Study("dropout", "5.7", "Random-LTD and dropout",
+          "GPT-2 on a small corpus trained for many epochs, so that the baseline overfits; each arm with and "
+          f"without dropout {DROPOUT}. overfit_rise = final validation loss - its minimum during training.", dropout),
+)}

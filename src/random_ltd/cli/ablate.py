@@ -1,0 +1,109 @@
+"""``random-ltd ablate NAME``: the paper's ablations, run with several seeds, judged on a results page."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from random_ltd.cli import UsageError
+from random_ltd.surgery import RandomLTDError
+
+DESCRIPTION = """\
+Run one of the paper's ablations (Section 5) with several seeds and judge its claims. Each study
+trains its arms with `random-ltd train`'s program (TokenBypass and protected special tokens with
+a loop that matches it step for step), then writes OUT/NAME/: table.md (mean ± std per arm, each
+claim with its 95% interval and verdict), plot.png and results.json, and updates the study's
+block of the results page. Arms shared between studies are trained once (OUT/runs/); rerunning
+a command continues where it stopped.
+"""
+
+EPILOG = """\
+studies:
+  bypass          5.1  random-LTD vs TokenBypass on causal LM, the paper's two layer ranges
+  special-tokens  5.2  random-LTD with and without always keeping [CLS]/[SEP] (BERT)
+  layers          5.3  which layers drop; single-layer sensitivity sweep (U shape)
+  schedule        5.4  MSLG vs a constant drop rate at the same layer-token saving
+  lr              5.5  LayerToken LR vs iteration LR under random-LTD, and the baseline
+  budget          5.6  baseline at budgets B and 1.5B vs random-LTD on 2/3 of each (Table 7)
+  dropout         5.7  baseline and random-LTD with/without dropout on a small corpus
+  all             every study in turn (about an hour on 2 CPU cores)
+
+Verdicts: reproduced / not reproduced / inconclusive at this scale, from the per-seed
+differences (rules at the top of the results page). Exit status 0, or 2 on bad input.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("ablate", help="the paper's ablations, with verdicts on a results page",
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", metavar="NAME", help="study name(s), or all")
+    parser.add_argument("--list", action="store_true", help="list the studies and their claims, train nothing")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 seeds: the pipeline in seconds (CI)")
+    parser.add_argument("--seeds", type=int, help="seeds per arm (default 3; 2 with --quick)")
+    parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--out", metavar="DIR", help="study folders and trained arms (default runs/ablate[-quick])")
+    parser.add_argument("--results", metavar="FILE",
+                        help="results page to update (default docs/results.md; with --quick OUT/results.md)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from random_ltd.ablate import STUDIES, run_study
+
+    if args.list:
+        print_studies(args.quick)
+        return 0
+    names = chosen_studies(args.names, STUDIES)
+    options = make_options(args)
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise UsageError(f"--threads: must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    for name in names:
+        try:
+            data = run_study(name, options, log=lambda line: print(line, file=sys.stderr, flush=True))
+        except (ValueError, RandomLTDError) as error:
+            raise UsageError(str(error)) from None
+        print(f"{name}: " + "; ".join(f"{item['claim']}: {item['verdict']}" for item in data["judged"]))
+    print(f"results: {options.results}  ({(time.perf_counter() - started) / 60:.1f} min)")
+    return 0
+
+
+def chosen_studies(names: list[str], studies: dict) -> list[str]:
+    if not names:
+        raise UsageError("NAME: give a study (" + ", ".join(studies) + ") or all")
+    if names == ["all"]:
+        return list(studies)
+    unknown = [name for name in names if name not in studies]
+    if unknown:
+        raise UsageError(f"NAME: unknown study {unknown[0]!r}; choose from {', '.join(studies)} or all")
+    return list(dict.fromkeys(names))
+
+
+def make_options(args: argparse.Namespace):
+    from random_ltd.ablate import DEFAULT_SEEDS, Options
+
+    root = Path(args.out or ("runs/ablate-quick" if args.quick else "runs/ablate"))
+    results = Path(args.results) if args.results else (root / "results.md" if args.quick else Path("docs/results.md"))
+    seeds = DEFAULT_SEEDS[args.quick] if args.seeds is None else args.seeds
+    try:
+        return Options(root=root, results=results, quick=args.quick, seeds=seeds, seed=args.seed, device=args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def print_studies(quick: bool) -> None:
+    from random_ltd.ablate import STUDIES
+
+    for name, study in STUDIES.items():
+        arms, claims = study.build(quick)
+        print(f"{name} ({study.section}, {study.title}): {len(arms)} arms")
+        for claim in claims:
+            print(f"  - {claim.text} [{claim.kind}, {claim.metric}]")

@@ -1,0 +1,57 @@
+"""Arms train once and are reused; an arm stopped before its first checkpoint starts anew."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from random_ltd.ablate import runs
+from random_ltd.ablate.runs import Arm
+
+TINY = dict(task="gpt", quick=True, layers=3, seq_len=16, batch_size=2, steps=2, vocab_size=256, corpus_mb=0.05,
+            eval_every=1, eval_batches=1, kept_start=8, kept_increment=8, full_at=0.5)
+
+
+def test_baseline_key_ignores_random_ltd_settings():
+    plain = Arm.make("a", "baseline", TINY)
+    other = Arm.make("b", "baseline", {**TINY, "drop_layers": "0", "kept_start": 4})
+    assert plain.key(2, 0) == other.key(2, 0)
+    assert Arm.make("c", "random_ltd", TINY).key(2, 0) != Arm.make("d", "random_ltd", {**TINY, "kept_start": 4}).key(2, 0)
+
+
+def test_rejects_unknown_arm_or_method():
+    with pytest.raises(ValueError):
+        Arm.make("x", "both", TINY)
+    with pytest.raises(ValueError):
+        Arm.make("x", "random_ltd", TINY, method="magic")
+
+
+def test_trained_once_then_reused(tmp_path, monkeypatch):
+    arm = Arm.make("ltd", "random_ltd", TINY)
+    first = runs.train(arm, tmp_path, seeds=1, device="cpu")
+    assert first[0]["steps"] == 2 and [point[0] for point in first[0]["curve"]] == [0, 1, 2]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(runs, "run_training", refuse)
+    monkeypatch.setattr(runs.loop, "train_method", refuse)
+    assert runs.train(arm, tmp_path, seeds=1, device="cpu") == first
+
+
+def test_loop_arm_reused_per_seed(tmp_path, monkeypatch):
+    arm = Arm.make("tb", "random_ltd", TINY, method="tokenbypass")
+    first = runs.train(arm, tmp_path, seeds=1, device="cpu")
+    stored = json.loads((arm.folder(tmp_path, 1, 0) / "seed0.json").read_text())
+    assert stored["final_val_loss"] == first[0]["final_val_loss"]
+    monkeypatch.setattr(runs.loop, "train_method", lambda *a, **k: pytest.fail("trained again"))
+    assert runs.train(arm, tmp_path, seeds=1, device="cpu") == first
+
+
+def test_folder_without_checkpoint_starts_anew(tmp_path):
+    arm = Arm.make("base", "baseline", TINY)
+    folder = arm.folder(tmp_path, 1, 0)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")  # a run killed before its first checkpoint
+    results = runs.train(arm, tmp_path, seeds=1, device="cpu")
+    assert results[0]["steps"] == 2

@@ -1,0 +1,73 @@
+"""Each study's arms and claims hold together, and they match the paper's settings."""
+from __future__ import annotations
+
+import pytest
+
+from random_ltd.ablate import STUDIES
+from random_ltd.ablate.studies import matching_constant_keep
+from random_ltd.accounting import total_layer_tokens
+from random_ltd.schedules import ConstantKeep
+from random_ltd.surgery import parse_layer_selection
+from random_ltd.train.arms import make_schedule
+from random_ltd.train.tasks import resolve_config
+
+
+@pytest.mark.parametrize("quick", [False, True])
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_labels_unique_and_claims_name_arms(name, quick):
+    arms, claims = STUDIES[name].build(quick)
+    labels = [arm.label for arm in arms]
+    assert len(set(labels)) == len(labels)
+    assert len({arm.key(3, 0) for arm in arms}) == len(arms)  # no two arms train the same thing
+    for claim in claims:
+        assert set(claim.a) | set(claim.b) <= set(labels)
+        assert claim.kind in ("better", "no_worse")
+    for arm in arms:
+        resolve_config(arm.config(3, 0, "cpu"))  # every arm is a valid configuration
+
+
+def test_shared_arms_are_trained_once():
+    """The baseline and default random-LTD of layers/schedule/lr/bypass/budget are the same runs."""
+    keys = {}
+    for name in ("layers", "schedule", "lr", "bypass", "budget"):
+        for arm in STUDIES[name].build(False)[0]:
+            keys.setdefault(arm.key(3, 0), set()).add(name)
+    assert max(len(studies) for studies in keys.values()) == 5  # the baseline, in all five
+
+
+def test_bypass_ranges_are_the_papers_two_settings():
+    arms, _ = STUDIES["bypass"].build(False)
+    layers = {arm.label: dict(arm.settings)["drop_layers"] for arm in arms if arm.arm == "random_ltd"}
+    # 6 layers: set 1 bypasses 1-based L3..L5 (L/2 .. L-1), set 2 L2..L5
+    assert layers["TokenBypass, layers 2:5"] == "2:5" and layers["TokenBypass, layers 1:5"] == "1:5"
+    assert {arm.method for arm in arms if arm.label.startswith("TokenBypass")} == {"tokenbypass"}
+    assert all(dict(arm.settings).get("kept_start") == 64 for arm in arms if arm.arm == "random_ltd")
+
+
+def test_layer_sets_and_single_layer_sweep():
+    arms, _ = STUDIES["layers"].build(False)
+    by_label = {arm.label: dict(arm.settings) for arm in arms}
+    selections = {label: parse_layer_selection(s["drop_layers"], 6) for label, s in by_label.items() if "drop_layers" in s}
+    assert selections["MSLG, all but first and last"] == [1, 2, 3, 4]
+    assert selections["MSLG, all layers"] == [0, 1, 2, 3, 4, 5]
+    assert selections["MSLG, all but first"] == [1, 2, 3, 4, 5]
+    assert selections["MSLG, all but last"] == [0, 1, 2, 3, 4]
+    assert [selections[f"drop half in layer {i} only"] for i in range(6)] == [[i] for i in range(6)]
+
+
+def test_constant_schedule_saves_what_mslg_saves():
+    arms, _ = STUDIES["schedule"].build(False)
+    mslg = next(arm for arm in arms if arm.label == "MSLG")
+    config = resolve_config(mslg.config(1, 0, "cpu"))
+    keep = matching_constant_keep(dict(mslg.settings))
+    totals = [total_layer_tokens(schedule, config.steps, batch_size=config.batch_size, num_layers=6, drop_layers=4)
+              for schedule in (make_schedule(config, config.seq_len, config.steps), ConstantKeep(config.seq_len, keep))]
+    per_kept_unit = config.steps * config.batch_size * 4  # one more kept token in every step
+    assert abs(totals[0] - totals[1]) <= per_kept_unit / 2
+
+
+def test_budget_arms():
+    arms, _ = STUDIES["budget"].build(False)
+    settings = {arm.label: dict(arm.settings) for arm in arms}
+    assert settings["baseline, budget 1.5B"]["steps"] == 3 * settings["baseline, budget B"]["steps"] // 2
+    assert settings["random-LTD, 2/3 of B"]["budget_ratio"] == pytest.approx(2 / 3)
