@@ -45,7 +45,8 @@ def run_training(config: TrainConfig, *, resume: bool = False, command: str | No
     shape = task.shape()
     plans = plan_arms(config, shape)
     run_dir.create(config, command)
-    warm_up(task, device)
+    if not config.quick:
+        warm_up(task, device)
 
     results = {}
     for seed in range(config.seed, config.seed + config.seeds):
