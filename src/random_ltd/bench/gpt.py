@@ -1,0 +1,77 @@
+"""Training steps of the ``gpt`` task's model: model, loss, AdamW, at full length and with random-LTD.
+
+The model is a Hugging Face GPT-2 language model built from a config of the ``gpt`` task's
+default size (``random_ltd.train``), called the way the training program calls it
+(``model(input_ids=..., labels=...)``, gradient clipping, AdamW), random-LTD on layers 1..L-2.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+import random_ltd
+from random_ltd.bench.config import GptShape
+from random_ltd.bench.stack import autocast
+
+DROP_LAYERS = "1:-1"
+
+
+def build_gpt(shape: GptShape, device: torch.device, seed: int = 0) -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=shape.vocab, n_positions=max(1024, shape.seq_len), n_embd=shape.hidden, n_layer=shape.layers,
+        n_head=shape.heads, resid_pdrop=shape.dropout, embd_pdrop=shape.dropout, attn_pdrop=shape.dropout,
+        bos_token_id=0, eos_token_id=0,
+    )
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config).to(device).train()
+
+
+class GptBench:
+    """One model with random-LTD applied, its AdamW, and one fixed batch of token ids.
+
+    The baseline is a step with the kept length set to ``None`` (the wrapped layers pass
+    through), so both arms time the same weights, optimizer and memory.
+    """
+
+    def __init__(self, shape: GptShape, device: torch.device, dtype: torch.dtype, seed: int = 0) -> None:
+        self.shape, self.device, self.dtype = shape, device, dtype
+        self.model = build_gpt(shape, device, seed)
+        self.handle = random_ltd.apply(self.model, layers=DROP_LAYERS, seed=seed)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
+        generator = torch.Generator().manual_seed(seed)
+        self.input_ids = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), generator=generator).to(device)
+
+    def step(self, keep: int | None) -> None:
+        """One training step: forward with the loss, backward, gradient clipping, AdamW."""
+        self.handle.set_keep(keep)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.dtype):
+            loss = self.model(input_ids=self.input_ids, labels=self.input_ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+
+    def baseline(self) -> None:
+        self.step(None)
+
+    def random_ltd(self, keep: int) -> None:
+        self.step(keep)
+
+    def variants(self, keeps: list[int]) -> dict:
+        steps = {"baseline": self.baseline}
+        for keep in keeps:
+            steps[f"ltd@{keep}"] = lambda keep=keep: self.random_ltd(keep)
+        return steps
+
+    def flops(self, keep: int | None) -> int:
+        shape = self.shape
+        return random_ltd.flops_per_step(
+            shape.seq_len, shape.batch, shape.layers, shape.hidden, kept=keep,
+            drop_layers=self.handle.drop_layers, vocab_size=shape.vocab,
+        )
+
+    def layer_tokens(self, keep: int | None) -> int:
+        shape = self.shape
+        return random_ltd.layer_tokens_per_step(shape.seq_len, shape.batch, shape.layers, self.handle.drop_layers, keep)

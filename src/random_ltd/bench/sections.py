@@ -1,0 +1,139 @@
+"""The four measurements of ``random-ltd bench``; each returns a JSON-ready dict."""
+from __future__ import annotations
+
+import dataclasses
+import random
+import statistics
+from typing import Callable
+
+import torch
+
+import random_ltd
+from random_ltd.bench.config import BenchConfig, StackShape
+from random_ltd.bench.gpt import GptBench
+from random_ltd.bench.memory import measure_in_subprocess
+from random_ltd.bench.stack import StackBench
+from random_ltd.bench.timing import Timing, interleaved, time_call
+
+Progress = Callable[[str], None]
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _stack_keep(full: Timing, ltd: Timing, ideal: Timing, clock: str) -> dict:
+    a, b, c = full.times(clock), ltd.times(clock), ideal.times(clock)
+    per_round = [(b_r - c_r) / a_r for a_r, b_r, c_r in zip(a, b, c)]
+    return {
+        "ltd": ltd.to_json(),
+        "ideal": ideal.to_json(),
+        "overhead": (min(b) - min(c)) / min(a),
+        "overhead_median": statistics.median(per_round),
+        "realised_fraction": _ratio(min(a) - min(b), min(a) - min(c)),
+        "realised_fraction_median": _ratio(full.median(clock) - ltd.median(clock),
+                                           full.median(clock) - ideal.median(clock)),
+    }
+
+
+def stack_section(shape: StackShape, config: BenchConfig, progress: Progress) -> dict:
+    """(a) full, (b) random-LTD and (c) ideal forward+backward of one layer stack, interleaved."""
+    device = torch.device(config.device)
+    bench = StackBench(shape, device, config.torch_dtype, config.seed)
+    keeps = shape.keeps(config.keep_fractions)
+    timings = interleaved(bench.variants(keeps), config.repeats, device, warmup=config.warmup, seed=config.seed,
+                          progress=lambda message: progress(f"stack {shape.name}: {message}"))
+    full = timings["full"]
+    rows = [{"keep": keep, **_stack_keep(full, timings[f"ltd@{keep}"], timings[f"ideal@{keep}"], config.clock)}
+            for keep in keeps]
+    return {"shape": dataclasses.asdict(shape), "drop_layers": bench.handle.drop_layers, "full": full.to_json(),
+            "keeps": rows}
+
+
+def train_section(config: BenchConfig, progress: Progress) -> dict:
+    """One training step of the ``gpt`` model at several kept lengths against the baseline."""
+    device = torch.device(config.device)
+    bench = GptBench(config.gpt, device, config.torch_dtype, config.seed)
+    keeps = StackShape("gpt", config.gpt.hidden, config.gpt.heads, config.gpt.layers, config.gpt.seq_len,
+                       config.gpt.batch).keeps(config.keep_fractions)
+    variants = {"baseline": bench.baseline, **{f"ltd@{k}": (lambda k=k: bench.random_ltd(k)) for k in keeps}}
+    timings = interleaved(variants, config.repeats, device, warmup=config.warmup, seed=config.seed,
+                          progress=lambda message: progress(f"train step: {message}"))
+    baseline, clock = timings["baseline"], config.clock
+    rows = []
+    for keep in keeps:
+        timing = timings[f"ltd@{keep}"]
+        flop_saving = 1 - bench.flops(keep) / bench.flops(None)
+        saving = 1 - timing.min(clock) / baseline.min(clock)
+        rows.append({"keep": keep, "time": timing.to_json(), "saving": saving,
+                     "saving_median": 1 - timing.median(clock) / baseline.median(clock), "flop_saving": flop_saving,
+                     "layer_token_saving": 1 - bench.layer_tokens(keep) / bench.layer_tokens(None),
+                     "saving_over_flop_saving": _ratio(saving, flop_saving)})
+    return {"model": dataclasses.asdict(config.gpt), "drop_layers": bench.handle.drop_layers,
+            "baseline": baseline.to_json(), "keeps": rows}
+
+
+def memory_section(shape: StackShape, config: BenchConfig, progress: Progress) -> dict:
+    """Peak memory of one step of (a), (b), (c), each in a fresh subprocess."""
+    def measure(variant: str, keep: int | None) -> dict:
+        progress(f"memory {shape.name}: {variant}" + (f"@{keep}" if keep else ""))
+        return measure_in_subprocess(shape, variant, keep, config.device, config.dtype, config.seed, config.threads)
+
+    full = measure("full", None)
+    rows = []
+    for keep in shape.keeps(config.memory_fractions):
+        ltd, ideal = measure("ltd", keep), measure("ideal", keep)
+        rows.append({"keep": keep, "ltd": ltd, "ideal": ideal,
+                     "ltd_over_full": _ratio(ltd["step_peak_bytes"], full["step_peak_bytes"]),
+                     "ltd_over_ideal": _ratio(ltd["step_peak_bytes"], ideal["step_peak_bytes"])})
+    return {"shape": dataclasses.asdict(shape), "method": full["method"], "full": full, "keeps": rows}
+
+
+def whole_run_section(config: BenchConfig, progress: Progress) -> dict:
+    """A whole MSLG run against the baseline run, step by step interleaved (random order per step)."""
+    gpt, run = config.gpt, config.run
+    device = torch.device(config.device)
+    bench = GptBench(gpt, device, config.torch_dtype, config.seed)
+    schedule = random_ltd.MSLG(gpt.seq_len, run.start, run.increment, full_at=run.full_at, total_steps=run.steps)
+    for _ in range(config.warmup):
+        bench.baseline()
+        bench.random_ltd(schedule(0))
+    totals = {"baseline": Timing(), "random_ltd": Timing()}
+    shuffler = random.Random(config.seed)
+    for step in range(run.steps):
+        keep = schedule(step)
+        arms = [("baseline", bench.baseline), ("random_ltd", lambda: bench.random_ltd(keep))]
+        shuffler.shuffle(arms)
+        for name, call in arms:
+            wall, cpu = time_call(call, device)
+            totals[name].wall.append(wall)
+            totals[name].cpu.append(cpu)
+        if (step + 1) % max(1, run.steps // 10) == 0:
+            progress(f"whole run: step {step + 1}/{run.steps}")
+    return _whole_run_summary(bench, schedule, totals, config.clock)
+
+
+def _whole_run_summary(bench: GptBench, schedule, steps_timing: dict, clock: str) -> dict:
+    totals = {name: sum(timing.times(clock)) for name, timing in steps_timing.items()}
+    gpt, steps = bench.shape, schedule.total_steps
+    sizes = dict(batch_size=gpt.batch, num_layers=gpt.layers, drop_layers=bench.handle.drop_layers)
+    layer_tokens = random_ltd.total_layer_tokens(schedule, steps, **sizes)
+    baseline_layer_tokens = steps * gpt.batch * gpt.layers * gpt.seq_len
+    flops = random_ltd.total_flops(schedule, steps, d_model=gpt.hidden, vocab_size=gpt.vocab, **sizes)
+    baseline_flops = steps * bench.flops(None)
+    realised_saving = 1 - totals["random_ltd"] / totals["baseline"]
+    flop_saving = 1 - flops / baseline_flops
+    return {
+        "model": dataclasses.asdict(gpt),
+        "schedule": {"seq_len": gpt.seq_len, "start": schedule.start, "increment": schedule.increment,
+                     "full_at": schedule.full_at, "steps": steps,
+                     "kept": [{"step": s, "kept": k} for s, k in random_ltd.change_points(schedule, steps)]},
+        "baseline_s": sum(steps_timing["baseline"].wall),
+        "random_ltd_s": sum(steps_timing["random_ltd"].wall),
+        "baseline_cpu_s": sum(steps_timing["baseline"].cpu),
+        "random_ltd_cpu_s": sum(steps_timing["random_ltd"].cpu),
+        "realised_saving": realised_saving,
+        "layer_token_saving": 1 - layer_tokens / baseline_layer_tokens,
+        "flop_saving": flop_saving,
+        "realised_over_flop_saving": _ratio(realised_saving, flop_saving),
+    }

@@ -1,0 +1,99 @@
+"""``random-ltd bench --quick``: runs, prints a table, writes JSON with the documented keys."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from random_ltd.cli import main
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+SECTIONS = ("stack", "train_step", "memory", "whole_run")
+
+
+def _key_names(value, found: set[str]) -> set[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found.add(key)
+            _key_names(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _key_names(item, found)
+    return found
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One full --quick run (all four sections), table on stdout and JSON in a file."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["bench", "--quick", "--out", str(out)])
+    return code, stdout.getvalue(), json.loads(out.read_text())
+
+
+def test_quick_run_succeeds_with_every_section(quick_run):
+    code, table, result = quick_run
+    assert code == 0
+    for section in SECTIONS:
+        assert section in result, section
+    assert result["settings"]["quick"] is True
+    for title in ("Layer stack", "Training step", "Peak memory", "Whole MSLG run", "Targets:"):
+        assert title in table
+
+
+def test_every_json_key_is_documented(quick_run):
+    _, _, result = quick_run
+    spans = re.findall(r"`([^`]+)`", DOCS.read_text())
+    documented = {word for span in spans for word in re.findall(r"[a-z_0-9]+", span)}
+    missing = sorted(_key_names(result, set()) - documented)
+    assert not missing, f"keys missing from docs/benchmarks.md: {missing}"
+
+
+def test_figures_are_consistent(quick_run):
+    _, _, result = quick_run
+    for stack in result["stack"]:
+        full = stack["full"]
+        assert full["min_s"] <= full["median_s"] and len(full["times_s"]) == result["settings"]["repeats"]
+        assert stack["drop_layers"] == list(range(1, stack["shape"]["layers"] - 1))
+        for row in stack["keeps"]:
+            expected = (row["ltd"]["min_s"] - row["ideal"]["min_s"]) / full["min_s"]
+            assert row["overhead"] == pytest.approx(expected)
+            assert 0 < row["keep"] < stack["shape"]["seq_len"]
+    for row in result["train_step"]["keeps"]:
+        assert 0 < row["flop_saving"] < row["layer_token_saving"] < 1  # the LM head never shrinks
+    run = result["whole_run"]
+    kept = [point["kept"] for point in run["schedule"]["kept"]]
+    assert kept == sorted(kept) and kept[0] == run["schedule"]["start"] and kept[-1] == run["schedule"]["seq_len"]
+    assert 0 < run["flop_saving"] < run["layer_token_saving"] < 1
+    for memory in result["memory"]:
+        assert memory["full"]["step_peak_bytes"] > 0
+        for row in memory["keeps"]:
+            assert row["ltd_over_full"] == pytest.approx(
+                row["ltd"]["step_peak_bytes"] / memory["full"]["step_peak_bytes"])
+    assert set(result["targets"]) >= {"overhead_met", "whole_run_met", "memory_met"}
+
+
+def test_json_flag_prints_one_object(capsys):
+    assert main(["bench", "--quick", "--sections", "stack", "--repeats", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert "stack" in result and "train_step" not in result
+    assert result["targets"]["whole_run_met"] is None
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--sections", "stack,bogus"], "--sections"),
+    (["--repeats", "0"], "--repeats"),
+    (["--run-steps", "-3"], "--run-steps"),
+    (["--device", "tpu"], "--device"),
+    (["--shapes", "gpt2-huge"], "--shapes"),
+    (["--clock", "cpu", "--threads", "2"], "--clock"),
+])
+def test_bad_input_is_a_one_line_error(capsys, argv, flag):
+    assert main(["bench", "--quick", *argv]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("random-ltd bench: error: " + flag) and "\n" not in error
