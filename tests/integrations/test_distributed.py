@@ -8,7 +8,7 @@ import torch
 import transformers
 
 import random_ltd
-from random_ltd.integrations.distributed import check_kept_lengths_agree, rank_seed
+from random_ltd.integrations.distributed import check_kept_lengths_agree, load_rank_state, rank_seed
 
 from launching import HERE, torchrun
 
@@ -65,3 +65,22 @@ def test_kept_length_check_without_process_group_returns_the_kept_length():
     handle = random_ltd.apply(model, keep=5)
     assert check_kept_lengths_agree(handle) == 5
 
+
+
+def test_load_rank_state_restores_the_counters_but_keeps_this_ranks_seed():
+    def driver_for(rank):
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=4, n_embd=16, n_head=2, vocab_size=50))
+        handle = random_ltd.apply(model, seed=rank_seed(9, rank))
+        return model, random_ltd.Driver(handle, random_ltd.MSLG(seq_len=12, start=4, increment=4, every_steps=1),
+                                        batch_size=4, seq_len=12)
+
+    model0, driver0 = driver_for(0)
+    for _ in range(2):
+        driver0.before_step()
+        model0(torch.randint(0, 50, (2, 12)))
+        driver0.after_step()
+    _, driver1 = driver_for(1)
+    load_rank_state(driver1, driver0.state_dict())
+    assert driver1.handle.seed == rank_seed(9, 1)
+    assert driver1.handle.state_dict()["forward_count"] == 2
+    assert (driver1.step, driver1.layer_tokens, driver1.before_step()) == (2, driver0.layer_tokens, 12)

@@ -49,6 +49,20 @@ def rank_seed(base_seed: int, rank: int | None = None) -> int:
     return derive_seed(base_seed, rank)
 
 
+def load_rank_state(driver: Any, state: dict) -> None:
+    """``driver.load_state_dict(state)`` for a state saved by any rank, keeping this rank's seed.
+
+    Checkpoints are usually written by rank 0 only. Its counters (step, layer-tokens, the LR
+    scheduler, the handle's forward count) are the same on every rank and are restored; its
+    seed is rank 0's, so every rank keeps the seed its handle already has.
+    """
+    handle = driver.handle
+    own_seed = None if handle is None else handle.seed
+    driver.load_state_dict(state)
+    if handle is not None:
+        handle.load_state_dict({**state["handle"], "seed": own_seed})
+
+
 def check_kept_lengths_agree(handle: RandomLTDHandle, group: Any = None) -> int | None:
     """Raise unless every rank of ``group`` has the same kept length; return it.
 

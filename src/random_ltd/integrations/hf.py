@@ -35,7 +35,7 @@ import random_ltd
 from random_ltd.accounting import layer_tokens_per_step, total_layer_tokens
 from random_ltd.deepspeed_config import DeepSpeedLinear
 from random_ltd.driver import Driver
-from random_ltd.integrations.distributed import rank_seed
+from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.lr import LayerTokenLR
 from random_ltd.schedules import MSLG, ConfigError, ConstantKeep
 from random_ltd.surgery import LayerSelection, parse_layer_selection
@@ -195,9 +195,8 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
                                                      num_layers=driver.num_layers, drop_layers=driver.drop_layers)
             driver.tokens = state.global_step * driver.batch_size * driver.seq_len
             return
-        own_seed = driver.handle.seed  # each rank keeps its seed; the checkpoint (rank 0's) holds the shared counter
-        driver.load_state_dict({**saved, "schedule": driver.schedule.state_dict() if driver.schedule else None})
-        driver.handle.load_state_dict({**saved["handle"], "seed": own_seed})
+        current_schedule = driver.schedule.state_dict() if driver.schedule else None  # today's settings win
+        load_rank_state(driver, {**saved, "schedule": current_schedule})
 
     def _require_driver(self) -> Driver:
         if self.driver is None:
