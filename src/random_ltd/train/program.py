@@ -9,6 +9,7 @@ differ only in the random-LTD surgery, the kept-length schedule and the LR clock
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -71,7 +72,8 @@ def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
     driver = Driver(handle, plan.schedule, batch_size=config.batch_size, seq_len=shape.seq_len,
                     lr_scheduler=make_lr_scheduler(optimizer, config, plan), num_layers=shape.num_layers)
     torch.manual_seed(derive_seed(seed, 2))  # the same dropout stream in both arms
-    state = {"wall_clock_s": 0.0, "flops": 0, "eval_s": 0.0, "metrics_bytes": 0, "last_eval": None}
+    state = {"wall_clock_s": 0.0, "flops": 0, "eval_s": 0.0, "metrics_bytes": 0, "last_eval": None,
+             "load_average_start": load_average()}
 
     saved = checkpoint.load(folder / checkpoint.FILENAME)
     if saved is not None:
@@ -172,11 +174,20 @@ def save(folder: Path, model, optimizer, driver: Driver, state: dict) -> None:
     })
 
 
+def load_average() -> float | None:
+    """The machine's 1-minute load average: wall-clock comparisons mean little on a busy machine."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def arm_result(plan: ArmPlan, driver: Driver, state: dict, seed: int) -> dict:
     last = state["last_eval"] or {}
     result = {"arm": plan.arm, "seed": seed, "steps": driver.step, "tokens": driver.tokens,
               "layer_tokens": driver.layer_tokens, "flops": state["flops"],
-              "wall_clock_s": round(state["wall_clock_s"], 3), "eval_s": round(state["eval_s"], 3)}
+              "wall_clock_s": round(state["wall_clock_s"], 3), "eval_s": round(state["eval_s"], 3),
+              "load_average": [state.get("load_average_start"), load_average()]}
     result.update({f"final_{name}": value for name, value in last.items()})
     return result
 

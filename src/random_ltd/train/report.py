@@ -119,7 +119,8 @@ def markdown(summary: dict, figures: list[str]) -> str:
         "Layer-tokens: tokens processed summed over layers. Wall-clock: training steps only (evaluation and "
         "checkpoints excluded). Validation runs at full length, without dropping.", "",
     ]
-    parts += _comparison_lines(summary) + _schedule_lines(summary) + [f"Data: {json.dumps(data)}", ""]
+    parts += _comparison_lines(summary) + _schedule_lines(summary) + _load_lines(summary)
+    parts += [f"Data: {json.dumps(data)}", ""]
     parts += [f"![{figure}]({figure})" for figure in figures]
     return "\n".join(parts) + "\n"
 
@@ -135,6 +136,15 @@ def _comparison_lines(summary: dict) -> list[str]:
     if "val_accuracy_difference" in comparison:
         words.append(f"accuracy difference {100 * comparison['val_accuracy_difference']:+.2f} points")
     return ["Random-LTD against the baseline: " + "; ".join(words) + ".", ""]
+
+
+def _load_lines(summary: dict) -> list[str]:
+    loads = [f"{name} (seed {run['seed']}) {run['load_average'][0]} → {run['load_average'][1]}"
+             for name, arm in summary["arms"].items() for run in arm["seeds"] if run.get("load_average")]
+    if not loads:
+        return []
+    return [f"Machine load (1-minute average) when each arm started → ended: {'; '.join(loads)}. "
+            "Wall-clock comparisons need an otherwise idle machine.", ""]
 
 
 def _schedule_lines(summary: dict) -> list[str]:

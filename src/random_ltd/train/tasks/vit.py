@@ -58,7 +58,7 @@ class ViTTask(Task):
     def defaults(cls, quick: bool) -> dict:
         if quick:
             return dict(steps=24, batch_size=16, patch_size=7, model_size="tiny", lr=2e-3, dropout=0.0, full_at=0.8, eval_batches=4)
-        return dict(steps=150, batch_size=32, patch_size=2, model_size="small", lr=1e-3, dropout=0.0, full_at=0.8, eval_batches=16)
+        return dict(steps=200, batch_size=32, patch_size=2, model_size="small", lr=1e-3, dropout=0.0, full_at=0.8, eval_batches=16)
 
     @classmethod
     def check(cls, config: TrainConfig) -> None:
