@@ -206,3 +206,12 @@ def test_unsupported_mask_object_is_a_clear_error():
     rotary = model.model.rotary_emb(hidden, torch.arange(zoo.SEQ).unsqueeze(0))
     with pytest.raises(random_ltd.RandomLTDError, match="not supported"):
         model.model.layers[1](hidden, attention_mask=object(), position_embeddings=rotary)
+
+
+def test_remove_refuses_to_undo_a_class_swapped_in_after_apply():
+    model = zoo.gpt2()
+    random_ltd.apply(model)
+    layer = model.transformer.h[1]
+    layer.__class__ = type("ShardedBlock", (type(layer),), {})  # what fully_shard does to a layer
+    with pytest.raises(random_ltd.RandomLTDError, match="changed after random-LTD was applied"):
+        random_ltd.remove(model)

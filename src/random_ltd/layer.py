@@ -208,7 +208,14 @@ def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: 
 
 
 def unwrap_layer(layer: nn.Module) -> None:
-    state: LayerState = layer.__dict__.pop(_STATE_ATTR)
+    state: LayerState = layer.__dict__[_STATE_ATTR]
+    if type(layer) is not dropping_class(state.original_class):
+        raise RandomLTDError(
+            f"the class of this {state.original_class.__name__} was changed after random-LTD was applied "
+            f"(now {type(layer).__name__}, e.g. by fully_shard): restoring it would undo that change. "
+            "Apply random-LTD after such wrapping (see random_ltd.integrations.distributed.shard_layers)"
+        )
+    del layer.__dict__[_STATE_ATTR]
     layer.__class__ = state.original_class
 
 
