@@ -215,3 +215,5 @@ def test_remove_refuses_to_undo_a_class_swapped_in_after_apply():
     layer.__class__ = type("ShardedBlock", (type(layer),), {})  # what fully_shard does to a layer
     with pytest.raises(random_ltd.RandomLTDError, match="changed after random-LTD was applied"):
         random_ltd.remove(model)
+    assert random_ltd.get_handle(model) is not None, "a refused remove leaves the model as it was"
+    assert type(model.transformer.h[2]).__qualname__.startswith("RandomLTD[")

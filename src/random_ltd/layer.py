@@ -208,6 +208,12 @@ def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: 
 
 
 def unwrap_layer(layer: nn.Module) -> None:
+    check_unwrappable(layer)
+    state: LayerState = layer.__dict__.pop(_STATE_ATTR)
+    layer.__class__ = state.original_class
+
+
+def check_unwrappable(layer: nn.Module) -> None:
     state: LayerState = layer.__dict__[_STATE_ATTR]
     if type(layer) is not dropping_class(state.original_class):
         raise RandomLTDError(
@@ -215,8 +221,6 @@ def unwrap_layer(layer: nn.Module) -> None:
             f"(now {type(layer).__name__}, e.g. by fully_shard): restoring it would undo that change. "
             "Apply random-LTD after such wrapping (see random_ltd.integrations.distributed.shard_layers)"
         )
-    del layer.__dict__[_STATE_ATTR]
-    layer.__class__ = state.original_class
 
 
 def is_wrapped(layer: nn.Module) -> bool:

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from random_ltd import adapters
 from random_ltd.errors import RandomLTDError
-from random_ltd.layer import DropControl, is_wrapped, layer_state, unwrap_layer, wrap_layer
+from random_ltd.layer import DropControl, check_unwrappable, is_wrapped, layer_state, unwrap_layer, wrap_layer
 
 _HANDLE_ATTR = "_random_ltd_handle"
 LayerSelection = str | Sequence[int]
@@ -190,10 +190,13 @@ def get_handle(model: nn.Module) -> RandomLTDHandle | None:
 
 def remove(model: nn.Module) -> None:
     """Undo ``apply``: original layer classes, no hook, nothing left behind."""
-    handle = model.__dict__.pop(_HANDLE_ATTR, None)
+    handle = model.__dict__.get(_HANDLE_ATTR)
     if handle is None:
         raise RandomLTDError("random-LTD is not applied to this model")
+    wrapped = [m for m in model.modules() if is_wrapped(m) and layer_state(m).control is handle._control]
+    for module in wrapped:
+        check_unwrappable(module)  # all or nothing: never leave a half-restored model
+    for module in wrapped:
+        unwrap_layer(module)
     handle._hook.remove()
-    for module in model.modules():
-        if is_wrapped(module) and layer_state(module).control is handle._control:
-            unwrap_layer(module)
+    del model.__dict__[_HANDLE_ATTR]
