@@ -64,25 +64,8 @@ def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
     if finished.exists():
         return json.loads(finished.read_text())
 
-    # Same seed -> same initial weights in both arms; the surgery adds no parameters.
-    torch.manual_seed(seed)
-    model = task.build_model().to(device)
-    handle = apply(model, list(plan.drop_layers), seed=derive_seed(seed, 1)) if plan.drops else None
-    optimizer = make_optimizer(model, config)
-    driver = Driver(handle, plan.schedule, batch_size=config.batch_size, seq_len=shape.seq_len,
-                    lr_scheduler=make_lr_scheduler(optimizer, config, plan), num_layers=shape.num_layers)
-    torch.manual_seed(derive_seed(seed, 2))  # the same dropout stream in both arms
-    state = {"wall_clock_s": 0.0, "flops": 0, "eval_s": 0.0, "metrics_bytes": 0, "last_eval": None,
-             "load_average_start": load_average()}
-
-    saved = checkpoint.load(folder / checkpoint.FILENAME)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        driver.load_state_dict(saved["driver"])
-        checkpoint.restore_rng(saved["rng"])
-        state = saved["state"]
-    folder.mkdir(parents=True, exist_ok=True)
+    model, optimizer, driver = build_arm(config, task, shape, plan, seed, device)
+    state = restore(folder, model, optimizer, driver)
     metrics_path = folder / "metrics.jsonl"
     checkpoint.truncate(metrics_path, state["metrics_bytes"])
 
@@ -114,6 +97,32 @@ def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
     save(folder, model, optimizer, driver, state)
     report.write_json(finished, result)
     return result
+
+
+def build_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, device: torch.device):
+    """Model, optimizer and driver of one arm; both arms start from the same weights and RNG state."""
+    torch.manual_seed(seed)  # same seed -> same initial weights; the surgery adds no parameters
+    model = task.build_model().to(device)
+    handle = apply(model, list(plan.drop_layers), seed=derive_seed(seed, 1)) if plan.drops else None
+    optimizer = make_optimizer(model, config)
+    driver = Driver(handle, plan.schedule, batch_size=config.batch_size, seq_len=shape.seq_len,
+                    lr_scheduler=make_lr_scheduler(optimizer, config, plan), num_layers=shape.num_layers)
+    torch.manual_seed(derive_seed(seed, 2))  # the same dropout stream in both arms
+    return model, optimizer, driver
+
+
+def restore(folder: Path, model, optimizer, driver: Driver) -> dict:
+    """Load the arm's checkpoint into the objects when there is one; return the bookkeeping."""
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = checkpoint.load(folder / checkpoint.FILENAME)
+    if saved is None:
+        return {"wall_clock_s": 0.0, "flops": 0, "eval_s": 0.0, "metrics_bytes": 0, "last_eval": None,
+                "load_average_start": load_average()}
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    driver.load_state_dict(saved["driver"])  # step, counters, schedules, LR, random-LTD seed and count
+    checkpoint.restore_rng(saved["rng"])
+    return saved["state"]
 
 
 def warm_up(task: Task, device: torch.device, steps: int = 2) -> None:
