@@ -28,7 +28,10 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("cache"))
+    """The session's cache, the same folder tests/train uses: the stdlib BPE is trained once."""
+    folder = tmp_path_factory.getbasetemp() / "random-ltd-cache"
+    folder.mkdir(exist_ok=True)
+    return str(folder)
 
 
 def train(*args: str) -> int:

@@ -18,7 +18,11 @@ def fashion_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+    """One cache per test session, shared with tests/cli/test_train.py (same path): the
+    standard-library BPE is trained once."""
+    folder = tmp_path_factory.getbasetemp() / "random-ltd-cache"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture

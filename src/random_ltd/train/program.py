@@ -116,7 +116,7 @@ def restore(folder: Path, model, optimizer, driver: Driver) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     saved = checkpoint.load(folder / checkpoint.FILENAME)
     if saved is None:
-        return {"wall_clock_s": 0.0, "flops": 0, "eval_s": 0.0, "metrics_bytes": 0, "last_eval": None,
+        return {"wall_clock_s": 0.0, "cpu_s": 0.0, "flops": 0, "eval_s": 0.0, "metrics_bytes": 0, "last_eval": None,
                 "load_average_start": load_average()}
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
@@ -147,7 +147,7 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
 def train_step(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, model, optimizer,
                driver: Driver, state: dict, device: torch.device) -> dict:
     """One optimizer step; returns its metrics line. Wall-clock counts training work only."""
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     model.train()
     kept = driver.before_step()  # sets this step's kept length on the model
     lr = optimizer.param_groups[0]["lr"]
@@ -161,6 +161,7 @@ def train_step(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan
     driver.after_step()  # counts layer-tokens and steps the LR
     train_loss = loss.detach().item()  # also waits for the device
     state["wall_clock_s"] += time.perf_counter() - started
+    state["cpu_s"] += time.process_time() - started_cpu  # less sensitive than wall-clock to other load
     state["flops"] += step_flops(config, shape, plan, kept)
     return {"step": driver.step, "train_loss": train_loss, "lr": lr, "kept": kept, "layer_tokens": driver.layer_tokens,
             "tokens": driver.tokens, "flops": state["flops"], "wall_clock_s": round(state["wall_clock_s"], 4)}
@@ -195,7 +196,8 @@ def arm_result(plan: ArmPlan, driver: Driver, state: dict, seed: int) -> dict:
     last = state["last_eval"] or {}
     result = {"arm": plan.arm, "seed": seed, "steps": driver.step, "tokens": driver.tokens,
               "layer_tokens": driver.layer_tokens, "flops": state["flops"],
-              "wall_clock_s": round(state["wall_clock_s"], 3), "eval_s": round(state["eval_s"], 3),
+              "wall_clock_s": round(state["wall_clock_s"], 3), "cpu_s": round(state["cpu_s"], 3),
+              "eval_s": round(state["eval_s"], 3),
               "load_average": [state.get("load_average_start"), load_average()]}
     result.update({f"final_{name}": value for name, value in last.items()})
     return result

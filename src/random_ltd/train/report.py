@@ -18,7 +18,7 @@ import torch
 from random_ltd.train import plots
 from random_ltd.train.config import TrainConfig
 
-NUMERIC_RESULTS = ("steps", "tokens", "layer_tokens", "flops", "wall_clock_s", "eval_s", "final_val_loss",
+NUMERIC_RESULTS = ("steps", "tokens", "layer_tokens", "flops", "wall_clock_s", "cpu_s", "eval_s", "final_val_loss",
                    "final_val_perplexity", "final_val_accuracy")
 
 
@@ -76,8 +76,8 @@ def compare(arms: dict) -> dict:
     if "baseline" not in arms or "random_ltd" not in arms:
         return {}
     base, ltd = arms["baseline"], arms["random_ltd"]
-    comparison = {f"{name}_saving": 1.0 - ltd[name] / base[name] for name in ("layer_tokens", "flops", "wall_clock_s")
-                  if base.get(name)}
+    comparison = {f"{name}_saving": 1.0 - ltd[name] / base[name]
+                  for name in ("layer_tokens", "flops", "wall_clock_s", "cpu_s") if base.get(name)}
     comparison["val_loss_difference"] = ltd["final_val_loss"] - base["final_val_loss"]
     if "final_val_accuracy" in base:
         comparison["val_accuracy_difference"] = ltd["final_val_accuracy"] - base["final_val_accuracy"]
@@ -95,14 +95,15 @@ def table(summary: dict) -> str:
     """The Markdown table of the report (also what the README's results section shows)."""
     vit = summary["task"] == "vit"
     quality = ("final_val_accuracy", "val accuracy", ".4f") if vit else ("final_val_perplexity", "val perplexity", ".2f")
-    lines = ["| arm | steps | layer-tokens | saving | FLOPs (est.) | wall-clock (s) | val loss | " + quality[1] + " |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| arm | steps | layer-tokens | saving | FLOPs (est.) | wall-clock (s) | CPU (s) | val loss | "
+             + quality[1] + " |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = summary["arms"].get("baseline")
     for name, arm in summary["arms"].items():
         saving = f"{100 * (1 - arm['layer_tokens'] / base['layer_tokens']):.1f}%" if base and name != "baseline" else "—"
-        lines.append(f"| {name} | {arm['steps']} | {arm['layer_tokens']:.4g} | {saving} | {arm['flops']:.3g} | "
-                     f"{_cell(arm, 'wall_clock_s', '.1f')} | {_cell(arm, 'final_val_loss', '.4f')} | "
-                     f"{_cell(arm, quality[0], quality[2])} |")
+        cells = [name, str(arm["steps"]), f"{arm['layer_tokens']:.4g}", saving, f"{arm['flops']:.3g}",
+                 _cell(arm, "wall_clock_s", ".1f"), _cell(arm, "cpu_s", ".1f"), _cell(arm, "final_val_loss", ".4f"),
+                 _cell(arm, quality[0], quality[2])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -116,8 +117,8 @@ def markdown(summary: dict, figures: list[str]) -> str:
         f"{summary['environment']['threads']} threads, device {summary['environment']['device']}.", "",
         "```bash", summary["command"] or "(run through the Python API: random_ltd.train.run_training)", "```", "",
         table(summary), "",
-        "Layer-tokens: tokens processed summed over layers. Wall-clock: training steps only (evaluation and "
-        "checkpoints excluded). Validation runs at full length, without dropping.", "",
+        "Layer-tokens: tokens processed summed over layers. Wall-clock and CPU time (all threads of the process): "
+        "training steps only, evaluation and checkpoints excluded. Validation runs at full length, without dropping.", "",
     ]
     parts += _comparison_lines(summary) + _schedule_lines(summary) + _load_lines(summary)
     parts += [f"Data: {json.dumps(data)}", ""]
@@ -130,7 +131,7 @@ def _comparison_lines(summary: dict) -> list[str]:
     if not comparison:
         return []
     labels = {"layer_tokens_saving": "layer-token saving", "flops_saving": "FLOP saving (estimate)",
-              "wall_clock_s_saving": "wall-clock saving"}
+              "wall_clock_s_saving": "wall-clock saving", "cpu_s_saving": "CPU-time saving"}
     words = [f"{labels[name]} {100 * value:.1f}%" for name, value in comparison.items() if name in labels]
     words.append(f"val loss difference (random-LTD − baseline) {comparison['val_loss_difference']:+.4f}")
     if "val_accuracy_difference" in comparison:

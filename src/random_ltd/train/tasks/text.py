@@ -100,7 +100,9 @@ class GPTTask(TextTask):
             n_head=heads, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
             bos_token_id=self.split.eot_id, eos_token_id=self.split.eot_id,
         )
-        return GPT2LMHeadModel(model_config)
+        model = GPT2LMHeadModel(model_config)
+        model.loss_type = "ForCausalLM"  # what it computes anyway; unset, transformers warns on every run
+        return model
 
     def train_batch(self, seed: int, step: int) -> Batch:
         ids = torch.from_numpy(self.examples(seed, step))

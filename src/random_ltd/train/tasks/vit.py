@@ -57,8 +57,10 @@ class ViTTask(Task):
     @classmethod
     def defaults(cls, quick: bool) -> dict:
         if quick:
-            return dict(steps=24, batch_size=16, patch_size=7, model_size="tiny", lr=2e-3, dropout=0.0, full_at=0.8, eval_batches=4)
-        return dict(steps=200, batch_size=32, patch_size=2, model_size="small", lr=1e-3, dropout=0.0, full_at=0.8, eval_batches=16)
+            return dict(steps=24, batch_size=16, patch_size=7, model_size="tiny", lr=2e-3, dropout=0.0,
+                        full_at=0.8, eval_batches=4)
+        return dict(steps=200, batch_size=32, patch_size=2, model_size="small", lr=1e-3, dropout=0.0,
+                    full_at=0.8, eval_batches=16)
 
     @classmethod
     def check(cls, config: TrainConfig) -> None:
@@ -111,7 +113,8 @@ class ViTTask(Task):
 
     def val_batches(self) -> list[Batch]:
         size = self.config.batch_size
-        return [as_batch(self.val_images[i:i + size], self.val_labels[i:i + size]) for i in range(0, len(self.val_labels), size)]
+        return [as_batch(self.val_images[i:i + size], self.val_labels[i:i + size])
+                for i in range(0, len(self.val_labels), size)]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: list[Batch]) -> dict[str, float]:
