@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from random_ltd.train import TrainConfig
-from train.fakes import write_corpus, write_fashion_mnist
+from train.fakes import tiny_config, write_corpus, write_fashion_mnist
 
 
 @pytest.fixture(scope="session")
@@ -27,13 +27,8 @@ def cache(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny(corpus_dir, cache, tmp_path):
-    """A factory of tiny gpt configurations on the fake corpus (seconds per run)."""
-
+    """``tiny(**changes)``: ``tiny_config`` writing to ``tmp_path / "run"``."""
     def make(**changes) -> TrainConfig:
-        settings = dict(task="gpt", quick=True, data=(str(corpus_dir),), steps=6, batch_size=4, seq_len=32,
-                        vocab_size=300, eval_every=3, eval_batches=1, kept_start=8, kept_increment=8,
-                        cache_dir=str(cache), out=str(tmp_path / "run"), progress=False)
-        settings.update(changes)
-        return TrainConfig(**settings)
+        return tiny_config(corpus_dir, cache, changes.pop("out", tmp_path / "run"), **changes)
 
     return make

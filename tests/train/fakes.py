@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from random_ltd.train import TrainConfig
+
 WORDS = ("def return class import self value index token layer model train the of and to a in for "
          "is that with as on by this be are from list dict none true false print range len").split()
 
@@ -44,3 +46,11 @@ def write_fashion_mnist(folder: Path, train: int = 256, test: int = 64, seed: in
         _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", 2049, (count,), labels)
         _write_idx(folder / f"{split}-images-idx3-ubyte.gz", 2051, (count, 28, 28), images)
     return folder
+
+
+def tiny_config(corpus_dir: Path, cache: Path, out: Path, **changes) -> TrainConfig:
+    """A tiny gpt configuration on the fake corpus (seconds per run)."""
+    settings = dict(task="gpt", quick=True, data=(str(corpus_dir),), steps=6, batch_size=4, seq_len=32,
+                    vocab_size=300, eval_every=3, eval_batches=1, kept_start=8, kept_increment=8,
+                    cache_dir=str(cache), out=str(out), progress=False)
+    return TrainConfig(**{**settings, **changes})

@@ -6,6 +6,7 @@ import pytest
 from random_ltd.train import TrainConfig, run_training
 from random_ltd.train.config import ConfigError
 from random_ltd.train.rundir import arm_dir
+from train.fakes import tiny_config
 
 
 def lines(root, arm, seed=0):
@@ -33,6 +34,9 @@ def test_quick_run_writes_metrics_summary_report_and_plots(tiny, tmp_path):
         result = on_disk["arms"][arm]
         assert {"layer_tokens", "flops", "wall_clock_s", "final_val_loss", "final_val_perplexity"} <= set(result)
         assert result["final_val_loss"] == lines(root, arm)[-1]["val_loss"]
+    first_base, first_ltd = lines(root, "baseline")[:2], lines(root, "random_ltd")[:2]
+    assert first_base[0]["val_loss"] == first_ltd[0]["val_loss"]  # same initial weights
+    assert first_ltd[1]["kept"] == 8 and first_base[1]["kept"] == 32
     base, ltd = on_disk["arms"]["baseline"], on_disk["arms"]["random_ltd"]
     assert base["layer_tokens"] == 6 * 4 * 32 * 4 and ltd["layer_tokens"] < base["layer_tokens"]
     assert on_disk["comparison"]["layer_tokens_saving"] == pytest.approx(1 - ltd["layer_tokens"] / base["layer_tokens"])
@@ -41,13 +45,6 @@ def test_quick_run_writes_metrics_summary_report_and_plots(tiny, tmp_path):
     for name in ("val_loss_vs_steps", "val_loss_vs_layer_tokens", "val_loss_vs_wall_clock", "kept_and_lr"):
         assert (root / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({name}.png)" in report
-
-
-def test_both_arms_start_from_the_same_weights_and_see_the_same_data(tiny, tmp_path):
-    run_training(tiny())
-    base, ltd = lines(tmp_path / "run", "baseline"), lines(tmp_path / "run", "random_ltd")
-    assert base[0]["val_loss"] == ltd[0]["val_loss"]  # same initial weights
-    assert ltd[1]["kept"] == 8 and base[1]["kept"] == 32
 
 
 def test_random_ltd_that_keeps_everything_reproduces_the_baseline_exactly(tiny, tmp_path):
@@ -61,10 +58,20 @@ class Killed(Exception):
     pass
 
 
+RESUME_SETTINGS = dict(checkpoint_every=2, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus_dir, cache, tmp_path_factory):
+    """Both arms' metrics of a run that nobody stopped (computed once for the resume tests)."""
+    root = tmp_path_factory.mktemp("whole")
+    run_training(tiny_config(corpus_dir, cache, root, **RESUME_SETTINGS))
+    return {arm: without_clock(lines(root, arm)) for arm in ("baseline", "random_ltd")}
+
+
 @pytest.mark.parametrize("arm, at", [("baseline", 5), ("random_ltd", 4)])
-def test_resume_after_a_kill_equals_the_uninterrupted_run(tiny, tmp_path, arm, at):
-    settings = dict(checkpoint_every=2, dropout=0.1, task="gpt")
-    run_training(tiny(out=str(tmp_path / "whole"), **settings))
+def test_resume_after_a_kill_equals_the_uninterrupted_run(tiny, tmp_path, uninterrupted, arm, at):
+    settings = RESUME_SETTINGS
 
     def kill(current_arm, seed, step):
         if current_arm == arm and step == at:
@@ -76,7 +83,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tiny, tmp_path, arm, a
     assert len(lines(tmp_path / "cut", arm)) == at + 1  # lines past the checkpoint exist before resuming
     run_training(interrupted, resume=True)
     for name in ("baseline", "random_ltd"):
-        assert without_clock(lines(tmp_path / "cut", name)) == without_clock(lines(tmp_path / "whole", name))
+        assert without_clock(lines(tmp_path / "cut", name)) == uninterrupted[name]
 
 
 def test_seeds_give_mean_and_std(tiny, tmp_path):
