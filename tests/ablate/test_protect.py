@@ -7,7 +7,7 @@ import torch
 import random_ltd
 import zoo
 from random_ltd import ops
-from random_ltd.ablate.protect import protect_special_tokens
+from random_ltd.ablate.protect import protect_special_tokens, unprotect
 from random_ltd.errors import RandomLTDError
 
 SPECIAL = (3, 5)
@@ -63,12 +63,18 @@ def test_same_seed_same_indices_and_plain_random_ltd_without_specials(monkeypatc
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
-def test_needs_random_ltd_and_remove_restores_classes():
+def test_needs_random_ltd_and_unprotect_then_remove_restores_classes():
     model = zoo.bert()
     with pytest.raises(RandomLTDError, match="apply random-LTD first"):
         protect_special_tokens(model, SPECIAL)
     classes = [type(m) for m in model.modules()]
     random_ltd.apply(model, "1:-1", keep=5)
+    wrapped = [type(m) for m in model.modules()]
     protect_special_tokens(model, SPECIAL)
+    unprotect(model)
+    assert [type(m) for m in model.modules()] == wrapped
+    assert len(model._forward_pre_hooks) == 1  # random-LTD's own forward counter only
     random_ltd.remove(model)
     assert [type(m) for m in model.modules()] == classes
+    with pytest.raises(RandomLTDError, match="not protected"):
+        unprotect(model)

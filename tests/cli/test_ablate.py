@@ -61,6 +61,15 @@ def test_rerun_reuses_the_trained_arms(quick_run, monkeypatch, capsys):
     assert "lr: " in capsys.readouterr().out
 
 
+def test_parallel_jobs_give_the_same_numbers(quick_run, tmp_path):
+    assert main(["ablate", "schedule", "--quick", "--out", str(tmp_path), "--device", "cpu", "--jobs", "2"]) == 0
+    parallel = json.loads((tmp_path / "schedule" / "results.json").read_text())
+    sequential = json.loads((quick_run / "schedule" / "results.json").read_text())
+    for label, arm in sequential["arms"].items():
+        assert parallel["arms"][label]["final_val_loss"] == arm["final_val_loss"], label
+    assert parallel["judged"] == sequential["judged"]
+
+
 def test_list_trains_nothing(capsys, tmp_path):
     assert main(["ablate", "--list"]) == 0
     out = capsys.readouterr().out
@@ -73,6 +82,7 @@ def test_list_trains_nothing(capsys, tmp_path):
     (["ablate", "lr", "--seeds", "0"], "--seeds"),
     (["ablate", "lr", "--seed", "-1"], "--seed"),
     (["ablate", "lr", "--threads", "0"], "--threads"),
+    (["ablate", "lr", "--jobs", "0"], "--jobs"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, flag, capsys, tmp_path):
     assert main(argv + ["--out", str(tmp_path)]) == 2

@@ -72,5 +72,17 @@ def protect_special_tokens(model: nn.Module, special_ids: Sequence[int]) -> Rand
         else:
             protected.positions = torch.isin(input_ids, protected.special_ids.to(input_ids.device))
 
-    model.register_forward_pre_hook(find_special, with_kwargs=True)
+    model.__dict__[_ATTR] = model.register_forward_pre_hook(find_special, with_kwargs=True)
     return handle
+
+
+def unprotect(model: nn.Module) -> None:
+    """Undo ``protect_special_tokens`` (plain random-LTD again; ``random_ltd.remove`` works after)."""
+    hook = model.__dict__.pop(_ATTR, None)
+    if hook is None:
+        raise RandomLTDError("special tokens are not protected on this model")
+    hook.remove()
+    for module in model.modules():
+        if _ATTR in module.__dict__:
+            del module.__dict__[_ATTR]
+            module.__class__ = type(module).__bases__[-1]  # the random-LTD class under ours

@@ -26,8 +26,11 @@ class Options:
     seeds: int = 3
     seed: int = 0
     device: str = "auto"
+    engine: str = "program"
 
     def __post_init__(self) -> None:
+        if self.engine not in runs.ENGINES:
+            raise ValueError(f"--engine: choose one of {', '.join(runs.ENGINES)}, got {self.engine!r}")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"--seeds: must be an integer >= 1, got {self.seeds!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -45,6 +48,7 @@ class Options:
 def run_study(name: str, options: Options, log: Callable[[str], None] = print) -> dict:
     study = STUDIES[name]
     arm_list, claims = study.build(options.quick)
+    arm_list = [arm.for_engine(options.engine) for arm in arm_list]
     results = {}
     for number, arm in enumerate(arm_list, 1):
         started = time.perf_counter()

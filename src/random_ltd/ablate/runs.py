@@ -19,9 +19,10 @@ from random_ltd.train import TrainConfig, run_training
 from random_ltd.train.arms import plan_arms
 from random_ltd.train.report import write_json
 from random_ltd.train.rundir import arm_dir, pick_device
-from random_ltd.train.tasks import make_task, resolve_config
+from random_ltd.train.tasks import Task, make_task, resolve_config
 
 # Fields that only shape the random-LTD arm: a baseline run ignores them, so they leave its key.
+ENGINES = ("program", "loop")
 _RANDOM_LTD_FIELDS = ("drop_layers", "schedule", "kept_start", "kept_increment", "kept_every", "full_at",
                       "lr_clock", "budget_ratio")
 
@@ -55,9 +56,25 @@ class Arm:
         text = json.dumps([self.arm, self.method, self.settings, seeds, seed], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
+    def for_engine(self, engine: str) -> "Arm":
+        """With ``engine="loop"`` an arm of the training program is trained by the loop instead
+        (same numbers, pinned by a test; no per-run plots or corpus rescans: seconds, for CI)."""
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if engine == "program" or self.method is not None:
+            return self
+        return dataclasses.replace(self, method=self.arm)
+
     def folder(self, root: Path, seeds: int, seed: int) -> Path:
         kind = self.method or self.arm
         return Path(root) / "runs" / f"{kind}-{self.key(seeds, seed)}"
+
+
+def is_trained(arm: Arm, root: Path, seeds: int, seed: int = 0) -> bool:
+    folder = arm.folder(root, seeds, seed)
+    if arm.method is None:
+        return (folder / "summary.json").exists()
+    return all((folder / f"seed{k}.json").exists() for k in range(seed, seed + seeds))
 
 
 def train(arm: Arm, root: Path, seeds: int, seed: int = 0, device: str = "auto") -> list[dict]:
@@ -98,17 +115,32 @@ def _with_loop(arm: Arm, config: TrainConfig, folder: Path) -> list[dict]:
     resolved = resolve_config(config)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "config.json", {"label": arm.label, "method": arm.method, "config": resolved.to_dict()})
-    task = None
     results = []
     for seed in range(config.seed, config.seed + config.seeds):
         path = folder / f"seed{seed}.json"
         if not path.exists():
-            if task is None:
-                task = make_task(resolved)
-                task.prepare()
-                shape = task.shape()
-                plan = plan_arms(resolved, shape)[arm.arm]
+            task = prepared_task(resolved)
+            shape = task.shape()
+            plan = plan_arms(resolved, shape)[arm.arm]
             result = loop.train_method(arm.method, resolved, task, shape, plan, seed, pick_device(resolved.device))
             write_json(path, {"arm": arm.arm, **result})
         results.append(json.loads(path.read_text()))
     return results
+
+
+_PREPARED: dict[str, Task] = {}
+# Fields a task never reads (they steer the optimizer, the budget, random-LTD and the run).
+_NOT_DATA = _RANDOM_LTD_FIELDS + ("arms", "seed", "seeds", "out", "progress", "device", "eval_every",
+                                  "checkpoint_every", "steps", "tokens", "lr", "lr_decay", "warmup",
+                                  "min_lr_ratio", "weight_decay", "grad_clip")
+
+
+def prepared_task(config: TrainConfig) -> Task:
+    """The task with its data loaded, shared by every arm of this process that reads the same data
+    (loading scans and encodes the corpus: seconds, which tiny --quick arms should not pay each)."""
+    key = json.dumps({k: v for k, v in config.to_dict().items() if k not in _NOT_DATA}, sort_keys=True)
+    if key not in _PREPARED:
+        task = make_task(config)
+        task.prepare()
+        _PREPARED[key] = task
+    return _PREPARED[key]

@@ -46,8 +46,14 @@ def register(subparsers) -> None:
     parser.add_argument("--out", metavar="DIR", help="study folders and trained arms (default runs/ablate[-quick])")
     parser.add_argument("--results", metavar="FILE",
                         help="results page to update (default docs/results.md; with --quick OUT/results.md)")
+    parser.add_argument("--engine", choices=("program", "loop"),
+                        help="train arms with random-ltd train's program (default) or the ablation loop, which "
+                             "gives the same numbers without per-run reports (default with --quick)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice; "
+                                                   "1 with --jobs)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="train arms in this many processes at once (default 1; 2 on a 2-core machine)")
     parser.set_defaults(func=run)
 
 
@@ -59,21 +65,37 @@ def run(args: argparse.Namespace) -> int:
         return 0
     names = chosen_studies(args.names, STUDIES)
     options = make_options(args)
-    if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            raise UsageError(f"--threads: must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args)
     started = time.perf_counter()
-    for name in names:
-        try:
-            data = run_study(name, options, log=lambda line: print(line, file=sys.stderr, flush=True))
-        except (ValueError, RandomLTDError) as error:
-            raise UsageError(str(error)) from None
-        print(f"{name}: " + "; ".join(f"{item['claim']}: {item['verdict']}" for item in data["judged"]))
+    try:
+        if args.jobs > 1:
+            from random_ltd.ablate.parallel import train_in_parallel
+
+            train_in_parallel(names, options, args.jobs, threads or 1, log=log)
+        for name in names:
+            data = run_study(name, options, log=log)
+            print(f"{name}: " + "; ".join(f"{item['claim']}: {item['verdict']}" for item in data["judged"]))
+    except (ValueError, RandomLTDError) as error:
+        raise UsageError(str(error)) from None
     print(f"results: {options.results}  ({(time.perf_counter() - started) / 60:.1f} min)")
     return 0
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def set_threads(args: argparse.Namespace) -> int | None:
+    if args.jobs < 1:
+        raise UsageError(f"--jobs: must be at least 1, got {args.jobs}")
+    if args.threads is None:
+        return None
+    if args.threads < 1:
+        raise UsageError(f"--threads: must be at least 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    return args.threads
 
 
 def chosen_studies(names: list[str], studies: dict) -> list[str]:
@@ -94,7 +116,9 @@ def make_options(args: argparse.Namespace):
     results = Path(args.results) if args.results else (root / "results.md" if args.quick else Path("docs/results.md"))
     seeds = DEFAULT_SEEDS[args.quick] if args.seeds is None else args.seeds
     try:
-        return Options(root=root, results=results, quick=args.quick, seeds=seeds, seed=args.seed, device=args.device)
+        engine = args.engine or ("loop" if args.quick else "program")
+        return Options(root=root, results=results, quick=args.quick, seeds=seeds, seed=args.seed, device=args.device,
+                       engine=engine)
     except ValueError as error:
         raise UsageError(str(error)) from None
 
