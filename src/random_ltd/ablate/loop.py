@@ -81,27 +81,33 @@ def train_method(method: str, config: TrainConfig, task: Task, shape: ModelShape
     optimizer = make_optimizer(model, config)
     driver = Driver(handle, plan.schedule, batch_size=config.batch_size, seq_len=shape.seq_len,
                     lr_scheduler=make_lr_scheduler(optimizer, config, plan), num_layers=shape.num_layers)
-    torch.manual_seed(derive_seed(seed, 2))
+    torch.manual_seed(derive_seed(seed, 2))  # the training program's dropout stream
     val_batches = [to_device(batch, device) for batch in task.val_batches()]
     curve = [[0, 0, evaluate(task, model, val_batches)["val_loss"]]]
     wall_clock = 0.0
     while driver.step < plan.steps:
         started = time.perf_counter()
-        model.train()
-        driver.before_step()
         batch = to_device(task.train_batch(seed, driver.step), device)
-        output = model(**batch)
-        output.loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        driver.after_step()
+        output = train_step(model, optimizer, driver, batch, config.grad_clip)
         if method == "tokenbypass" and handle is not None:
             learn_importance(handle, task, batch, output.logits)
-        output.loss.item()
         wall_clock += time.perf_counter() - started
         if driver.step % config.eval_every == 0 or driver.step == plan.steps:
             curve.append([driver.step, driver.layer_tokens, evaluate(task, model, val_batches)["val_loss"]])
     return {"seed": seed, "steps": driver.step, "layer_tokens": driver.layer_tokens, "wall_clock_s": round(wall_clock, 3),
             "final_val_loss": curve[-1][2], "curve": curve}
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, driver: Driver, batch: dict, grad_clip: float):
+    """One optimizer step, as the training program takes it; returns the model's output."""
+    model.train()
+    driver.before_step()
+    output = model(**batch)
+    output.loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    driver.after_step()
+    output.loss.item()  # waits for the device, so the wall-clock is the step's
+    return output
