@@ -30,6 +30,10 @@ a tolerance tol = {verdict.DEFAULT_TOLERANCE:.0%} of B's mean validation loss:
 These rules were fixed before any run, and no setting was changed after seeing a verdict. The
 models are tiny (CPU, minutes) next to the paper's (GPT-3 350M-1.3B, BERT-large, GPT-2 350M), so
 a claim that does not reproduce here is a statement about this scale, not a refutation.
+
+Every study: `random-ltd ablate all --jobs 2 --threads 1` (arms shared between studies are
+trained once; per-arm runs, tables and plots under `runs/ablate/`). The settings of each study
+are in `src/random_ltd/ablate/studies.py`.
 """
 
 
