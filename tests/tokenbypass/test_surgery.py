@@ -243,3 +243,19 @@ def train_losses(steps: int, resume_at: int | None = None) -> list[float]:
 
 def test_resumed_training_matches_uninterrupted():
     assert train_losses(4) == train_losses(4, resume_at=2)
+
+
+def test_driver_sets_keep_counts_layer_tokens_and_saves_the_importance():
+    case, model, inputs = build("gpt2-sdpa")
+    handle = apply(model, "second", decay=0.5)
+    driver = random_ltd.Driver(handle, random_ltd.ConstantKeep(zoo.SEQ, 8), batch_size=zoo.BATCH, seq_len=zoo.SEQ)
+    assert driver.before_step() == 8 and handle.keep == 8
+    logits = model(**inputs).logits
+    handle.update(*causal_lm_token_losses(logits, inputs["input_ids"]))
+    assert driver.after_step() == zoo.BATCH * (2 * 8 + 2 * zoo.SEQ)  # layers 1, 2 keep 8 of 16
+    saved = driver.state_dict()
+    _, fresh_model, _ = build("gpt2-sdpa")
+    fresh = apply(fresh_model, "second")
+    resumed = random_ltd.Driver(fresh, random_ltd.ConstantKeep(zoo.SEQ, 8), batch_size=zoo.BATCH, seq_len=zoo.SEQ)
+    resumed.load_state_dict(saved)
+    assert torch.equal(fresh.importance.scores, handle.importance.scores) and fresh.keep == 8
