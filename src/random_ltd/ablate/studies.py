@@ -93,8 +93,9 @@ def layers(quick: bool):
     settings = base(quick)
     count, half = settings["layers"], settings["seq_len"] // 2
     chosen = {"all but first and last": "1:-1", "all layers": ":", "all but first": "1:", "all but last": ":-1"}
-    arms = [baseline(settings)] + [random_ltd(f"MSLG, {name}", {**settings, "drop_layers": drop})
-                                   for name, drop in chosen.items()]
+    # "1:-1" is the training program's default: leaving it unset shares the arm with schedule and lr
+    arms = [baseline(settings)] + [random_ltd(f"MSLG, {name}", settings if drop == "1:-1" else
+                                              {**settings, "drop_layers": drop}) for name, drop in chosen.items()]
     single = [f"drop half in layer {i} only" for i in range(count)]
     arms += [random_ltd(label, {**settings, "schedule": "constant", "kept_start": half, "drop_layers": str(i)})
              for i, label in enumerate(single)]
