@@ -109,6 +109,9 @@ class RandomLTDLayerMixin:
         output = super().forward(*arguments.bound.args, **arguments.bound.kwargs)
         return _replace_hidden(output, tokens, flat, batch_first)
 
+    # Not traced by torch.compile: seeding a generator cannot be traced, and tracing the seed
+    # arithmetic would guard on the forward count and recompile at every step.
+    @torch.compiler.disable
     def _sample(self, state: LayerState, batch: int, seq_len: int, keep: int, device) -> torch.Tensor:
         control = state.control
         seed = derive_seed(control.seed, state.position, control.forward_count)
