@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: continue with --resume and the run folder", file=sys.stderr)
         return 130
-    print_result(summary)
+    if summary is not None:  # None on ranks other than 0 under torchrun: rank 0 reports
+        print_result(summary)
     return 0
 
 

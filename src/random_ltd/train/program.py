@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from random_ltd.driver import Driver
 from random_ltd.rng import derive_seed
 from random_ltd.surgery import apply
-from random_ltd.train import checkpoint, report
+from random_ltd.integrations.distributed import load_rank_state, rank_seed
+from random_ltd.train import checkpoint, distributed, report
 from random_ltd.train.arms import ArmPlan, make_lr_scheduler, plan_arms, step_flops
 from random_ltd.train.config import ConfigError, TrainConfig
 from random_ltd.train.rundir import RunDir, arm_dir, pick_device
@@ -38,36 +39,51 @@ def run_training(config: TrainConfig, *, resume: bool = False, command: str | No
     """
     config = resolve_config(config)
     device = pick_device(config.device)
-    run_dir = RunDir.open(config, resume)
+    ranks = distributed.setup(device)  # one rank unless started by torchrun
+    device = distributed.local_device(device)
+    run_dir = RunDir(Path(distributed.gather_objects(str(RunDir.open(config, resume).root), ranks)[0]))
     if resume:  # the report shows the command that started the run
         command = run_dir.original_command() or command
     task = make_task(config)
     task.prepare()
     shape = task.shape()
     plans = plan_arms(config, shape)
-    run_dir.create(config, command)
+    if ranks.is_main:
+        run_dir.create(config, command)
+    distributed.barrier(ranks)
     if not config.quick:
         warm_up(task, device)
 
     results = {}
     for seed in range(config.seed, config.seed + config.seeds):
         for arm, plan in plans.items():
-            results[(arm, seed)] = train_arm(config, task, shape, plan, seed, run_dir.root, device, on_step)
-    return report.write(run_dir.root, config, plans, results, task.describe_data(), command, str(device))
+            results[(arm, seed)] = train_arm(config, task, shape, plan, seed, run_dir.root, device, on_step, ranks)
+    summary = None
+    if ranks.is_main:
+        summary = report.write(run_dir.root, config, plans, results, task.describe_data(), command, str(device),
+                               world_size=ranks.world_size)
+    distributed.shutdown(ranks)
+    return summary
 
 
 def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, root: Path,
-              device: torch.device, on_step: StepHook | None = None) -> dict:
-    """Train one arm with one seed; resumes from the arm's checkpoint when there is one."""
+              device: torch.device, on_step: StepHook | None = None,
+              ranks: distributed.Ranks = distributed.Ranks()) -> dict:
+    """Train one arm with one seed; resumes from the arm's checkpoint when there is one.
+
+    Under torchrun every rank runs this; only rank 0 writes metrics, checkpoints and results.
+    """
     folder = arm_dir(root, plan.arm, seed)
     finished = folder / "result.json"
     if finished.exists():
         return json.loads(finished.read_text())
 
-    model, optimizer, driver = build_arm(config, task, shape, plan, seed, device)
+    model, optimizer, driver = build_arm(config, task, shape, plan, seed, device, ranks)
     state = restore(folder, model, optimizer, driver)
-    metrics_path = folder / "metrics.jsonl"
-    checkpoint.truncate(metrics_path, state["metrics_bytes"])
+    trained = distributed.wrap(model, ranks)  # DDP averages gradients across ranks
+    metrics_path = folder / "metrics.jsonl" if ranks.is_main else Path(os.devnull)
+    if ranks.is_main:
+        checkpoint.truncate(metrics_path, state["metrics_bytes"])
 
     val_batches = [to_device(batch, device) for batch in task.val_batches()]
     with open(metrics_path, "a", encoding="utf-8") as metrics:
@@ -75,9 +91,9 @@ def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
             record = {"step": 0, **evaluate(task, model, val_batches, state)}
             metrics.write(json.dumps(record) + "\n")
         bar = tqdm(total=plan.steps, initial=driver.step, desc=f"{plan.arm} (seed {seed})", unit="step",
-                   disable=not config.progress, dynamic_ncols=True)
+                   disable=not (config.progress and ranks.is_main), dynamic_ncols=True)
         while driver.step < plan.steps:
-            record = train_step(config, task, shape, plan, seed, model, optimizer, driver, state, device)
+            record = train_step(config, task, shape, plan, seed, trained, optimizer, driver, state, device, ranks)
             steps_done = driver.step
             if steps_done % config.eval_every == 0 or steps_done == plan.steps:
                 record.update(evaluate(task, model, val_batches, state))
@@ -85,7 +101,7 @@ def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
             metrics.flush()
             bar.update(1)
             bar.set_postfix(kept=record["kept"], loss=f"{record['train_loss']:.3f}", refresh=False)
-            if steps_done % config.checkpoint_every == 0 and steps_done < plan.steps:
+            if steps_done % config.checkpoint_every == 0 and steps_done < plan.steps and ranks.is_main:
                 state["metrics_bytes"] = metrics.tell()
                 save(folder, model, optimizer, driver, state)
             if on_step is not None:
@@ -94,18 +110,31 @@ def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
         state["metrics_bytes"] = metrics.tell()
 
     result = arm_result(plan, driver, state, seed)
-    save(folder, model, optimizer, driver, state)
-    report.write_json(finished, result)
+    if ranks.distributed:
+        result["rank_seeds"] = distributed.gather_objects(driver.handle.seed if driver.handle else None, ranks)
+        digests = distributed.gather_objects(distributed.parameter_digest(model), ranks)
+        result["parameters_identical_across_ranks"] = len(set(digests)) == 1
+    if ranks.is_main:
+        save(folder, model, optimizer, driver, state)
+        report.write_json(finished, result)
+    distributed.barrier(ranks)
     return result
 
 
-def build_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, device: torch.device):
-    """Model, optimizer and driver of one arm; both arms start from the same weights and RNG state."""
+def build_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, device: torch.device,
+              ranks: distributed.Ranks = distributed.Ranks()):
+    """Model, optimizer and driver of one arm; both arms start from the same weights and RNG state.
+
+    Every rank builds the same weights; each draws its own random-LTD indices (per-rank seed).
+    The driver counts the global batch (all ranks) for the schedule, layer-tokens and LR.
+    """
     torch.manual_seed(seed)  # same seed -> same initial weights; the surgery adds no parameters
     model = task.build_model().to(device)
-    handle = apply(model, list(plan.drop_layers), seed=derive_seed(seed, 1)) if plan.drops else None
+    ltd_seed = derive_seed(seed, 1)
+    ltd_seed = rank_seed(ltd_seed, ranks.rank) if ranks.distributed else ltd_seed
+    handle = apply(model, list(plan.drop_layers), seed=ltd_seed) if plan.drops else None
     optimizer = make_optimizer(model, config)
-    driver = Driver(handle, plan.schedule, batch_size=config.batch_size, seq_len=shape.seq_len,
+    driver = Driver(handle, plan.schedule, batch_size=config.batch_size * ranks.world_size, seq_len=shape.seq_len,
                     lr_scheduler=make_lr_scheduler(optimizer, config, plan), num_layers=shape.num_layers)
     torch.manual_seed(derive_seed(seed, 2))  # the same dropout stream in both arms
     return model, optimizer, driver
@@ -120,7 +149,7 @@ def restore(folder: Path, model, optimizer, driver: Driver) -> dict:
                 "load_average_start": load_average()}
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
-    driver.load_state_dict(saved["driver"])  # step, counters, schedules, LR, random-LTD seed and count
+    load_rank_state(driver, saved["driver"])  # step, counters, schedules, LR, random-LTD count; this rank's seed
     checkpoint.restore_rng(saved["rng"])
     return saved["state"]
 
@@ -145,13 +174,17 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
 
 
 def train_step(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, model, optimizer,
-               driver: Driver, state: dict, device: torch.device) -> dict:
-    """One optimizer step; returns its metrics line. Wall-clock counts training work only."""
+               driver: Driver, state: dict, device: torch.device,
+               ranks: distributed.Ranks = distributed.Ranks()) -> dict:
+    """One optimizer step; returns its metrics line. Wall-clock counts training work only.
+
+    Rank ``r`` of ``n`` trains on batch ``step * n + r`` (with one rank: batch ``step``).
+    """
     started, started_cpu = time.perf_counter(), time.process_time()
     model.train()
     kept = driver.before_step()  # sets this step's kept length on the model
     lr = optimizer.param_groups[0]["lr"]
-    batch = to_device(task.train_batch(seed, driver.step), device)
+    batch = to_device(task.train_batch(seed, driver.step * ranks.world_size + ranks.rank), device)
     loss = task.loss(model, batch)
     loss.backward()
     if config.grad_clip > 0:
@@ -162,7 +195,7 @@ def train_step(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan
     train_loss = loss.detach().item()  # also waits for the device
     state["wall_clock_s"] += time.perf_counter() - started
     state["cpu_s"] += time.process_time() - started_cpu  # less sensitive than wall-clock to other load
-    state["flops"] += step_flops(config, shape, plan, kept)
+    state["flops"] += step_flops(config, shape, plan, kept) * ranks.world_size
     return {"step": driver.step, "train_loss": train_loss, "lr": lr, "kept": kept, "layer_tokens": driver.layer_tokens,
             "tokens": driver.tokens, "flops": state["flops"], "wall_clock_s": round(state["wall_clock_s"], 4)}
 

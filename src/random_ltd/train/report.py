@@ -29,9 +29,10 @@ def write_json(path: Path, value: dict) -> None:
 
 
 def write(root: Path, config: TrainConfig, plans: dict, results: dict, data: dict, command: str | None,
-          device: str = "cpu") -> dict:
+          device: str = "cpu", world_size: int = 1) -> dict:
     summary = summarize(config, plans, results, data, command)
     summary["environment"]["device"] = device
+    summary["world_size"] = world_size
     write_json(root / "summary.json", summary)
     figures = plots.draw(root, config, list(plans))
     (root / "report.md").write_text(markdown(summary, figures))
