@@ -105,9 +105,10 @@ def plot(path: Path, study: Study, arms: dict[str, dict]) -> None:
     import matplotlib.pyplot as plt
 
     figure, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.8))
-    for label, arm in arms.items():
+    for number, (label, arm) in enumerate(arms.items()):
         points = arm["curve_mean"]
-        curves.plot([p[1] for p in points], [p[2] for p in points], label=label, linewidth=1.2)
+        curves.plot([p[1] for p in points], [p[2] for p in points], label=label, linewidth=1.2,
+                    color=plt.cm.tab20(number % 20), linestyle="-" if number < 10 else "--")
     curves.set(xlabel="layer-tokens", ylabel="validation loss (mean over seeds)", title=study.title)
     curves.legend(fontsize=7)
     labels = list(arms)
