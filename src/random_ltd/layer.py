@@ -103,11 +103,11 @@ class RandomLTDLayerMixin:
 
         indices = self._sample(state, batch, seq_len, keep, tokens.device)
         flat = ops.flat_indices(indices, seq_len)
-        kept = ops.gather_tokens(tokens, flat, keep)
+        kept, passthrough = ops.split_tokens(tokens, flat, keep)
         arguments.set_if_present(hidden_name, kept if batch_first else kept.transpose(0, 1))
         _gather_inputs(self, state.adapter, arguments, indices, seq_len)
         output = super().forward(*arguments.bound.args, **arguments.bound.kwargs)
-        return _replace_hidden(output, tokens, flat, batch_first)
+        return _replace_hidden(output, passthrough, flat, batch_first, merge=ops.merge_tokens)
 
     # Not traced by torch.compile: seeding a generator cannot be traced, and tracing the seed
     # arithmetic would guard on the forward count and recompile at every step.
@@ -175,11 +175,15 @@ def _check_tensor_mask(name: str, mask) -> None:
         )
 
 
-def _replace_hidden(output, tokens: torch.Tensor, flat: torch.Tensor, batch_first: bool):
-    """Scatter the layer's short output into the full sequence, keeping the output's structure."""
+def _replace_hidden(output, tokens: torch.Tensor, flat: torch.Tensor, batch_first: bool, merge=None):
+    """Scatter the layer's short output into the full sequence, keeping the output's structure.
+
+    ``merge`` is ``ops.merge_tokens`` when ``tokens`` is the passthrough of ``ops.split_tokens``;
+    by default ``ops.scatter_tokens``.
+    """
     short = output if isinstance(output, torch.Tensor) else output[0]
     short = short if batch_first else short.transpose(0, 1)
-    full = ops.scatter_tokens(tokens, short, flat)
+    full = (merge or ops.scatter_tokens)(tokens, short, flat)
     full = full if batch_first else full.transpose(0, 1)
     if isinstance(output, torch.Tensor):
         return full
