@@ -14,16 +14,17 @@ SPECIAL = (3, 5)
 
 
 def kept_positions(monkeypatch, model, inputs, keep) -> list[torch.Tensor]:
-    """The (B, keep) positions each dropping layer gathered in one forward pass."""
+    """The (B, keep) positions each dropping layer kept in one forward pass."""
     seen = []
-    gather = ops.gather_tokens
+    flat_indices = ops.flat_indices
 
-    def spy(hidden, flat, k):
-        seen.append((flat.view(-1, k) - torch.arange(hidden.shape[0])[:, None] * hidden.shape[1]).clone())
-        return gather(hidden, flat, k)
+    def spy(indices, seq_len):
+        seen.append(indices.clone())
+        return flat_indices(indices, seq_len)
 
-    monkeypatch.setattr(ops, "gather_tokens", spy)
+    monkeypatch.setattr(ops, "flat_indices", spy)
     model(**inputs)
+    assert len(seen) == 2 and all(kept.shape == (zoo.BATCH, keep) for kept in seen)  # layers 1 and 2
     return seen
 
 
