@@ -101,7 +101,10 @@ class RandomLTDLayerMixin:
         if keep >= seq_len or self._cache_holds_tokens(state, arguments):
             return super().forward(*args, **kwargs)
 
-        indices = self._sample(state, batch, seq_len, keep, tokens.device)
+        if torch.compiler.is_compiling():
+            indices = _sample_outside_graphs(self, state, batch, seq_len, keep, tokens.device)
+        else:
+            indices = self._sample(state, batch, seq_len, keep, tokens.device)
         flat = ops.flat_indices(indices, seq_len)
         kept, passthrough = ops.split_tokens(tokens, flat, keep)
         arguments.set_if_present(hidden_name, kept if batch_first else kept.transpose(0, 1))
@@ -109,9 +112,6 @@ class RandomLTDLayerMixin:
         output = super().forward(*arguments.bound.args, **arguments.bound.kwargs)
         return _replace_hidden(output, passthrough, flat, batch_first, merge=ops.merge_tokens)
 
-    # Not traced by torch.compile: seeding a generator cannot be traced, and tracing the seed
-    # arithmetic would guard on the forward count and recompile at every step.
-    @torch.compiler.disable
     def _sample(self, state: LayerState, batch: int, seq_len: int, keep: int, device) -> torch.Tensor:
         control = state.control
         seed = derive_seed(control.seed, state.position, control.forward_count)
@@ -132,6 +132,18 @@ class RandomLTDLayerMixin:
             if held > 0:
                 return True
         return False
+
+
+# torch.compiler.disable, but importing torch._dynamo only when the function is first called
+# (under torch.compile): at import time it would cost every ``import random_ltd`` seconds.
+_disable_dynamo = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
+
+
+@_disable_dynamo
+def _sample_outside_graphs(layer: RandomLTDLayerMixin, *args) -> torch.Tensor:
+    """``layer._sample`` run eagerly under torch.compile: seeding a generator cannot be traced,
+    and tracing the seed arithmetic would guard on the forward count (a recompile per step)."""
+    return layer._sample(*args)
 
 
 def _gather_inputs(
