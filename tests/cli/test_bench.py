@@ -79,9 +79,10 @@ def test_figures_are_consistent(quick_run):
 
 
 def test_json_flag_prints_one_object(capsys):
-    assert main(["bench", "--quick", "--sections", "stack", "--repeats", "1", "--json"]) == 0
+    assert main(["bench", "--quick", "--sections", "stack", "--shapes", "quick", "--repeats", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert "stack" in result and "train_step" not in result
+    assert [stack["shape"]["name"] for stack in result["stack"]] == ["quick"]
     assert result["targets"]["whole_run_met"] is None
 
 

@@ -8,7 +8,9 @@
 - ``train``: a training step of the ``gpt`` task's model at several kept lengths vs the baseline;
 - ``memory``: peak memory of one step of (a), (b), (c);
 - ``run``: a whole MSLG run vs the baseline run: realised wall-clock saving against the
-  theoretical layer-token and FLOP saving.
+  theoretical layer-token and FLOP saving;
+- ``compile``: ``torch.compile`` compilations and graph breaks over the run's kept lengths,
+  unrounded and rounded to a multiple.
 
 The JSON keys are documented in ``docs/benchmarks.md``.
 """
@@ -20,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from random_ltd.bench import compile as compile_bench
 from random_ltd.bench import report, sections
 from random_ltd.bench.config import BenchConfig, GptShape, RunShape, StackShape, default_config, quick_config
 
@@ -62,6 +65,8 @@ def _run_sections(config: BenchConfig, progress: Callable[[str], None]) -> dict:
         result["memory"] = [sections.memory_section(shape, config, progress) for shape in config.stack_shapes]
     if "run" in config.sections:
         result["whole_run"] = sections.whole_run_section(config, progress)
+    if "compile" in config.sections:
+        result["compile"] = compile_bench.compile_section(config, progress)
     result["conditions"]["end"] = report.conditions()
     result["targets"] = report.targets(result)
     return result

@@ -7,7 +7,7 @@ import torch
 
 from random_ltd.bench.timing import CLOCKS
 
-SECTIONS = ("stack", "train", "memory", "run")
+SECTIONS = ("stack", "train", "memory", "run", "compile")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -92,11 +92,13 @@ class BenchConfig:
     dtype: str = "fp32"
     threads: int | None = None
     clock: str = "wall"
+    compile_backend: str = "eager"
+    compile_multiple: int = 16
     seed: int = 0
     quick: bool = False
 
     def __post_init__(self) -> None:
-        _positive(self, "repeats")
+        _positive(self, "repeats", "compile_multiple")
         if self.warmup < 0:
             raise ValueError(f"BenchConfig.warmup must be >= 0, got {self.warmup}")
         for name in ("keep_fractions", "memory_fractions"):
@@ -132,7 +134,7 @@ STACK_SHAPES = {shape.name: shape for shape in (GPT2_SMALL, CPU_SHAPE, GPT2_MEDI
 
 
 def default_config(**overrides) -> BenchConfig:
-    return BenchConfig(stack_shapes=(GPT2_SMALL, CPU_SHAPE), **overrides)
+    return BenchConfig(**{"stack_shapes": (GPT2_SMALL, CPU_SHAPE), **overrides})
 
 
 def quick_config(**overrides) -> BenchConfig:
@@ -145,6 +147,7 @@ def quick_config(**overrides) -> BenchConfig:
         memory_fractions=(1 / 4,),
         repeats=2,
         threads=1,  # tiny ops gain nothing from a second thread, and lose much when cores are shared
+        sections=("stack", "train", "memory", "run"),  # compile: Dynamo tracing alone takes ~10 s
         quick=True,
     )
     settings.update(overrides)

@@ -43,12 +43,16 @@ class GptBench:
         generator = torch.Generator().manual_seed(seed)
         self.input_ids = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), generator=generator).to(device)
 
-    def step(self, keep: int | None) -> None:
-        """One training step: forward with the loss, backward, gradient clipping, AdamW."""
+    def step(self, keep: int | None, model: nn.Module | None = None) -> None:
+        """One training step: forward with the loss, backward, gradient clipping, AdamW.
+
+        ``model`` replaces the module called (e.g. a ``torch.compile`` of ``self.model``). No
+        key/value cache: Hugging Face would otherwise build one in every training forward.
+        """
         self.handle.set_keep(keep)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.dtype):
-            loss = self.model(input_ids=self.input_ids, labels=self.input_ids).loss
+            loss = (self.model if model is None else model)(input_ids=self.input_ids, labels=self.input_ids, use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()

@@ -8,7 +8,8 @@ threshold, so freed blocks leave the resident set at once and the warm-up step's
 not hide the measured step's own peak. On CUDA it is
 ``torch.cuda.max_memory_allocated`` around the step, minus the memory allocated before it.
 
-Run as ``python -m random_ltd.bench.memory '<json request>'``; prints one JSON object.
+The subprocess runs ``python -m random_ltd.bench.memory_worker '<json request>'``, which prints
+one JSON object.
 """
 from __future__ import annotations
 
@@ -87,24 +88,9 @@ def measure_in_subprocess(shape: StackShape, variant: str, keep: int | None, dev
     request = {"shape": dataclasses.asdict(shape), "variant": variant, "keep": keep, "device": device,
                "dtype": dtype, "seed": seed, "threads": threads}
     completed = subprocess.run(
-        [sys.executable, "-m", "random_ltd.bench.memory", json.dumps(request)],
+        [sys.executable, "-m", "random_ltd.bench.memory_worker", json.dumps(request)],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
     )
     if completed.returncode != 0:
         raise RuntimeError(f"memory subprocess for {variant}@{keep} failed:\n{completed.stderr[-2000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
-def main(argv: list[str]) -> int:
-    request = json.loads(argv[0])
-    if request.get("threads"):
-        torch.set_num_threads(request["threads"])
-    shape = StackShape(**request["shape"])
-    result = measure_here(shape, request["variant"], request["keep"], request["device"], request["dtype"],
-                          request.get("seed", 0))
-    print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -132,6 +132,17 @@ def _run_lines(run: dict) -> list[str]:
             f"{_number(run['realised_over_flop_saving'])}"]
 
 
+def _compile_lines(compiled: dict) -> list[str]:
+    lines = [f"torch.compile (backend {compiled['backend']}) over the run's kept lengths, two steps each:",
+             f"  {'multiple':>8} {'lengths':>8} {'compiles':>9} {'(first)':>8} {'on repeat':>10} {'breaks':>7} "
+             f"{'limit hits':>10}"]
+    for row in compiled["runs"]:
+        lines.append(f"  {row['multiple_of']:>8} {row['distinct_kept']:>8} {row['compiles']:>9} "
+                     f"{row['compiles_first_length']:>8} {row['compiles_on_repeat']:>10} {row['graph_breaks']:>7} "
+                     f"{row['recompile_limit_hits']:>10}")
+    return lines
+
+
 def _verdict(met: bool | None) -> str:
     return {None: "not measured", True: "met", False: "NOT met"}[met]
 
@@ -152,6 +163,8 @@ def table(result: dict) -> str:
         lines += [""] + _memory_lines(memory)
     if "whole_run" in result:
         lines += [""] + _run_lines(result["whole_run"])
+    if "compile" in result:
+        lines += [""] + _compile_lines(result["compile"])
     t = result["targets"]
     lines += ["", "Targets:",
               f"  overhead <= {t['overhead_limit']}: max {_pct(t['overhead_max'])} -> {_verdict(t['overhead_met'])}",

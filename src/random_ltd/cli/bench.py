@@ -14,11 +14,13 @@ Measure, interleaved and repeated (min and median reported):
   train   a training step (model, loss, AdamW) of the `gpt` task's model at several kept lengths
   memory  peak memory of one step of (a), (b), (c), each in a fresh subprocess
   run     a whole MSLG run vs the baseline: wall-clock saving vs layer-token and FLOP saving
+  compile torch.compile compilations and graph breaks over the run's kept lengths, unrounded
+          and rounded to a multiple (not in --quick unless asked for)
 """
 
 EPILOG = """\
-JSON (--json): one object with keys schema, date, machine, settings, stack, train_step, memory,
-whole_run (each present when its section ran) and targets; docs/benchmarks.md documents every key.
+JSON (--json): one object with keys schema, date, machine, conditions, settings, stack, train_step,
+memory, whole_run, compile (each present when its section ran) and targets; docs/benchmarks.md documents every key.
 Times are seconds, memory bytes, savings and overheads fractions.
 """
 
@@ -31,8 +33,8 @@ def register(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, seconds: checks the machinery (CI)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object instead of tables")
     parser.add_argument("--out", metavar="FILE", help="also write the JSON result to FILE")
-    parser.add_argument("--sections", default="stack,train,memory,run",
-                        help="comma-separated subset of stack,train,memory,run (default: all)")
+    parser.add_argument("--sections", help="comma-separated subset of stack,train,memory,run,compile "
+                        "(default: all; --quick: all but compile)")
     parser.add_argument("--shapes", help="comma-separated layer-stack shapes: gpt2-small (d=768, seq 1024), "
                         "cpu-d256 (d=256, seq 1024), gpt2-medium (d=1024, seq 1024, 24 layers), quick "
                         "(default: gpt2-small,cpu-d256; --quick: quick)")
@@ -46,6 +48,10 @@ def register(subparsers) -> None:
     parser.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                         help="clock of the derived figures: wall (default), or cpu = process CPU time, which "
                         "stands for the wall-clock of an undisturbed run on a shared machine (needs --threads 1)")
+    parser.add_argument("--compile-backend", default="eager",
+                        help="torch.compile backend of the compile section (default eager: counts without codegen)")
+    parser.add_argument("--compile-multiple", type=int, default=16,
+                        help="rounding of the kept lengths in the compile section (default 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -57,11 +63,8 @@ def build_config(args: argparse.Namespace):
 
     from random_ltd.bench.config import SECTIONS, STACK_SHAPES, default_config, quick_config
 
-    sections = tuple(part.strip() for part in args.sections.split(",") if part.strip())
-    unknown = [part for part in sections if part not in SECTIONS]
-    if unknown or not sections:
-        raise UsageError(f"--sections: unknown {','.join(unknown) or '(empty)'}; choose from {','.join(SECTIONS)}")
-    for flag, value in (("--repeats", args.repeats), ("--run-steps", args.run_steps), ("--threads", args.threads)):
+    for flag, value in (("--repeats", args.repeats), ("--run-steps", args.run_steps), ("--threads", args.threads),
+                        ("--compile-multiple", args.compile_multiple)):
         if value is not None and value <= 0:
             raise UsageError(f"{flag}: must be a positive integer, got {value}")
     try:
@@ -75,7 +78,10 @@ def build_config(args: argparse.Namespace):
     threads = args.threads if args.threads is not None else (1 if args.quick else None)
     if args.clock == "cpu" and (threads != 1 or device.type != "cpu"):
         raise UsageError("--clock: cpu time stands for wall-clock only on --device cpu with --threads 1")
-    overrides = dict(sections=sections, device=str(device), dtype=args.dtype, clock=args.clock, seed=args.seed)
+    overrides = dict(device=str(device), dtype=args.dtype, clock=args.clock, seed=args.seed,
+                     compile_backend=args.compile_backend, compile_multiple=args.compile_multiple)
+    if args.sections is not None:
+        overrides["sections"] = _sections(args.sections, SECTIONS)
     if args.threads is not None:
         overrides["threads"] = args.threads
     if args.repeats is not None:
@@ -86,6 +92,14 @@ def build_config(args: argparse.Namespace):
     if args.run_steps is not None:
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, steps=args.run_steps))
     return config
+
+
+def _sections(text: str, known: tuple) -> tuple:
+    sections = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [part for part in sections if part not in known]
+    if unknown or not sections:
+        raise UsageError(f"--sections: unknown {','.join(unknown) or '(empty)'}; choose from {','.join(known)}")
+    return sections
 
 
 def _shapes(text: str, known: dict) -> tuple:

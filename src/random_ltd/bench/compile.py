@@ -1,0 +1,96 @@
+"""How ``torch.compile`` copes with random-LTD: graph breaks and recompiles over an MSLG run.
+
+The kept length changes during training and each new length is a new shape, so a compiled
+model recompiles; rounding the kept length to a multiple (``MSLG(..., multiple_of=m)``) bounds
+the number of distinct lengths. A counting backend records every compilation (first ones and
+recompiles alike). The default backend, ``eager``, runs the captured graphs as they are: it
+counts what Dynamo does without spending minutes in code generation.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable
+
+import torch
+
+import random_ltd
+from random_ltd.bench.config import BenchConfig
+from random_ltd.bench.gpt import GptBench
+
+
+def _distinct_kept(schedule, steps: int) -> list[int]:
+    return [kept for _, kept in random_ltd.change_points(schedule, steps)]
+
+
+def count_compiles(model: torch.nn.Module, train_step: Callable[[int, torch.nn.Module], None],
+                   kept_lengths: list[int], backend: str = "eager") -> dict:
+    """Two training steps per kept length (the second must not compile again), counting compilations.
+
+    ``train_step(keep, compiled_model)`` sets the kept length and trains one step.
+    """
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiles: list[int] = []
+
+    def counting_backend(graph_module, example_inputs):
+        compiles.append(1)
+        if backend == "eager":
+            return graph_module.forward
+        return torch._dynamo.lookup_backend(backend)(graph_module, example_inputs)
+
+    compiled = torch.compile(model, backend=counting_backend)
+    first_length, on_repeat = None, 0
+    with _count_limit_hits() as limit_hits:
+        for keep in kept_lengths:
+            train_step(keep, compiled)
+            before_repeat = len(compiles)
+            train_step(keep, compiled)
+            on_repeat += len(compiles) - before_repeat
+            first_length = len(compiles) if first_length is None else first_length
+    result = {"distinct_kept": len(kept_lengths), "compiles": len(compiles), "compiles_first_length": first_length,
+              "compiles_on_repeat": on_repeat, "graph_breaks": sum(counters["graph_break"].values()),
+              "recompile_limit_hits": len(limit_hits)}
+    torch._dynamo.reset()
+    return result
+
+
+class _LimitHits(logging.Handler):
+    """Dynamo's only report of a frame that stopped compiling (it then runs eagerly) is a warning."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.hits: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "recompile_limit" in record.getMessage() or "cache_size_limit" in record.getMessage():
+            self.hits.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _count_limit_hits():
+    handler = _LimitHits()
+    logger = logging.getLogger("torch._dynamo")
+    logger.addHandler(handler)
+    try:
+        yield handler.hits
+    finally:
+        logger.removeHandler(handler)
+
+
+def compile_section(config: BenchConfig, progress) -> dict:
+    """Compilations over the whole run's kept lengths, unrounded and rounded to ``compile_multiple``."""
+    gpt, run = config.gpt, config.run
+    bench = GptBench(gpt, torch.device(config.device), config.torch_dtype, config.seed)
+    rows = []
+    for multiple in (None, config.compile_multiple):
+        schedule = random_ltd.MSLG(gpt.seq_len, run.start, run.increment, full_at=run.full_at,
+                                   total_steps=run.steps, multiple_of=multiple)
+        progress(f"compile: kept lengths rounded to a multiple of {multiple or 1}")
+        kept = _distinct_kept(schedule, run.steps)
+        rows.append({"multiple_of": multiple or 1, "kept": kept,
+                     **count_compiles(bench.model, bench.step, kept, config.compile_backend)})
+    return {"backend": config.compile_backend, "runs": rows}

@@ -1,0 +1,54 @@
+"""The compile section counts compilations, repeats compile nothing, and limit hits are caught."""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+
+import random_ltd
+from random_ltd.bench.compile import _count_limit_hits, count_compiles
+
+
+class Block(nn.Module):
+    """A nanoGPT-style ``Block(x) -> x``: cheap for Dynamo to trace."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.mix = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mix(self.norm(x)).relu()
+
+
+def test_counts_compilations_and_the_repeat_of_a_kept_length_compiles_nothing():
+    random_ltd.register_layer(Block)
+    try:
+        model = nn.Sequential(*(Block(16) for _ in range(4))).train()
+        handle = random_ltd.apply(model, seed=0)
+        inputs = torch.randn(2, 24, 16)
+
+        def train_step(keep, compiled):
+            handle.set_keep(keep)
+            compiled(inputs).square().mean().backward()
+
+        result = count_compiles(model, train_step, [6, 12, 18])
+    finally:
+        random_ltd.unregister_layer(Block)
+    assert result["distinct_kept"] == 3
+    assert result["compiles"] >= result["compiles_first_length"] > 0
+    # Without the index draw kept out of the graph, the seed (a function of the forward count)
+    # was traced as a constant: every step recompiled.
+    assert result["compiles_on_repeat"] == 0, "a step at an already seen kept length must reuse its graphs"
+    assert result["graph_breaks"] >= 1  # the index draw runs outside the graph on purpose
+    assert result["recompile_limit_hits"] == 0
+
+
+def test_recompile_limit_warnings_are_counted():
+    with _count_limit_hits() as hits:
+        logging.getLogger("torch._dynamo.convert_frame").warning("torch._dynamo hit config.recompile_limit (8)")
+        logging.getLogger("torch._dynamo.convert_frame").warning("something else")
+    assert len(hits) == 1
+    logging.getLogger("torch._dynamo.convert_frame").warning("torch._dynamo hit config.recompile_limit (8)")
+    assert len(hits) == 1, "the handler is removed on exit"
