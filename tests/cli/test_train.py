@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from random_ltd.cli import main
 from random_ltd.train.tasks.finetune import smollm2_available
@@ -19,6 +20,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train.fakes import write_corpus, write_fashion_mnist  # noqa: E402
 
 TINY = ["--no-progress", "--eval-batches", "1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from more threads; on a shared machine extra threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +100,8 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path, corpus
     assert train(*common, "--out", str(tmp_path / "whole")) == 0
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "random_ltd", "train", *common, "--out", str(killed)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     first_checkpoint = killed / "baseline" / "seed0" / "checkpoint.pt"
     deadline = time.monotonic() + 120
     while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:

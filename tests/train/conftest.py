@@ -1,9 +1,20 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from random_ltd.train import TrainConfig
 from train.fakes import tiny_config, write_corpus, write_fashion_mnist
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from more threads, and on a shared machine extra threads wait
+    on each other: one thread keeps these tests fast and their timing steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
