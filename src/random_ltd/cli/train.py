@@ -80,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runs.add_argument("--eval-batches", type=int, help="validation batches per evaluation")
     runs.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: --eval-every)")
     runs.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    runs.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; --quick: 1)")
     runs.add_argument("--out", metavar="DIR", help="run folder (default: runs/<task>-<date>-<time>)")
     runs.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoints")
     runs.add_argument("--cache-dir", help="tokenizers, token files and models (default ~/.cache/random-ltd)")

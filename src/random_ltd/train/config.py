@@ -72,6 +72,7 @@ class TrainConfig:
     eval_batches: int | None = None
     checkpoint_every: int | None = None
     device: str = "auto"
+    threads: int | None = None  # torch CPU threads; None: torch's default (--quick: 1)
     out: str | None = None
     cache_dir: str | None = None
     fashion_mnist_dir: str | None = None
@@ -96,7 +97,7 @@ class TrainConfig:
     def _check_counts(self) -> None:
         for name in ("steps", "tokens", "batch_size", "seq_len", "patch_size", "layers", "vocab_size",
                      "kept_start", "kept_increment", "kept_every", "eval_every", "eval_batches",
-                     "checkpoint_every"):
+                     "checkpoint_every", "threads"):
             _check_int(name, getattr(self, name), minimum=1, optional=True)
         _check_int("seeds", self.seeds, minimum=1)
         _check_int("seed", self.seed, minimum=0)

@@ -38,6 +38,8 @@ def run_training(config: TrainConfig, *, resume: bool = False, command: str | No
     (a one-line message naming the flag) is raised for bad input before any training.
     """
     config = resolve_config(config)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     ranks = distributed.setup(device)  # one rank unless started by torchrun
     device = distributed.local_device(device)

@@ -30,6 +30,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     resolved = _kept_defaults(resolved, task_class.start_fraction)
     if resolved.eval_every is None:
         resolved = dataclasses.replace(resolved, eval_every=max(1, budget_steps(resolved) // 10))
+    if resolved.quick and resolved.threads is None:
+        # tiny models gain nothing from threads, and on a shared machine threads wait on each other
+        resolved = dataclasses.replace(resolved, threads=1)
     if resolved.checkpoint_every is None:
         resolved = dataclasses.replace(resolved, checkpoint_every=resolved.eval_every)
     _check_kept(resolved)
