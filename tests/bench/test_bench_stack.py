@@ -27,7 +27,7 @@ def _first_tokens(self, state, batch, seq_len, keep, device):
 @pytest.mark.parametrize("keep", [1, 7, 23])
 def test_ideal_equals_random_ltd_keeping_the_first_tokens(monkeypatch, keep):
     bench = StackBench(SHAPE, torch.device("cpu"), torch.float32)
-    ideal = _forward_backward(bench, lambda: ideal_forward(bench.stack, bench.inputs, bench.position_ids, keep))
+    ideal = _forward_backward(bench, lambda: ideal_forward(bench.stack.layers, bench.inputs, bench.position_ids, keep))
     monkeypatch.setattr(RandomLTDLayerMixin, "_sample", _first_tokens)
     bench.handle.set_keep(keep)
     dropped = _forward_backward(bench, lambda: bench.stack(bench.inputs, bench.position_ids))
@@ -44,7 +44,7 @@ def test_ideal_differs_from_full_and_random_ltd_draws_other_tokens():
     keep = 8
     with torch.no_grad():
         full = bench.stack(bench.inputs, bench.position_ids)
-        ideal = ideal_forward(bench.stack, bench.inputs, bench.position_ids, keep)
+        ideal = ideal_forward(bench.stack.layers, bench.inputs, bench.position_ids, keep)
         bench.handle.set_keep(keep)
         dropped = bench.stack(bench.inputs, bench.position_ids)
     assert not torch.allclose(full, ideal)
@@ -67,3 +67,23 @@ def test_variants_run_with_the_right_kept_length():
     # the hook sees the call's own arguments (full length for ltd: the wrapper gathers inside)
     assert seen == [24, 24, 12]
     assert bench.inputs.grad is not None and bench.inputs.grad.shape == bench.inputs.shape
+
+
+def test_ideal_lm_loss_is_the_model_loss_with_the_first_tokens_kept(monkeypatch):
+    from random_ltd.bench.config import GptShape
+    from random_ltd.bench.gpt import GptBench, ideal_lm_loss
+
+    bench = GptBench(GptShape(layers=4, hidden=32, heads=2, vocab=50, seq_len=20, batch=3), torch.device("cpu"),
+                     torch.float32)
+    ids = bench.input_ids
+    with torch.no_grad():
+        bench.handle.set_keep(None)
+        full = bench.model(input_ids=ids, labels=ids, use_cache=False).loss
+        torch.testing.assert_close(ideal_lm_loss(bench.model, ids, 20), full)
+        monkeypatch.setattr(RandomLTDLayerMixin, "_sample", _first_tokens)
+        bench.handle.set_keep(7)
+        dropped = bench.model(input_ids=ids, labels=ids, use_cache=False).loss
+        bench.handle.set_keep(None)
+        ideal = ideal_lm_loss(bench.model, ids, 7)
+    torch.testing.assert_close(ideal, dropped)
+    assert not torch.allclose(ideal, full)

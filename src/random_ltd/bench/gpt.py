@@ -11,7 +11,7 @@ import torch.nn as nn
 
 import random_ltd
 from random_ltd.bench.config import GptShape
-from random_ltd.bench.stack import autocast
+from random_ltd.bench.stack import autocast, ideal_forward
 
 DROP_LAYERS = "1:-1"
 
@@ -26,6 +26,16 @@ def build_gpt(shape: GptShape, device: torch.device, seed: int = 0) -> nn.Module
     )
     torch.manual_seed(seed)
     return GPT2LMHeadModel(config).to(device).train()
+
+
+def ideal_lm_loss(model: nn.Module, input_ids: torch.Tensor, keep: int) -> torch.Tensor:
+    """The model's loss with layers 1..L-2 on the first ``keep`` tokens only (``ideal_forward``):
+    what a training step could cost if random-LTD's sampling, gathers and scatters were free."""
+    transformer = model.transformer
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    hidden = transformer.drop(transformer.wte(input_ids) + transformer.wpe(positions))
+    hidden = transformer.ln_f(ideal_forward(transformer.h, hidden, positions, keep))
+    return model.loss_function(model.lm_head(hidden), input_ids, vocab_size=model.config.vocab_size)
 
 
 class GptBench:
@@ -49,10 +59,18 @@ class GptBench:
         ``model`` replaces the module called (e.g. a ``torch.compile`` of ``self.model``). No
         key/value cache: Hugging Face would otherwise build one in every training forward.
         """
+        called = self.model if model is None else model
+        self._train(keep, lambda: called(input_ids=self.input_ids, labels=self.input_ids, use_cache=False).loss)
+
+    def ideal(self, keep: int) -> None:
+        """The same step with ``ideal_lm_loss``: the bound random-LTD approaches."""
+        self._train(None, lambda: ideal_lm_loss(self.model, self.input_ids, keep))
+
+    def _train(self, keep: int | None, compute_loss) -> None:
         self.handle.set_keep(keep)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.dtype):
-            loss = (self.model if model is None else model)(input_ids=self.input_ids, labels=self.input_ids, use_cache=False).loss
+            loss = compute_loss()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -64,9 +82,11 @@ class GptBench:
         self.step(keep)
 
     def variants(self, keeps: list[int]) -> dict:
+        """``{"baseline": ..., "ltd@k": ..., "ideal@k": ...}`` zero-argument steps to time."""
         steps = {"baseline": self.baseline}
         for keep in keeps:
             steps[f"ltd@{keep}"] = lambda keep=keep: self.random_ltd(keep)
+            steps[f"ideal@{keep}"] = lambda keep=keep: self.ideal(keep)
         return steps
 
     def flops(self, keep: int | None) -> int:

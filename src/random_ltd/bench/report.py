@@ -101,12 +101,12 @@ def _train_lines(train: dict, clock: str) -> list[str]:
     lines = [f"Training step (gpt: layers={model['layers']} d={model['hidden']} vocab={model['vocab']} "
              f"seq={model['seq_len']} batch={model['batch']}): baseline min {base[low]:.4f}s "
              f"median {base[mid]:.4f}s",
-             f"  {'keep':>6} {'min s':>9} {'median s':>9} {'saving':>8} {'(median)':>9} {'FLOP saving':>12} "
-             f"{'LT saving':>10}"]
+             f"  {'keep':>6} {'min s':>9} {'median s':>9} {'saving':>8} {'(median)':>9} {'ideal':>8} "
+             f"{'FLOP saving':>12} {'LT saving':>10}"]
     for row in train["keeps"]:
         lines.append(f"  {row['keep']:>6} {row['time'][low]:>9.4f} {row['time'][mid]:>9.4f} "
-                     f"{_pct(row['saving']):>8} {_pct(row['saving_median']):>9} {_pct(row['flop_saving']):>12} "
-                     f"{_pct(row['layer_token_saving']):>10}")
+                     f"{_pct(row['saving']):>8} {_pct(row['saving_median']):>9} {_pct(row['ideal_saving']):>8} "
+                     f"{_pct(row['flop_saving']):>12} {_pct(row['layer_token_saving']):>10}")
     return lines
 
 
@@ -126,10 +126,13 @@ def _run_lines(run: dict) -> list[str]:
     schedule = run["schedule"]
     return [f"Whole MSLG run ({schedule['steps']} steps, kept {schedule['start']} +{schedule['increment']}, "
             f"full at {schedule['full_at']}): baseline {run['baseline_s']:.1f}s wall / {run['baseline_cpu_s']:.1f}s CPU, "
-            f"random-LTD {run['random_ltd_s']:.1f}s wall / {run['random_ltd_cpu_s']:.1f}s CPU",
+            f"random-LTD {run['random_ltd_s']:.1f}s wall / {run['random_ltd_cpu_s']:.1f}s CPU, "
+            f"ideal {run['ideal_s']:.1f}s wall / {run['ideal_cpu_s']:.1f}s CPU",
             f"  realised saving {_pct(run['realised_saving'])}, layer-token saving "
             f"{_pct(run['layer_token_saving'])}, FLOP saving {_pct(run['flop_saving'])}, realised/FLOP "
-            f"{_number(run['realised_over_flop_saving'])}"]
+            f"{_number(run['realised_over_flop_saving'])}",
+            f"  ideal (free sampling, gathers, scatters): saving {_pct(run['ideal_saving'])}, ideal/FLOP "
+            f"{_number(run['ideal_over_flop_saving'])}"]
 
 
 def _compile_lines(compiled: dict) -> list[str]:

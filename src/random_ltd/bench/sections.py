@@ -51,26 +51,28 @@ def stack_section(shape: StackShape, config: BenchConfig, progress: Progress) ->
 
 
 def train_section(config: BenchConfig, progress: Progress) -> dict:
-    """One training step of the ``gpt`` model at several kept lengths against the baseline."""
+    """One training step of the ``gpt`` model at several kept lengths against the baseline and the ideal."""
     device = torch.device(config.device)
     bench = GptBench(config.gpt, device, config.torch_dtype, config.seed)
     keeps = StackShape("gpt", config.gpt.hidden, config.gpt.heads, config.gpt.layers, config.gpt.seq_len,
                        config.gpt.batch).keeps(config.keep_fractions)
-    variants = {"baseline": bench.baseline, **{f"ltd@{k}": (lambda k=k: bench.random_ltd(k)) for k in keeps}}
-    timings = interleaved(variants, config.repeats, device, warmup=config.warmup, seed=config.seed,
+    timings = interleaved(bench.variants(keeps), config.repeats, device, warmup=config.warmup, seed=config.seed,
                           progress=lambda message: progress(f"train step: {message}"))
-    baseline, clock = timings["baseline"], config.clock
-    rows = []
-    for keep in keeps:
-        timing = timings[f"ltd@{keep}"]
-        flop_saving = 1 - bench.flops(keep) / bench.flops(None)
-        saving = 1 - timing.min(clock) / baseline.min(clock)
-        rows.append({"keep": keep, "time": timing.to_json(), "saving": saving,
-                     "saving_median": 1 - timing.median(clock) / baseline.median(clock), "flop_saving": flop_saving,
-                     "layer_token_saving": 1 - bench.layer_tokens(keep) / bench.layer_tokens(None),
-                     "saving_over_flop_saving": _ratio(saving, flop_saving)})
+    baseline = timings["baseline"]
+    rows = [_train_row(bench, keep, baseline, timings[f"ltd@{keep}"], timings[f"ideal@{keep}"], config.clock)
+            for keep in keeps]
     return {"model": dataclasses.asdict(config.gpt), "drop_layers": bench.handle.drop_layers,
             "baseline": baseline.to_json(), "keeps": rows}
+
+
+def _train_row(bench: GptBench, keep: int, baseline: Timing, ltd: Timing, ideal: Timing, clock: str) -> dict:
+    flop_saving = 1 - bench.flops(keep) / bench.flops(None)
+    saving = 1 - ltd.min(clock) / baseline.min(clock)
+    return {"keep": keep, "time": ltd.to_json(), "ideal": ideal.to_json(), "saving": saving,
+            "saving_median": 1 - ltd.median(clock) / baseline.median(clock),
+            "ideal_saving": 1 - ideal.min(clock) / baseline.min(clock), "flop_saving": flop_saving,
+            "layer_token_saving": 1 - bench.layer_tokens(keep) / bench.layer_tokens(None),
+            "saving_over_flop_saving": _ratio(saving, flop_saving)}
 
 
 def memory_section(shape: StackShape, config: BenchConfig, progress: Progress) -> dict:
@@ -90,7 +92,8 @@ def memory_section(shape: StackShape, config: BenchConfig, progress: Progress) -
 
 
 def whole_run_section(config: BenchConfig, progress: Progress) -> dict:
-    """A whole MSLG run against the baseline run, step by step interleaved (random order per step)."""
+    """A whole MSLG run against the baseline run and the ideal run, step by step interleaved
+    (random order per step). The ideal arm runs ``ideal_lm_loss``: the saving with free machinery."""
     gpt, run = config.gpt, config.run
     device = torch.device(config.device)
     bench = GptBench(gpt, device, config.torch_dtype, config.seed)
@@ -98,11 +101,12 @@ def whole_run_section(config: BenchConfig, progress: Progress) -> dict:
     for _ in range(config.warmup):
         bench.baseline()
         bench.random_ltd(schedule(0))
-    totals = {"baseline": Timing(), "random_ltd": Timing()}
+    totals = {"baseline": Timing(), "random_ltd": Timing(), "ideal": Timing()}
     shuffler = random.Random(config.seed)
     for step in range(run.steps):
         keep = schedule(step)
-        arms = [("baseline", bench.baseline), ("random_ltd", lambda: bench.random_ltd(keep))]
+        arms = [("baseline", bench.baseline), ("random_ltd", lambda: bench.random_ltd(keep)),
+                ("ideal", lambda: bench.ideal(keep))]
         shuffler.shuffle(arms)
         for name, call in arms:
             wall, cpu = time_call(call, device)
@@ -122,6 +126,7 @@ def _whole_run_summary(bench: GptBench, schedule, steps_timing: dict, clock: str
     flops = random_ltd.total_flops(schedule, steps, d_model=gpt.hidden, vocab_size=gpt.vocab, **sizes)
     baseline_flops = steps * bench.flops(None)
     realised_saving = 1 - totals["random_ltd"] / totals["baseline"]
+    ideal_saving = 1 - totals["ideal"] / totals["baseline"]
     flop_saving = 1 - flops / baseline_flops
     return {
         "model": dataclasses.asdict(gpt),
@@ -130,10 +135,14 @@ def _whole_run_summary(bench: GptBench, schedule, steps_timing: dict, clock: str
                      "kept": [{"step": s, "kept": k} for s, k in random_ltd.change_points(schedule, steps)]},
         "baseline_s": sum(steps_timing["baseline"].wall),
         "random_ltd_s": sum(steps_timing["random_ltd"].wall),
+        "ideal_s": sum(steps_timing["ideal"].wall),
         "baseline_cpu_s": sum(steps_timing["baseline"].cpu),
         "random_ltd_cpu_s": sum(steps_timing["random_ltd"].cpu),
+        "ideal_cpu_s": sum(steps_timing["ideal"].cpu),
         "realised_saving": realised_saving,
         "layer_token_saving": 1 - layer_tokens / baseline_layer_tokens,
         "flop_saving": flop_saving,
         "realised_over_flop_saving": _ratio(realised_saving, flop_saving),
+        "ideal_saving": ideal_saving,
+        "ideal_over_flop_saving": _ratio(ideal_saving, flop_saving),
     }

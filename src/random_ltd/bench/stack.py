@@ -56,9 +56,9 @@ def build_stack(shape: StackShape, device: torch.device, seed: int = 0) -> Layer
     return stack.to(device).train()
 
 
-def ideal_forward(stack: LayerStack, hidden: torch.Tensor, position_ids: torch.Tensor, keep: int) -> torch.Tensor:
+def ideal_forward(layers: nn.ModuleList, hidden: torch.Tensor, position_ids: torch.Tensor, keep: int) -> torch.Tensor:
     """First and last layer at full length, the middle ones on the first ``keep`` tokens."""
-    first, *middle, last = stack.layers
+    first, *middle, last = layers
     hidden = _call_block(first, hidden, position_ids)
     kept, rest = hidden[:, :keep], hidden[:, keep:]
     kept_positions = position_ids[:, :keep]
@@ -100,7 +100,7 @@ class StackBench:
         self._step(keep, lambda: self.stack(self.inputs, self.position_ids))
 
     def ideal(self, keep: int) -> None:
-        self._step(None, lambda: ideal_forward(self.stack, self.inputs, self.position_ids, keep))
+        self._step(None, lambda: ideal_forward(self.stack.layers, self.inputs, self.position_ids, keep))
 
     def run(self, variant: str, keep: int | None = None) -> None:
         """``variant`` is ``"full"``, ``"ltd"`` or ``"ideal"``."""
