@@ -57,7 +57,7 @@ def test_torchrun_snippet(tmp_path):
     script.write_text(block("torchrun"))
     done = run_command([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
                         f"--master-port={free_port()}", str(script)], cwd=tmp_path)
-    metrics = {int(rank): ast.literal_eval(values) for rank, values in re.findall(r"rank (\d): (\{.*\})", done.stdout)}
+    metrics = {int(rank): ast.literal_eval(values) for rank, values in re.findall(r"rank (\d): (\{[^{}]*\})", done.stdout)}
     assert sorted(metrics) == [0, 1] and metrics[0] == metrics[1]
     kept = [32, 32, 64, 64, 96, 96]
     assert metrics[0]["random_ltd/kept_len"] == 96
