@@ -71,6 +71,10 @@ def test_figures_are_consistent(quick_run):
     kept = [point["kept"] for point in run["schedule"]["kept"]]
     assert kept == sorted(kept) and kept[0] == run["schedule"]["start"] and kept[-1] == run["schedule"]["seq_len"]
     assert 0 < run["flop_saving"] < run["layer_token_saving"] < 1
+    assert len(run["step_kept"]) == run["schedule"]["steps"] == len(run["step_times_s"]["random_ltd"])
+    assert run["realised_over_flop_saving_paired"] == pytest.approx(run["realised_saving_paired"] / run["flop_saving"])
+    assert result["targets"]["whole_run_ratio"] == run["realised_over_flop_saving_paired"]
+    assert result["targets"]["whole_run_ratio_sum"] == run["realised_over_flop_saving"]
     for memory in result["memory"]:
         assert memory["full"]["step_peak_bytes"] > 0
         for row in memory["keeps"]:

@@ -21,7 +21,7 @@ from random_ltd.rng import derive_seed
 from random_ltd.surgery import apply
 from random_ltd.train.arms import ArmPlan, make_lr_scheduler
 from random_ltd.train.config import TrainConfig
-from random_ltd.train.program import make_optimizer
+from random_ltd.train.program import make_optimizer, training_model
 from random_ltd.train.tasks import ModelShape, Task, to_device
 
 METHODS = ("baseline", "random_ltd", "random_ltd_protected", "tokenbypass")
@@ -76,7 +76,7 @@ def train_method(method: str, config: TrainConfig, task: Task, shape: ModelShape
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     torch.manual_seed(seed)
-    model = task.build_model().to(device)
+    model = training_model(task.build_model()).to(device)
     handle = prepare(method, model, task, plan, shape, seed)
     optimizer = make_optimizer(model, config)
     driver = Driver(handle, plan.schedule, batch_size=config.batch_size, seq_len=shape.seq_len,

@@ -2,7 +2,8 @@
 
 The model is a Hugging Face GPT-2 language model built from a config of the ``gpt`` task's
 default size (``random_ltd.train``), called the way the training program calls it
-(``model(input_ids=..., labels=...)``, gradient clipping, AdamW), random-LTD on layers 1..L-2.
+(``model(input_ids=..., labels=...)`` without a key/value cache, gradient clipping, the program's
+AdamW), random-LTD on layers 1..L-2.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch.nn as nn
 import random_ltd
 from random_ltd.bench.config import GptShape
 from random_ltd.bench.stack import autocast, ideal_forward
+from random_ltd.train.config import TrainConfig
+from random_ltd.train.program import make_optimizer
 
 DROP_LAYERS = "1:-1"
 
@@ -49,7 +52,7 @@ class GptBench:
         self.shape, self.device, self.dtype = shape, device, dtype
         self.model = build_gpt(shape, device, seed)
         self.handle = random_ltd.apply(self.model, layers=DROP_LAYERS, seed=seed)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
+        self.optimizer = make_optimizer(self.model, TrainConfig(lr=1e-4))
         generator = torch.Generator().manual_seed(seed)
         self.input_ids = torch.randint(0, shape.vocab, (shape.batch, shape.seq_len), generator=generator).to(device)
 

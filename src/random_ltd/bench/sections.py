@@ -117,17 +117,39 @@ def whole_run_section(config: BenchConfig, progress: Progress) -> dict:
     return _whole_run_summary(bench, schedule, totals, config.clock)
 
 
+def paired_saving(times: list[float], baseline_times: list[float], step_kept: list[int | None]) -> float:
+    """The run's saving from per-step ratios: 1 - mean over steps of (arm's time / baseline's time),
+    each step's ratio replaced by the median ratio of the steps that share its kept length.
+
+    Every baseline step does the same work, so the run's saving is the mean of the per-step
+    savings. The two arms of a step run seconds apart, so the ratio cancels the slow drifts of a
+    shared machine (its speed moves by 10-20 % over minutes); the median within a kept length's
+    steps removes the spikes (another job taking the core during one step).
+    """
+    if not len(times) == len(baseline_times) == len(step_kept) > 0:
+        raise ValueError(f"need as many times ({len(times)}) as baseline times ({len(baseline_times)}) "
+                         f"and kept lengths ({len(step_kept)}), at least one")
+    ratios: dict[int | None, list[float]] = {}
+    for seconds, baseline, kept in zip(times, baseline_times, step_kept):
+        ratios.setdefault(kept, []).append(seconds / baseline)
+    return 1 - sum(len(group) * statistics.median(group) for group in ratios.values()) / len(step_kept)
+
+
 def _whole_run_summary(bench: GptBench, schedule, steps_timing: dict, clock: str) -> dict:
-    totals = {name: sum(timing.times(clock)) for name, timing in steps_timing.items()}
     gpt, steps = bench.shape, schedule.total_steps
+    step_kept = [schedule(step) for step in range(steps)]
+    totals = {name: sum(timing.times(clock)) for name, timing in steps_timing.items()}
+    paired = {name: paired_saving(timing.times(clock), steps_timing["baseline"].times(clock), step_kept)
+              for name, timing in steps_timing.items()}
     sizes = dict(batch_size=gpt.batch, num_layers=gpt.layers, drop_layers=bench.handle.drop_layers)
     layer_tokens = random_ltd.total_layer_tokens(schedule, steps, **sizes)
     baseline_layer_tokens = steps * gpt.batch * gpt.layers * gpt.seq_len
     flops = random_ltd.total_flops(schedule, steps, d_model=gpt.hidden, vocab_size=gpt.vocab, **sizes)
-    baseline_flops = steps * bench.flops(None)
-    realised_saving = 1 - totals["random_ltd"] / totals["baseline"]
-    ideal_saving = 1 - totals["ideal"] / totals["baseline"]
-    flop_saving = 1 - flops / baseline_flops
+    flop_saving = 1 - flops / (steps * bench.flops(None))
+
+    def saving(times: dict, arm: str) -> float:
+        return 1 - times[arm] / times["baseline"]
+
     return {
         "model": dataclasses.asdict(gpt),
         "schedule": {"seq_len": gpt.seq_len, "start": schedule.start, "increment": schedule.increment,
@@ -139,10 +161,17 @@ def _whole_run_summary(bench: GptBench, schedule, steps_timing: dict, clock: str
         "baseline_cpu_s": sum(steps_timing["baseline"].cpu),
         "random_ltd_cpu_s": sum(steps_timing["random_ltd"].cpu),
         "ideal_cpu_s": sum(steps_timing["ideal"].cpu),
-        "realised_saving": realised_saving,
         "layer_token_saving": 1 - layer_tokens / baseline_layer_tokens,
         "flop_saving": flop_saving,
-        "realised_over_flop_saving": _ratio(realised_saving, flop_saving),
-        "ideal_saving": ideal_saving,
-        "ideal_over_flop_saving": _ratio(ideal_saving, flop_saving),
+        "realised_saving": saving(totals, "random_ltd"),
+        "realised_over_flop_saving": _ratio(saving(totals, "random_ltd"), flop_saving),
+        "ideal_saving": saving(totals, "ideal"),
+        "ideal_over_flop_saving": _ratio(saving(totals, "ideal"), flop_saving),
+        "step_kept": step_kept,
+        "step_times_s": {name: list(timing.wall) for name, timing in steps_timing.items()},
+        "step_cpu_times_s": {name: list(timing.cpu) for name, timing in steps_timing.items()},
+        "realised_saving_paired": paired["random_ltd"],
+        "realised_over_flop_saving_paired": _ratio(paired["random_ltd"], flop_saving),
+        "ideal_saving_paired": paired["ideal"],
+        "ideal_over_flop_saving_paired": _ratio(paired["ideal"], flop_saving),
     }

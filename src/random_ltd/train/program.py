@@ -131,7 +131,7 @@ def build_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
     The driver counts the global batch (all ranks) for the schedule, layer-tokens and LR.
     """
     torch.manual_seed(seed)  # same seed -> same initial weights; the surgery adds no parameters
-    model = task.build_model().to(device)
+    model = training_model(task.build_model()).to(device)
     ltd_seed = derive_seed(seed, 1)
     ltd_seed = rank_seed(ltd_seed, ranks.rank) if ranks.distributed else ltd_seed
     handle = apply(model, list(plan.drop_layers), seed=ltd_seed) if plan.drops else None
@@ -167,12 +167,28 @@ def warm_up(task: Task, device: torch.device, steps: int = 2) -> None:
     del model
 
 
+def training_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with Hugging Face's key/value cache off: the program never generates, and a
+    cache built in every training forward costs about 7 % of a small model's step."""
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", None):
+        config.use_cache = False
+    return model
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms and other 1-D parameters."""
     matrices = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     vectors = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": matrices, "weight_decay": config.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=fused_adamw(model))
+
+
+def fused_adamw(model: torch.nn.Module) -> bool:
+    """The fused AdamW kernel where torch has one (CPU, CUDA): one pass over all parameters instead
+    of a dozen ``foreach`` kernels; on the ``gpt`` task's model it cuts the optimizer step from
+    about 20 ms to 3 ms on one CPU thread, a cost that random-LTD cannot shrink."""
+    return all(p.device.type in ("cpu", "cuda") for p in model.parameters())
 
 
 def train_step(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, model, optimizer,
