@@ -27,12 +27,18 @@ def _key_names(value, found: set[str]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """One full --quick run (all four sections), table on stdout and JSON in a file."""
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
+def quick_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench")
+
+
+@pytest.fixture(scope="module")
+def quick_run(quick_folder):
+    """One full --quick run (all four sections), table on stdout, JSON and a figure in files."""
+    folder = quick_folder
+    out = folder / "bench.json"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = main(["bench", "--quick", "--out", str(out)])
+        code = main(["bench", "--quick", "--out", str(out), "--plot", str(folder / "bench.png")])
     return code, stdout.getvalue(), json.loads(out.read_text())
 
 
@@ -44,6 +50,17 @@ def test_quick_run_succeeds_with_every_section(quick_run):
     assert result["settings"]["quick"] is True
     for title in ("Layer stack", "Training step", "Peak memory", "Whole MSLG run", "Targets:"):
         assert title in table
+
+
+def test_plot_flag_draws_a_png(quick_run, quick_folder, tmp_path):
+    _, _, result = quick_run
+    assert (quick_folder / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from random_ltd.bench import plots
+    assert plots.draw(result, tmp_path / "again.png")
+    assert (tmp_path / "again.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plots.draw({**{k: v for k, v in result.items() if k not in ("stack", "train_step", "whole_run")}},
+                          tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_every_json_key_is_documented(quick_run):
@@ -98,6 +115,7 @@ def test_json_flag_prints_one_object(capsys):
     (["--device", "tpu"], "--device"),
     (["--shapes", "gpt2-huge"], "--shapes"),
     (["--clock", "cpu", "--threads", "2"], "--clock"),
+    (["--plot", "/no/such/folder/bench.png"], "--plot"),
 ])
 def test_bad_input_is_a_one_line_error(capsys, argv, flag):
     assert main(["bench", "--quick", *argv]) == 2

@@ -168,6 +168,7 @@ def _whole_run_summary(bench: GptBench, schedule, steps_timing: dict, clock: str
         "ideal_saving": saving(totals, "ideal"),
         "ideal_over_flop_saving": _ratio(saving(totals, "ideal"), flop_saving),
         "step_kept": step_kept,
+        "step_flop_saving": [1 - bench.flops(kept) / bench.flops(None) for kept in step_kept],
         "step_times_s": {name: list(timing.wall) for name, timing in steps_timing.items()},
         "step_cpu_times_s": {name: list(timing.cpu) for name, timing in steps_timing.items()},
         "realised_saving_paired": paired["random_ltd"],

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from random_ltd.cli import UsageError
 
@@ -33,6 +35,8 @@ def register(subparsers) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, seconds: checks the machinery (CI)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object instead of tables")
     parser.add_argument("--out", metavar="FILE", help="also write the JSON result to FILE")
+    parser.add_argument("--plot", metavar="FILE", help="also draw the stack, training-step and whole-run figures "
+                        "to FILE (PNG; needs matplotlib)")
     parser.add_argument("--sections", help="comma-separated subset of stack,train,memory,run,compile "
                         "(default: all; --quick: all but compile)")
     parser.add_argument("--shapes", help="comma-separated layer-stack shapes: gpt2-small (d=768, seq 1024), "
@@ -114,10 +118,29 @@ def run(args: argparse.Namespace) -> int:
     from random_ltd.bench import report, run_bench
 
     config = build_config(args)
+    if args.plot:
+        _check_plotting(args.plot)
     result = run_bench(config)
     text = json.dumps(result, indent=2)
     if args.out:
         with open(args.out, "w") as handle:
             handle.write(text + "\n")
     print(text if args.json else report.table(result))
+    if args.plot:
+        from random_ltd.bench import plots
+
+        if plots.draw(result, Path(args.plot)):
+            print(f"figure: {args.plot}", file=sys.stderr)
+        else:
+            print("no figure: none of the stack, train or run sections ran", file=sys.stderr)
     return 0
+
+
+def _check_plotting(path: str) -> None:
+    """Before minutes of measuring: matplotlib present and the figure's folder there."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("--plot: needs matplotlib (pip install 'random-ltd[plot]')") from None
+    if not Path(path).parent.is_dir():
+        raise UsageError(f"--plot: folder {Path(path).parent} does not exist")
