@@ -98,6 +98,9 @@ def test_figures_are_consistent(quick_run):
             assert row["ltd_over_full"] == pytest.approx(
                 row["ltd"]["step_peak_bytes"] / memory["full"]["step_peak_bytes"])
     assert set(result["targets"]) >= {"overhead_met", "whole_run_met", "memory_met"}
+    keeps = [row for stack in result["stack"] for row in stack["keeps"]]
+    assert result["targets"]["overhead_max"] == max(row["overhead_median"] for row in keeps)
+    assert result["targets"]["overhead_max_minima"] == max(row["overhead"] for row in keeps)
 
 
 def test_json_flag_prints_one_object(capsys):

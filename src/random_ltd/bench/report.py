@@ -50,17 +50,20 @@ def targets(result: dict) -> dict:
     """Each target of the issue with the measured figure; ``None`` when its section did not run."""
     verdicts: dict = {"overhead_limit": OVERHEAD_LIMIT, "whole_run_limit": WHOLE_RUN_RATIO,
                       "memory_close_to_ideal": MEMORY_CLOSE_TO_IDEAL}
-    overheads = [row["overhead"] for stack in result.get("stack", []) for row in stack["keeps"]]
-    verdicts["overhead_max"] = max(overheads) if overheads else None
-    verdicts["overhead_met"] = None if not overheads else max(overheads) <= OVERHEAD_LIMIT
+    rows = [row for stack in result.get("stack", []) for row in stack["keeps"]]
+    # judged on the per-round ratios (b - c) / a, like the whole run: minima of a drifting machine
+    # come from different minutes for (a), (b) and (c); the minima's figure stays beside it
+    verdicts["overhead_max"] = max(row["overhead_median"] for row in rows) if rows else None
+    verdicts["overhead_max_minima"] = max(row["overhead"] for row in rows) if rows else None
+    verdicts["overhead_met"] = None if not rows else verdicts["overhead_max"] <= OVERHEAD_LIMIT
     run = result.get("whole_run")
     # judged on paired per-step ratios (sections.paired_saving): robust to a shared machine's drifts and spikes
     ratio = run["realised_over_flop_saving_paired"] if run else None
     verdicts["whole_run_ratio"] = ratio
     verdicts["whole_run_ratio_sum"] = run["realised_over_flop_saving"] if run else None
     verdicts["whole_run_met"] = None if ratio is None else ratio >= WHOLE_RUN_RATIO
-    rows = [row for memory in result.get("memory", []) for row in memory["keeps"]]
-    verdicts["memory_met"] = None if not rows else all(_memory_ok(row) for row in rows)
+    memory_rows = [row for memory in result.get("memory", []) for row in memory["keeps"]]
+    verdicts["memory_met"] = None if not memory_rows else all(_memory_ok(row) for row in memory_rows)
     return verdicts
 
 
@@ -175,7 +178,8 @@ def table(result: dict) -> str:
         lines += [""] + _compile_lines(result["compile"])
     t = result["targets"]
     lines += ["", "Targets:",
-              f"  overhead <= {t['overhead_limit']}: max {_pct(t['overhead_max'])} -> {_verdict(t['overhead_met'])}",
+              f"  overhead <= {t['overhead_limit']}: max {_pct(t['overhead_max'])} paired ({_pct(t['overhead_max_minima'])} "
+              f"from minima) -> {_verdict(t['overhead_met'])}",
               f"  whole run realised/FLOP >= {t['whole_run_limit']}: {_number(t['whole_run_ratio'])} paired "
               f"({_number(t['whole_run_ratio_sum'])} summed) -> {_verdict(t['whole_run_met'])}",
               f"  memory (b) <= (a) and <= {t['memory_close_to_ideal']} x (c): {_verdict(t['memory_met'])}"]
