@@ -168,8 +168,8 @@ def warm_up(task: Task, device: torch.device, steps: int = 2) -> None:
 
 
 def training_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model with Hugging Face's key/value cache off: the program never generates, and a
-    cache built in every training forward costs about 7 % of a small model's step."""
+    """The model with Hugging Face's key/value cache off: the program never generates, so a cache
+    built in every training forward would be wasted work."""
     config = getattr(model, "config", None)
     if getattr(config, "use_cache", None):
         config.use_cache = False
@@ -187,7 +187,7 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
 def fused_adamw(model: torch.nn.Module) -> bool:
     """The fused AdamW kernel where torch has one (CPU, CUDA): one pass over all parameters instead
     of a dozen ``foreach`` kernels; on the ``gpt`` task's model it cuts the optimizer step from
-    about 20 ms to 3 ms on one CPU thread, a cost that random-LTD cannot shrink."""
+    about 20 ms to 3 ms on one CPU thread (docs/benchmarks.md), a cost random-LTD cannot shrink."""
     return all(p.device.type in ("cpu", "cuda") for p in model.parameters())
 
 
