@@ -119,8 +119,31 @@ def test_json_flag_prints_one_object(capsys):
     (["--shapes", "gpt2-huge"], "--shapes"),
     (["--clock", "cpu", "--threads", "2"], "--clock"),
     (["--plot", "/no/such/folder/bench.png"], "--plot"),
+    (["--out", "/no/such/folder/bench.json"], "--out"),
 ])
 def test_bad_input_is_a_one_line_error(capsys, argv, flag):
     assert main(["bench", "--quick", *argv]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("random-ltd bench: error: " + flag) and "\n" not in error
+
+
+def test_an_interrupted_run_keeps_its_finished_sections(tmp_path, monkeypatch, capsys):
+    from random_ltd.bench import sections
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sections, "train_section", interrupted)
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--quick", "--sections", "train,stack", "--repeats", "1", "--out", str(out)]
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    saved = json.loads(out.read_text())
+    assert saved["complete"] is False
+    assert "stack" in saved and "train_step" not in saved  # stack runs first whatever the order asked
+    assert saved["targets"]["overhead_max"] is not None
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_finished_run_is_marked_complete(quick_run):
+    _, _, result = quick_run
+    assert result["complete"] is True

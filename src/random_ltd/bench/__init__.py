@@ -24,7 +24,8 @@ import torch
 
 from random_ltd.bench import compile as compile_bench
 from random_ltd.bench import report, sections
-from random_ltd.bench.config import BenchConfig, GptShape, RunShape, StackShape, default_config, quick_config
+from random_ltd.bench.config import (SECTIONS, BenchConfig, GptShape, RunShape, StackShape, default_config,
+                                    quick_config)
 
 SCHEMA_VERSION = 1
 
@@ -35,18 +36,23 @@ def _stderr(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def run_bench(config: BenchConfig, progress: Callable[[str], None] = _stderr) -> dict:
-    """Run the configured sections; torch's thread count is restored afterwards."""
+def run_bench(config: BenchConfig, progress: Callable[[str], None] = _stderr,
+              on_section: Callable[[dict], None] | None = None) -> dict:
+    """Run the configured sections; torch's thread count is restored afterwards.
+
+    ``on_section(result)`` is called after each finished section with the result so far
+    (``"complete": False`` until the last), so that an interrupted run keeps what it measured.
+    """
     threads_before = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _run_sections(config, progress)
+        return _run_sections(config, progress, on_section or (lambda result: None))
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run_sections(config: BenchConfig, progress: Callable[[str], None]) -> dict:
+def _run_sections(config: BenchConfig, progress: Callable[[str], None], on_section: Callable[[dict], None]) -> dict:
     device = torch.device(config.device)
     result: dict = {
         "schema": SCHEMA_VERSION,
@@ -56,17 +62,21 @@ def _run_sections(config: BenchConfig, progress: Callable[[str], None]) -> dict:
         "settings": {"repeats": config.repeats, "warmup": config.warmup, "dtype": config.dtype,
                      "device": config.device, "clock": config.clock, "seed": config.seed, "quick": config.quick,
                      "sections": list(config.sections), "keep_fractions": list(config.keep_fractions)},
+        "complete": False,
     }
-    if "stack" in config.sections:
-        result["stack"] = [sections.stack_section(shape, config, progress) for shape in config.stack_shapes]
-    if "train" in config.sections:
-        result["train_step"] = sections.train_section(config, progress)
-    if "memory" in config.sections:
-        result["memory"] = [sections.memory_section(shape, config, progress) for shape in config.stack_shapes]
-    if "run" in config.sections:
-        result["whole_run"] = sections.whole_run_section(config, progress)
-    if "compile" in config.sections:
-        result["compile"] = compile_bench.compile_section(config, progress)
+    measurements = {
+        "stack": ("stack", lambda: [sections.stack_section(shape, config, progress) for shape in config.stack_shapes]),
+        "train": ("train_step", lambda: sections.train_section(config, progress)),
+        "memory": ("memory", lambda: [sections.memory_section(shape, config, progress) for shape in config.stack_shapes]),
+        "run": ("whole_run", lambda: sections.whole_run_section(config, progress)),
+        "compile": ("compile", lambda: compile_bench.compile_section(config, progress)),
+    }
+    for section in SECTIONS:  # in this order whatever the order asked for
+        if section in config.sections:
+            key, measure = measurements[section]
+            result[key] = measure()
+            result["targets"] = report.targets(result)
+            on_section(result)
     result["conditions"]["end"] = report.conditions()
-    result["targets"] = report.targets(result)
+    result["complete"] = True
     return result

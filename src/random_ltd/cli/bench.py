@@ -118,14 +118,20 @@ def run(args: argparse.Namespace) -> int:
     from random_ltd.bench import report, run_bench
 
     config = build_config(args)
+    if args.out and not Path(args.out).parent.is_dir():
+        raise UsageError(f"--out: folder {Path(args.out).parent} does not exist")
     if args.plot:
         _check_plotting(args.plot)
-    result = run_bench(config)
-    text = json.dumps(result, indent=2)
+    save = (lambda result: _write_json(result, Path(args.out))) if args.out else None
+    try:
+        result = run_bench(config, on_section=save)
+    except KeyboardInterrupt:
+        kept = f"; the finished sections are in {args.out}" if args.out else ""
+        print(f"random-ltd bench: interrupted{kept}", file=sys.stderr)
+        return 130
     if args.out:
-        with open(args.out, "w") as handle:
-            handle.write(text + "\n")
-    print(text if args.json else report.table(result))
+        _write_json(result, Path(args.out))
+    print(json.dumps(result, indent=2) if args.json else report.table(result))
     if args.plot:
         from random_ltd.bench import plots
 
@@ -134,6 +140,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("no figure: none of the stack, train or run sections ran", file=sys.stderr)
     return 0
+
+
+def _write_json(result: dict, path: Path) -> None:
+    """Whole or not at all: an interrupted write leaves the previous file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    partial.replace(path)
 
 
 def _check_plotting(path: str) -> None:
