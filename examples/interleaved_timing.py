@@ -21,7 +21,7 @@ import torch
 from random_ltd.bench.sections import paired_saving
 from random_ltd.train.arms import plan_arms, step_flops
 from random_ltd.train.config import TrainConfig
-from random_ltd.train.program import build_arm, train_step
+from random_ltd.train.program import build_arm, fresh_state, train_step
 from random_ltd.train.tasks import make_task, resolve_config
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     arms = {}
     for name, plan in plan_arms(config, shape).items():
         model, optimizer, driver = build_arm(config, task, shape, plan, args.seed, device)
-        arms[name] = (plan, model, optimizer, driver, {"wall_clock_s": 0.0, "cpu_s": 0.0, "flops": 0})
+        arms[name] = (plan, model, optimizer, driver, fresh_state())
     run_steps = min(arm[0].steps for arm in arms.values())
     steps = min(args.steps or run_steps, run_steps)
 

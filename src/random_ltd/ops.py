@@ -55,11 +55,15 @@ def flat_indices(indices: torch.Tensor, seq_len: int) -> torch.Tensor:
     return (indices + offsets).reshape(-1)
 
 
+def _rows(tensor: torch.Tensor) -> torch.Tensor:
+    """``(B, s, *rest)`` -> ``(B*s, *rest)``: the rows that flat indices address."""
+    return tensor.reshape(tensor.shape[0] * tensor.shape[1], *tensor.shape[2:])
+
+
 def gather_tokens(hidden: torch.Tensor, flat_idx: torch.Tensor, keep: int) -> torch.Tensor:
     """``(B, s, d)`` -> ``(B, k, d)``: the kept tokens, in index order."""
-    batch, seq_len = hidden.shape[:2]
-    rows = hidden.reshape(batch * seq_len, *hidden.shape[2:]).index_select(0, flat_idx)
-    return rows.reshape(batch, keep, *hidden.shape[2:])
+    rows = _rows(hidden).index_select(0, flat_idx)
+    return rows.reshape(hidden.shape[0], keep, *hidden.shape[2:])
 
 
 def scatter_tokens(hidden: torch.Tensor, kept_out: torch.Tensor, flat_idx: torch.Tensor) -> torch.Tensor:
@@ -69,11 +73,8 @@ def scatter_tokens(hidden: torch.Tensor, kept_out: torch.Tensor, flat_idx: torch
     full-size allocation (the output), no clone-then-write; autograd routes the gradient of
     kept rows to ``kept_out`` and of dropped rows to ``hidden``.
     """
-    batch, seq_len = hidden.shape[:2]
-    rest = hidden.shape[2:]
-    source = kept_out.reshape(-1, *rest).to(hidden.dtype)
-    merged = hidden.reshape(batch * seq_len, *rest).index_copy(0, flat_idx, source)
-    return merged.reshape(hidden.shape)
+    source = kept_out.reshape(-1, *hidden.shape[2:]).to(hidden.dtype)
+    return _rows(hidden).index_copy(0, flat_idx, source).reshape(hidden.shape)
 
 
 def split_tokens(hidden: torch.Tensor, flat_idx: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,10 +93,6 @@ def split_tokens(hidden: torch.Tensor, flat_idx: torch.Tensor, keep: int) -> tup
 def merge_tokens(passthrough: torch.Tensor, kept_out: torch.Tensor, flat_idx: torch.Tensor) -> torch.Tensor:
     """``scatter_tokens`` for the ``passthrough`` of ``split_tokens``; same output, bit for bit."""
     return _Merge.apply(passthrough, kept_out.to(passthrough.dtype), flat_idx)
-
-
-def _rows(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.reshape(tensor.shape[0] * tensor.shape[1], *tensor.shape[2:])
 
 
 class _Split(torch.autograd.Function):

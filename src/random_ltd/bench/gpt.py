@@ -14,7 +14,7 @@ import random_ltd
 from random_ltd.bench.config import GptShape
 from random_ltd.bench.stack import autocast, ideal_forward
 from random_ltd.train.config import TrainConfig
-from random_ltd.train.program import make_optimizer
+from random_ltd.train.program import make_optimizer, training_model
 
 DROP_LAYERS = "1:-1"
 
@@ -28,7 +28,7 @@ def build_gpt(shape: GptShape, device: torch.device, seed: int = 0) -> nn.Module
         bos_token_id=0, eos_token_id=0,
     )
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(config).to(device).train()
+    return training_model(GPT2LMHeadModel(config)).to(device).train()
 
 
 def ideal_lm_loss(model: nn.Module, input_ids: torch.Tensor, keep: int) -> torch.Tensor:
@@ -59,11 +59,10 @@ class GptBench:
     def step(self, keep: int | None, model: nn.Module | None = None) -> None:
         """One training step: forward with the loss, backward, gradient clipping, AdamW.
 
-        ``model`` replaces the module called (e.g. a ``torch.compile`` of ``self.model``). No
-        key/value cache: Hugging Face would otherwise build one in every training forward.
+        ``model`` replaces the module called (e.g. a ``torch.compile`` of ``self.model``).
         """
         called = self.model if model is None else model
-        self._train(keep, lambda: called(input_ids=self.input_ids, labels=self.input_ids, use_cache=False).loss)
+        self._train(keep, lambda: called(input_ids=self.input_ids, labels=self.input_ids).loss)
 
     def ideal(self, keep: int) -> None:
         """The same step with ``ideal_lm_loss``: the bound random-LTD approaches."""

@@ -80,6 +80,16 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+# column widths of the regular tables (right-aligned cells after a two-space indent)
+TRAIN_COLUMNS = (6, 9, 9, 8, 9, 8, 12, 10)
+MEMORY_COLUMNS = (6, 9, 10, 6, 6)
+COMPILE_COLUMNS = (8, 8, 9, 8, 10, 7, 10)
+
+
+def _aligned(widths: tuple[int, ...], cells: tuple) -> str:
+    return "  " + " ".join(f"{cell:>{width}}" for cell, width in zip(cells, widths))
+
+
 def _keys(clock: str) -> tuple[str, str]:
     return ("min_s", "median_s") if clock == "wall" else ("cpu_min_s", "cpu_median_s")
 
@@ -106,12 +116,13 @@ def _train_lines(train: dict, clock: str) -> list[str]:
     lines = [f"Training step (gpt: layers={model['layers']} d={model['hidden']} vocab={model['vocab']} "
              f"seq={model['seq_len']} batch={model['batch']}): baseline min {base[low]:.4f}s "
              f"median {base[mid]:.4f}s",
-             f"  {'keep':>6} {'min s':>9} {'median s':>9} {'saving':>8} {'(median)':>9} {'ideal':>8} "
-             f"{'FLOP saving':>12} {'LT saving':>10}"]
+             _aligned(TRAIN_COLUMNS, ("keep", "min s", "median s", "saving", "(median)", "ideal", "FLOP saving",
+                                      "LT saving"))]
     for row in train["keeps"]:
-        lines.append(f"  {row['keep']:>6} {row['time'][low]:>9.4f} {row['time'][mid]:>9.4f} "
-                     f"{_pct(row['saving']):>8} {_pct(row['saving_median']):>9} {_pct(row['ideal_saving']):>8} "
-                     f"{_pct(row['flop_saving']):>12} {_pct(row['layer_token_saving']):>10}")
+        lines.append(_aligned(TRAIN_COLUMNS, (
+            row["keep"], f"{row['time'][low]:.4f}", f"{row['time'][mid]:.4f}", _pct(row["saving"]),
+            _pct(row["saving_median"]), _pct(row["ideal_saving"]), _pct(row["flop_saving"]),
+            _pct(row["layer_token_saving"]))))
     return lines
 
 
@@ -119,11 +130,11 @@ def _memory_lines(memory: dict) -> list[str]:
     mib = 1024 * 1024
     lines = [f"Peak memory of one step, {memory['shape']['name']} ({memory['method']}, MiB above the "
              f"pre-step level): full (a) {memory['full']['step_peak_bytes'] / mib:.1f}",
-             f"  {'keep':>6} {'ltd (b)':>9} {'ideal (c)':>10} {'b/a':>6} {'b/c':>6}"]
+             _aligned(MEMORY_COLUMNS, ("keep", "ltd (b)", "ideal (c)", "b/a", "b/c"))]
     for row in memory["keeps"]:
-        lines.append(f"  {row['keep']:>6} {row['ltd']['step_peak_bytes'] / mib:>9.1f} "
-                     f"{row['ideal']['step_peak_bytes'] / mib:>10.1f} {_number(row['ltd_over_full']):>6} "
-                     f"{_number(row['ltd_over_ideal']):>6}")
+        lines.append(_aligned(MEMORY_COLUMNS, (
+            row["keep"], f"{row['ltd']['step_peak_bytes'] / mib:.1f}", f"{row['ideal']['step_peak_bytes'] / mib:.1f}",
+            _number(row["ltd_over_full"]), _number(row["ltd_over_ideal"]))))
     return lines
 
 
@@ -145,12 +156,12 @@ def _run_lines(run: dict) -> list[str]:
 
 def _compile_lines(compiled: dict) -> list[str]:
     lines = [f"torch.compile (backend {compiled['backend']}) over the run's kept lengths, two steps each:",
-             f"  {'multiple':>8} {'lengths':>8} {'compiles':>9} {'(first)':>8} {'on repeat':>10} {'breaks':>7} "
-             f"{'limit hits':>10}"]
+             _aligned(COMPILE_COLUMNS, ("multiple", "lengths", "compiles", "(first)", "on repeat", "breaks",
+                                        "limit hits"))]
     for row in compiled["runs"]:
-        lines.append(f"  {row['multiple_of']:>8} {row['distinct_kept']:>8} {row['compiles']:>9} "
-                     f"{row['compiles_first_length']:>8} {row['compiles_on_repeat']:>10} {row['graph_breaks']:>7} "
-                     f"{row['recompile_limit_hits']:>10}")
+        lines.append(_aligned(COMPILE_COLUMNS, tuple(row[key] for key in (
+            "multiple_of", "distinct_kept", "compiles", "compiles_first_length", "compiles_on_repeat", "graph_breaks",
+            "recompile_limit_hits"))))
     return lines
 
 

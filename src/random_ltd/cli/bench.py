@@ -118,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
     from random_ltd.bench import report, run_bench
 
     config = build_config(args)
-    if args.out and not Path(args.out).parent.is_dir():
-        raise UsageError(f"--out: folder {Path(args.out).parent} does not exist")
+    if args.out:
+        _check_folder("--out", args.out)
     if args.plot:
         _check_plotting(args.plot)
     save = (lambda result: _write_json(result, Path(args.out))) if args.out else None
@@ -155,5 +155,9 @@ def _check_plotting(path: str) -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UsageError("--plot: needs matplotlib (pip install 'random-ltd[plot]')") from None
+    _check_folder("--plot", path)
+
+
+def _check_folder(flag: str, path: str) -> None:
     if not Path(path).parent.is_dir():
-        raise UsageError(f"--plot: folder {Path(path).parent} does not exist")
+        raise UsageError(f"{flag}: folder {Path(path).parent} does not exist")

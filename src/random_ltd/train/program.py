@@ -147,8 +147,7 @@ def restore(folder: Path, model, optimizer, driver: Driver) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     saved = checkpoint.load(folder / checkpoint.FILENAME)
     if saved is None:
-        return {"wall_clock_s": 0.0, "cpu_s": 0.0, "flops": 0, "eval_s": 0.0, "metrics_bytes": 0, "last_eval": None,
-                "load_average_start": load_average()}
+        return fresh_state()
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     load_rank_state(driver, saved["driver"])  # step, counters, schedules, LR, random-LTD count; this rank's seed
@@ -156,11 +155,17 @@ def restore(folder: Path, model, optimizer, driver: Driver) -> dict:
     return saved["state"]
 
 
+def fresh_state() -> dict:
+    """An arm's bookkeeping before its first step: the time and FLOP counters ``train_step`` adds to."""
+    return {"wall_clock_s": 0.0, "cpu_s": 0.0, "flops": 0, "eval_s": 0.0, "metrics_bytes": 0, "last_eval": None,
+            "load_average_start": load_average()}
+
+
 def warm_up(task: Task, device: torch.device, steps: int = 2) -> None:
     """A few untimed steps on a throwaway model, so that one-off costs (thread pools, allocator,
     kernel selection) do not land in the first arm's wall-clock. Leaves torch's RNG untouched."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        model = task.build_model().to(device)
+        model = training_model(task.build_model()).to(device)
         model.train()
         for step in range(steps):
             task.loss(model, to_device(task.train_batch(0, step), device)).backward()
