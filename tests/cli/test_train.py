@@ -63,6 +63,17 @@ def test_quick_gpt_on_the_default_corpus(tmp_path, cache, capsys):
     assert (out / "baseline" / "seed0" / "metrics.jsonl").exists() and (out / "random_ltd" / "seed0" / "metrics.jsonl").exists()
 
 
+def test_without_out_prints_the_run_folder_it_wrote(tmp_path, corpus, cache, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train("--quick", "--steps", "2", "--data", str(corpus / "*.txt"), "--vocab-size", "300",
+                 "--cache-dir", cache, *TINY) == 0
+    [run] = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("gpt-")
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line == f"report: {Path('runs') / run.name}/report.md  summary: {Path('runs') / run.name}/summary.json"
+    assert (run / "report.md").exists() and (run / "summary.json").exists()
+
+
 def test_quick_bert_with_user_text(tmp_path, corpus, cache):
     out = tmp_path / "bert"
     assert train("--task", "bert", "--quick", "--steps", "3", "--data", str(corpus / "*.txt"), "--vocab-size", "300",
