@@ -144,12 +144,15 @@ def bad_input_cases(tmp_path: Path, corpus: Path) -> dict[str, tuple[list[str], 
         "bad number": (["--steps", "0"], "--steps: must be at least 1"),
         "both budgets": (["--steps", "3", "--tokens", "100"], "not allowed with"),
         "bad layers": (["--drop-layers", "7", "--quick", "--data", str(corpus), "--vocab-size", "300"], "--drop-layers"),
+        "slice beyond the stack": (["--drop-layers", "1:40", "--quick", "--data", str(corpus), "--vocab-size", "300"],
+                                   "--drop-layers: layers='1:40': slice bound 40 is outside"),
     }
 
 
 @pytest.mark.parametrize("case", ["unknown task", "data matches nothing", "corpus smaller than one batch",
                                   "fashion-mnist missing", "seq len beyond positions", "bert seq len beyond positions",
-                                  "resume without a run", "bad number", "both budgets", "bad layers"])
+                                  "resume without a run", "bad number", "both budgets", "bad layers",
+                                  "slice beyond the stack"])
 def test_bad_input_is_one_line_exit_2_before_training(case, tmp_path, corpus, cache, capsys):
     args, expected = bad_input_cases(tmp_path, corpus)[case]
     out = tmp_path / "out"
