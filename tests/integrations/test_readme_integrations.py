@@ -1,7 +1,7 @@
 """The README's integration snippets run as written, and produce what they claim.
 
 Python blocks run in-process, or under torchrun when their first line says so; bash blocks run
-from the repository root (with a free port added, and DeepSpeed's CPU kernel build skipped:
+from the repository root (with a rendezvous on a free port, and DeepSpeed's CPU kernel build skipped:
 see without_shm_kernel.py).
 """
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 import ast
 import re
 import shlex
-import sys
 
 import pytest
 
 import random_ltd
 
-from launching import HERE, REPO, accelerate_launch, check_training_log, free_port, run_command
+from launching import HERE, REPO, TORCHRUN, accelerate_launch, check_training_log, run_command
 
 SECTION = "integrations"
 
@@ -55,8 +54,7 @@ def test_trainer_snippet(tmp_path, monkeypatch):
 def test_torchrun_snippet(tmp_path):
     script = tmp_path / "ddp_min.py"
     script.write_text(block("torchrun"))
-    done = run_command([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-                        f"--master-port={free_port()}", str(script)], cwd=tmp_path)
+    done = run_command([*TORCHRUN, "--nproc-per-node=2", str(script)], cwd=tmp_path)
     metrics = {int(rank): ast.literal_eval(values) for rank, values in re.findall(r"rank (\d): (\{[^{}]*\})", done.stdout)}
     assert sorted(metrics) == [0, 1] and metrics[0] == metrics[1]
     kept = [32, 32, 64, 64, 96, 96]
@@ -78,8 +76,7 @@ def test_deepspeed_command():
     command = shlex.split(block("deepspeed").strip())
     script = next(i for i, token in enumerate(command) if token.endswith(".py"))
     assert command[0] == "torchrun"
-    done = run_command([sys.executable, "-m", "torch.distributed.run", f"--master-port={free_port()}",
-                        *command[1:script], str(HERE / "without_shm_kernel.py"), *command[script:]], timeout=240)
+    done = run_command([*TORCHRUN, *command[1:script], str(HERE / "without_shm_kernel.py"), *command[script:]], timeout=240)
     settings = random_ltd.from_deepspeed_config(REPO / "examples" / "deepspeed_config.json")
     steps = int(command[command.index("--steps") + 1])
     rows = check_training_log(done.stdout, settings.schedule, steps=steps, batch_size=8, num_layers=6,

@@ -156,5 +156,5 @@ def print_result(summary: dict) -> None:
     from random_ltd.train.report import table
 
     print(table(summary))
-    out = summary["config"]["out"]
+    out = summary["out"]
     print(f"\nreport: {out}/report.md  summary: {out}/summary.json")
