@@ -85,6 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runs.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoints")
     runs.add_argument("--cache-dir", help="tokenizers, token files and models (default ~/.cache/random-ltd)")
     runs.add_argument("--fashion-mnist-dir", help="folder of the Fashion-MNIST IDX files")
+    runs.add_argument("--report-to", metavar="TRACKERS",
+                      help="experiment trackers, comma-separated: tensorboard, wandb, mlflow (default: none)")
     runs.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
 
 
@@ -124,6 +126,8 @@ def explicit_options(args: argparse.Namespace) -> dict:
         given["data"] = tuple(given["data"])
     if "arms" in given:
         given["arms"] = parse_arms(given["arms"])
+    if "report_to" in given:
+        given["report_to"] = tuple(part.strip() for part in given["report_to"].split(",") if part.strip())
     return given
 
 
