@@ -73,6 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optimisation.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
     optimisation.add_argument("--grad-clip", type=float, help="gradient-norm clip, 0 for none (default 1.0)")
     optimisation.add_argument("--dropout", type=float, help="dropout probability of the model")
+    optimisation.add_argument("--lora", action="store_true", default=None,
+                              help="finetune LoRA adapters only (--task finetune; pip install peft)")
+    optimisation.add_argument("--lora-rank", type=int, help="LoRA rank (default 8; alpha is twice the rank)")
+    optimisation.add_argument("--lora-targets", help="modules that get adapters, comma-separated (default q_proj,v_proj)")
     runs = parser.add_argument_group("runs and output")
     runs.add_argument("--seed", type=int, help="first seed (default 0)")
     runs.add_argument("--seeds", type=int, help="number of seeds; the report shows mean ± std")

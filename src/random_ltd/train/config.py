@@ -65,6 +65,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     dropout: float | None = None
+    lora: bool = False  # finetune LoRA adapters (PEFT) instead of every weight
+    lora_rank: int | None = None
+    lora_targets: str | None = None  # comma-separated module names
     # runs
     arms: tuple[str, ...] = ARMS
     seed: int = 0
@@ -102,7 +105,7 @@ class TrainConfig:
     def _check_counts(self) -> None:
         for name in ("steps", "tokens", "batch_size", "seq_len", "patch_size", "layers", "vocab_size",
                      "kept_start", "kept_increment", "kept_every", "eval_every", "eval_batches",
-                     "checkpoint_every", "threads"):
+                     "checkpoint_every", "threads", "lora_rank"):
             _check_int(name, getattr(self, name), minimum=1, optional=True)
         _check_int("seeds", self.seeds, minimum=1)
         _check_int("seed", self.seed, minimum=0)
