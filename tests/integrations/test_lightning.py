@@ -111,3 +111,15 @@ def test_lightning_ddp_with_two_gloo_processes(tmp_path):
     rows = logged(tmp_path)
     assert [row["random_ltd/kept_len"] for row in rows] == kept
     assert [row["random_ltd/layer_tokens"] for row in rows] == layer_tokens(kept, global_batch=2 * 2)
+
+
+def test_a_short_accumulation_window_at_the_end_of_an_epoch_counts_the_sequences_it_had(tmp_path):
+    module = TinyGPT()
+    fit = trainer(tmp_path, 3, accumulate_grad_batches=2, callbacks=[RandomLTDCallback(schedule())])
+    fit.fit(module, loader(10, batch_size=2))  # 5 micro-batches an epoch: steps of 2, 2, then 1 micro-batch
+    assert [r["step"] for r in module.record] == [0, 0, 1, 1, 2]
+    kept = [8, 16, 24]
+    per_step = [sequences * sum(k if layer in DROP_LAYERS else SEQ for layer in range(NUM_LAYERS))
+                for sequences, k in zip([4, 4, 2], kept)]
+    assert [row["random_ltd/layer_tokens"] for row in logged(tmp_path)] == [sum(per_step[: i + 1]) for i in range(3)]
+    assert logged(tmp_path)[-1]["random_ltd/tokens"] == 10 * SEQ

@@ -12,7 +12,8 @@ Hook by hook:
   the optimizer, stepped by the driver with each step's layer-tokens.
 - ``on_train_batch_start`` / ``on_train_batch_end``: the kept length is set at the first
   micro-batch of each optimizer step (``trainer.global_step``) and the step's layer-tokens are
-  counted once the optimizer has stepped, so gradient accumulation keeps one kept length per step.
+  counted once the optimizer has stepped, so gradient accumulation keeps one kept length per step
+  (a short window at an epoch's end counts the sequences it had).
   ``random_ltd/kept_len``, ``random_ltd/layer_tokens`` (and ``random_ltd/lr``) go to
   ``LightningModule.log``, hence to every Lightning logger.
 - Checkpoints: ``state_dict`` holds the driver (counters, LR, the handle's state) and torch's
@@ -76,6 +77,7 @@ class RandomLTDCallback(pl.Callback):
         self.lr_scheduler: LayerTokenLR | None = None
         self._saved: dict | None = None  # loaded from a checkpoint, applied once the driver exists
         self._step_started: int | None = None
+        self._window_rows = 0  # sequences of this device in the current optimizer step so far
 
     # ---- Lightning hooks ----
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -83,8 +85,8 @@ class RandomLTDCallback(pl.Callback):
             self.handle = self.ensure_applied(pl_module, trainer.global_rank)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Restored before the training dataloader's iterator is made, as after the epoch end it
-        # was saved at: the iterator's seed and a shuffling sampler's order draw from this RNG too.
+        # Before the training dataloader's iterator is made, as in the interrupted run after its
+        # save: the iterator's seed and a shuffling sampler's order draw from this RNG too.
         if self._saved and self._saved.get("rng") is not None:
             restore_rng(self._saved["rng"])
 
@@ -95,14 +97,15 @@ class RandomLTDCallback(pl.Callback):
         if self._step_started != trainer.global_step:  # the first micro-batch of an optimizer step
             self.driver.step = trainer.global_step
             self.driver.before_step()
-            self._step_started = trainer.global_step
+            self._step_started, self._window_rows = trainer.global_step, 0
+        self._window_rows += self._rows(batch)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         driver = self.driver
         if driver is None or trainer.global_step == self._step_started:
             return  # accumulating: the optimizer has not stepped yet
-        driver.after_step()
+        driver.after_step(batch_size=self._window_rows * trainer.world_size)  # short at an epoch's end
         self._step_started = None
         values = {name: float(value) for name, value in driver.metrics().items() if name != "random_ltd/step"}
         pl_module.log_dict(values, on_step=True, on_epoch=False, prog_bar=False, logger=True, rank_zero_only=True)
@@ -135,6 +138,12 @@ class RandomLTDCallback(pl.Callback):
             raise ConfigError("layers", f"random-LTD is already applied on layers {handle.drop_layers}; "
                               "random_ltd.remove(model) first to change them")
         return handle
+
+    def _rows(self, batch: Any) -> int:
+        try:
+            return batch_rows(batch)
+        except ConfigError:
+            return self.batch_size
 
     def _base_seed(self) -> int:
         return self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
