@@ -7,6 +7,7 @@ stays invisible there) and install random-ltd itself with ``--no-deps``."""
 from __future__ import annotations
 
 import email
+import json
 import os
 import shutil
 import subprocess
@@ -73,9 +74,9 @@ def check_installed(python: Path, cwd: Path) -> None:
 def check_cli(python: Path, cwd: Path) -> None:
     cli = python.parent / "random-ltd"
     assert run([cli, "--version"], cwd).stdout.strip() == f"random-ltd {random_ltd.__version__}"
-    run([cli, "train", "--quick", "--steps", "1", "--arms", "random_ltd", "--corpus-mb", "0.2", "--vocab-size", "300",
-         "--no-progress", "--out", cwd / "run", "--cache-dir", cwd / "cache"], cwd)
-    assert (cwd / "run" / "summary.json").exists()
+    planned = run([cli, "plan", "--seq-len", "128", "--layers", "6", "--batch-size", "8", "--total-steps", "100",
+                   "--start", "32", "--increment", "16", "--full-at", "0.7", "--json"], cwd).stdout
+    assert json.loads(planned)["seq_len"] == 128
 
 
 def test_the_version_is_written_once():

@@ -25,8 +25,6 @@ def tracked_run(tmp_path_factory, request):
     request.addfinalizer(patch.undo)
     patch.setenv("WANDB_MODE", "offline")
     patch.setenv("WANDB_SILENT", "true")
-    patch.setenv("WANDB_CACHE_DIR", str(root / "wandb-cache"))
-    patch.setenv("WANDB_CONFIG_DIR", str(root / "wandb-config"))
     patch.setenv("MLFLOW_TRACKING_URI", (root / "mlruns").as_uri())
     patch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for an opt-in to the file store
     out = root / "run"

@@ -83,7 +83,8 @@ class WandbTracker:
     def __init__(self, root: Path, config: TrainConfig):
         import wandb
 
-        self.run = wandb.init(project=PROJECT, name=root.name, dir=str(root), config=config.to_dict(),
+        # an absolute folder: W&B's service process may have started in another working directory
+        self.run = wandb.init(project=PROJECT, name=root.name, dir=str(root.resolve()), config=config.to_dict(),
                               reinit="create_new")
         self._axes: set[str] = set()
 
