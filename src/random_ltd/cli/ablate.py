@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from random_ltd.cli import UsageError
-from random_ltd.surgery import RandomLTDError
+from random_ltd.errors import RandomLTDError
 
 DESCRIPTION = """\
 Run one of the paper's ablations (Section 5) with several seeds and judge its claims. Each study

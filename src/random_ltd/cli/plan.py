@@ -13,7 +13,8 @@ from random_ltd.cli.plan_output import report, save_plot
 from random_ltd.deepspeed_config import from_deepspeed_config
 from random_ltd.lr import DECAYS
 from random_ltd.planner import FlopModel, Plan, Training, build_plan, lr_curves, solve_for_saving
-from random_ltd.schedules import MSLG, ConfigError, ConstantKeep
+from random_ltd.errors import ConfigError
+from random_ltd.schedules import MSLG, ConstantKeep
 
 DESCRIPTION = """\
 Plan a random-LTD run: the kept-length schedule step by step, the layer-tokens it consumes

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from random_ltd.cli import UsageError
-from random_ltd.surgery import RandomLTDError
+from random_ltd.errors import RandomLTDError
 
 DESCRIPTION = """\
 Train a baseline and a random-LTD model side by side (same seed, initial weights and data

@@ -37,8 +37,9 @@ from random_ltd.deepspeed_config import DeepSpeedLinear
 from random_ltd.driver import Driver
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.lr import LayerTokenLR
-from random_ltd.schedules import MSLG, ConfigError, ConstantKeep
-from random_ltd.surgery import LayerSelection, parse_layer_selection
+from random_ltd.errors import ConfigError
+from random_ltd.schedules import MSLG, ConstantKeep
+from random_ltd.selection import LayerSelection, parse_layer_selection
 
 SCHEDULE_TYPES = {cls.__name__: cls for cls in (MSLG, ConstantKeep, DeepSpeedLinear)}
 LR_SETTINGS = ("total_layer_tokens", "warmup_layer_tokens", "decay", "min_lr_ratio")

@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from random_ltd.errors import RandomLTDError
 from random_ltd.ops import flat_indices
-from random_ltd.surgery import find_layer_stack, parse_layer_selection
+from random_ltd.selection import parse_layer_selection
+from random_ltd.surgery import find_layer_stack
 from random_ltd.tokenbypass.bypass import BypassControl, Selector, is_bypassing, unwrap, wrap_range
 from random_ltd.tokenbypass.importance import TokenImportance
 

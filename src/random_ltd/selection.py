@@ -1,0 +1,45 @@
+"""Which layers of a stack: ``"1:-1"``, ``"::2"``, ``"3"`` or a list of indices, parsed without
+touching a model (the planner and the training program use it before any model exists)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from random_ltd.errors import RandomLTDError
+
+LayerSelection = str | Sequence[int]
+
+
+def parse_layer_selection(selection: LayerSelection, num_layers: int) -> list[int]:
+    """``"1:-1"``, ``"::2"``, ``"3"`` or a list of indices (negative allowed) -> sorted indices."""
+    if isinstance(selection, str):
+        chosen = _parse_text(selection, num_layers)
+    else:
+        chosen = [check_index(int(i), num_layers) for i in selection]
+    chosen = sorted(set(chosen))
+    if not chosen:
+        raise RandomLTDError(f"layers={selection!r} selects no layer of a stack of {num_layers}")
+    return chosen
+
+
+def _parse_text(selection: str, num_layers: int) -> list[int]:
+    text = selection.strip()
+    try:
+        if ":" in text:
+            parts = [int(p) if p.strip() else None for p in text.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            return list(range(num_layers))[slice(*parts)]
+        return [check_index(int(p), num_layers) for p in text.split(",") if p.strip()]
+    except ValueError as error:
+        if isinstance(error, RandomLTDError):
+            raise
+        raise RandomLTDError(
+            f"layers={selection!r} is not a slice like '1:-1' or '::2', nor a comma-separated list of indices"
+        ) from None
+
+
+def check_index(index: int, num_layers: int) -> int:
+    """``index`` (negative counts from the end) as an index in ``[0, num_layers)``."""
+    if not -num_layers <= index < num_layers:
+        raise RandomLTDError(f"layer index {index} is out of range for a stack of {num_layers} layers")
+    return index % num_layers
