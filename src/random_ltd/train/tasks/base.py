@@ -68,8 +68,9 @@ class Task:
     def val_batches(self) -> list[Batch]:
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return model(**batch).loss
+    def forward(self, model: nn.Module, batch: Batch) -> Any:
+        """The model's output on a training batch; the program trains its ``loss``."""
+        return model(**batch)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: list[Batch]) -> dict[str, float]:
