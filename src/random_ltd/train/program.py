@@ -96,24 +96,33 @@ def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
 
     val_batches = [to_device(batch, device) for batch in task.val_batches()]
     with checkpoint.MetricsLog(folder / "metrics.jsonl", state, ranks.is_main) as metrics:
-        if driver.step == 0:
-            metrics.write({"step": 0, **evaluate(task, model, val_batches, state)})
-        bar = tqdm(total=plan.steps, initial=driver.step, desc=f"{plan.arm} (seed {seed})", unit="step",
-                   disable=not (config.progress and ranks.is_main), dynamic_ncols=True)
-        while driver.step < plan.steps:
-            record = step()
-            if driver.step % config.eval_every == 0 or driver.step == plan.steps:
-                record.update(evaluate(task, model, val_batches, state))
-            metrics.write(record)
-            bar.update(1)
-            bar.set_postfix(kept=record["kept"], loss=f"{record['train_loss']:.3f}", refresh=False)
-            if driver.step % config.checkpoint_every == 0 and driver.step < plan.steps:
-                metrics.mark()
-                checkpoint_now()
-            if on_step is not None:
-                on_step(plan.arm, seed, driver.step)
-        bar.close()
+        run_steps(config, plan, seed, driver, metrics, step, lambda: evaluate(task, model, val_batches, state),
+                  checkpoint_now, on_step, show_progress=config.progress and ranks.is_main)
     return finish_arm(folder, plan, driver, state, seed, model, ranks, checkpoint_now)
+
+
+def run_steps(config: TrainConfig, plan: ArmPlan, seed: int, driver: Driver, metrics: checkpoint.MetricsLog,
+              step: Callable[[], dict], evaluate_now: Callable[[], dict], checkpoint_now: Callable[[], None],
+              on_step: StepHook | None, show_progress: bool) -> None:
+    """Step until the plan's end: a metrics line per step, an evaluation every ``eval_every`` steps
+    (and at step 0 and the end), a checkpoint every ``checkpoint_every`` steps."""
+    if driver.step == 0:
+        metrics.write({"step": 0, **evaluate_now()})
+    bar = tqdm(total=plan.steps, initial=driver.step, desc=f"{plan.arm} (seed {seed})", unit="step",
+               disable=not show_progress, dynamic_ncols=True)
+    while driver.step < plan.steps:
+        record = step()
+        if driver.step % config.eval_every == 0 or driver.step == plan.steps:
+            record.update(evaluate_now())
+        metrics.write(record)
+        bar.update(1)
+        bar.set_postfix(kept=record["kept"], loss=f"{record['train_loss']:.3f}", refresh=False)
+        if driver.step % config.checkpoint_every == 0 and driver.step < plan.steps:
+            metrics.mark()
+            checkpoint_now()
+        if on_step is not None:
+            on_step(plan.arm, seed, driver.step)
+    bar.close()
 
 
 def finish_arm(folder: Path, plan: ArmPlan, driver: Driver, state: dict, seed: int, model: torch.nn.Module,
