@@ -5,7 +5,8 @@ import pytest
 import transformers
 
 import random_ltd
-from random_ltd.surgery import parse_layer_selection
+from random_ltd.errors import RandomLTDError
+from random_ltd.layer_selection import parse_layer_selection
 
 
 @pytest.mark.parametrize("selection, expected", [("1:-1", [1, 2, 3, 4]), ("-6:6", [0, 1, 2, 3, 4, 5]),
@@ -36,3 +37,16 @@ def test_apply_refuses_a_slice_beyond_the_stack_and_leaves_the_model_unwrapped()
         random_ltd.apply(model, layers="1:9")
     assert [type(layer) for layer in model.transformer.h] == classes
     assert random_ltd.get_handle(model) is None
+
+
+
+@pytest.mark.parametrize("selection,expected", [("1:-1", [1, 2, 3, 4]), ("::2", [0, 2, 4]), ("3", [3]),
+                                                 ("0, -1", [0, 5]), ([5, -6, 2, 2], [0, 2, 5]), (" :2 ", [0, 1])])
+def test_parses_slices_and_indices(selection, expected):
+    assert parse_layer_selection(selection, 6) == expected
+
+
+@pytest.mark.parametrize("selection", ["1:2:3:4", "a", "6", [-7], "5:1"])
+def test_bad_selection_says_what_is_wrong(selection):
+    with pytest.raises(RandomLTDError, match="layer"):
+        parse_layer_selection(selection, 6)

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import random_ltd
 from random_ltd import ops
-from random_ltd.surgery import parse_layer_selection
+from random_ltd.layer_selection import parse_layer_selection
 
 import zoo
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from random_ltd.schedules import ConfigError, KeptLengthSchedule, change_points, check_int
+from random_ltd.errors import ConfigError
+from random_ltd.schedules import KeptLengthSchedule, change_points, check_int
 
 DropLayers = int | Sequence[int]
 

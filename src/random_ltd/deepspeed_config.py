@@ -31,7 +31,8 @@ import os
 import warnings
 from typing import Any, Mapping
 
-from random_ltd.schedules import ConfigError, check_int, check_step, first_full_step
+from random_ltd.errors import ConfigError
+from random_ltd.schedules import check_int, check_step, first_full_step
 
 
 class DeepSpeedLinear:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from random_ltd.accounting import count_drop_layers, layer_tokens_per_step
+from random_ltd.errors import ConfigError, RandomLTDError
 from random_ltd.lr import LayerTokenLR
-from random_ltd.schedules import ConfigError, KeptLengthSchedule, check_int
-from random_ltd.surgery import RandomLTDError
+from random_ltd.schedules import KeptLengthSchedule, check_int
 
 
 class Driver:

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from random_ltd.schedules import ConfigError, check_int
+from random_ltd.errors import ConfigError
+from random_ltd.schedules import check_int
 
 DECAYS = ("cosine", "linear", "constant")
 

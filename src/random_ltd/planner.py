@@ -14,8 +14,10 @@ import math
 
 from random_ltd.accounting import flops_per_step, kept_segments, layer_tokens_per_step
 from random_ltd.lr import lr_factor
-from random_ltd.schedules import MSLG, ConfigError, KeptLengthSchedule, check_int
-from random_ltd.surgery import RandomLTDError, parse_layer_selection
+from random_ltd.errors import ConfigError, RandomLTDError
+from random_ltd.schedules import MSLG, KeptLengthSchedule, check_int
+from random_ltd.search import first_true
+from random_ltd.layer_selection import parse_layer_selection
 
 DEFAULT_FULL_AT = 0.7  # the paper's GPT setting: full length after 210B of 300B tokens
 
@@ -211,11 +213,13 @@ def _solve_interval(target: float, training: Training, start: int, increment: in
         return build_plan(MSLG(training.seq_len, start, increment, every_steps=every, multiple_of=multiple_of),
                           training)
 
-    every = _first_true(1, longest, lambda every: plan_for(every).layer_token_saving >= target)
-    if every is None:
+    def reaches(every: int) -> bool:
+        return plan_for(every).layer_token_saving >= target
+
+    if not reaches(longest):
         raise ConfigError("target_saving", f"{target} is out of reach from start={start}: at most "
                           f"{plan_for(longest).layer_token_saving:.4f} with full length at the end of training")
-    return plan_for(every)
+    return plan_for(first_true(reaches, 1, longest))
 
 
 def _solve_start(target: float, training: Training, increment: int, full_at: int | float, multiple_of: int | None) -> Plan:
@@ -225,27 +229,18 @@ def _solve_start(target: float, training: Training, increment: int, full_at: int
     def plan_for(start: int) -> Plan:
         return build_plan(MSLG(training.seq_len, start, increment, full_at=full_at, multiple_of=multiple_of), training)
 
+    def falls_short(index: int) -> bool:
+        return plan_for(candidates[index]).layer_token_saving < target
+
     # the saving falls as the start grows: find the last start that still reaches the target
-    index = _first_true(0, len(candidates) - 1, lambda i: plan_for(candidates[i]).layer_token_saving < target)
-    last = len(candidates) - 1 if index is None else index - 1
+    last = len(candidates) - 1
+    if candidates and falls_short(last):
+        last = first_true(falls_short, 0, last) - 1
     if not candidates or last < 0:
         best = plan_for(candidates[0]).layer_token_saving if candidates else 0.0
         raise ConfigError("target_saving", f"{target} is out of reach with full length at full_at={full_at}: "
                           f"at most {best:.4f}")
     return plan_for(candidates[last])
-
-
-def _first_true(low: int, high: int, predicate) -> int | None:
-    """The smallest i in [low, high] with ``predicate(i)`` for a monotone predicate, else ``None``."""
-    if high < low or not predicate(high):
-        return None
-    while low < high:
-        middle = (low + high) // 2
-        if predicate(middle):
-            high = middle
-        else:
-            low = middle + 1
-    return low
 
 
 def lr_curves(plan: Plan, *, points: int = 400, warmup_fraction: float = 0.0, decay: str = "cosine",

@@ -11,16 +11,8 @@ from fractions import Fraction
 from numbers import Real
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from random_ltd.surgery import RandomLTDError
-
-
-class ConfigError(RandomLTDError):
-    """An invalid setting. ``field`` names it, so the command line can name its flag."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+from random_ltd.errors import ConfigError
+from random_ltd.search import first_true
 
 
 @runtime_checkable
@@ -60,30 +52,17 @@ def change_points(schedule: KeptLengthSchedule, total_steps: int) -> list[tuple[
     points = [(0, schedule(0))]
     while True:
         step, kept = points[-1]
-        low, high = step + 1, total_steps  # first changed step lies in [low, high]; high = none
-        while low < high:
-            middle = (low + high) // 2
-            if schedule(middle) != kept:
-                high = middle
-            else:
-                low = middle + 1
-        if low >= total_steps:
+        changed = first_true(lambda later: schedule(later) != kept, step + 1, total_steps)
+        if changed >= total_steps:
             return points
-        points.append((low, schedule(low)))
+        points.append((changed, schedule(changed)))
 
 
 def first_full_step(kept_at: Callable[[int], int], seq_len: int, upper: int) -> int | None:
     """The first step in [0, upper] at which the monotone ``kept_at(step)`` reaches ``seq_len``."""
     if kept_at(upper) < seq_len:
         return None
-    low, high = 0, upper
-    while low < high:
-        middle = (low + high) // 2
-        if kept_at(middle) >= seq_len:
-            high = middle
-        else:
-            low = middle + 1
-    return low
+    return first_true(lambda step: kept_at(step) >= seq_len, 0, upper)
 
 
 class MSLG:
@@ -279,5 +258,3 @@ class ConstantKeep:
     def __repr__(self) -> str:
         return f"ConstantKeep(seq_len={self.seq_len}, keep={self.keep})"
 
-
-from random_ltd.deepspeed_config import DeepSpeedLinear, from_deepspeed_config  # noqa: E402, F401  (re-export)

@@ -11,11 +11,11 @@ import torch.nn as nn
 from random_ltd import adapters
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer import DropControl, check_unwrappable, is_wrapped, layer_state, unwrap_layer, wrap_layer
+from random_ltd.layer_selection import LayerSelection, parse_layer_selection
 from random_ltd.selection import UniformSelection
 from random_ltd.swap import original_class
 
 _HANDLE_ATTR = "_random_ltd_handle"
-LayerSelection = str | Sequence[int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,47 +23,6 @@ class WrappedLayer:
     index: int
     name: str
     family: str
-
-
-def parse_layer_selection(selection: LayerSelection, num_layers: int) -> list[int]:
-    """``"1:-1"``, ``"::2"``, ``"3"`` or a list of indices (negative allowed) -> sorted indices.
-
-    Slice bounds must lie in ``-num_layers..num_layers``: Python would clip ``"3:40"`` silently.
-    """
-    if isinstance(selection, str):
-        text = selection.strip()
-        try:
-            if ":" in text:
-                parts = [int(p) if p.strip() else None for p in text.split(":")]
-                if len(parts) > 3:
-                    raise ValueError
-                for bound in parts[:2]:
-                    if bound is not None and not -num_layers <= bound <= num_layers:
-                        raise RandomLTDError(f"layers={selection!r}: slice bound {bound} is outside a stack of "
-                                             f"{num_layers} layers (bounds from {-num_layers} to {num_layers})")
-                if len(parts) == 3 and parts[2] == 0:
-                    raise RandomLTDError(f"layers={selection!r}: slice step cannot be zero")
-                chosen = list(range(num_layers))[slice(*parts)]
-            else:
-                chosen = [_check_index(int(p), num_layers) for p in text.split(",") if p.strip()]
-        except ValueError as error:
-            if isinstance(error, RandomLTDError):
-                raise
-            raise RandomLTDError(
-                f"layers={selection!r} is not a slice like '1:-1' or '::2', nor a comma-separated list of indices"
-            ) from None
-    else:
-        chosen = [_check_index(int(i), num_layers) for i in selection]
-    chosen = sorted(set(chosen))
-    if not chosen:
-        raise RandomLTDError(f"layers={selection!r} selects no layer of a stack of {num_layers}")
-    return chosen
-
-
-def _check_index(index: int, num_layers: int) -> int:
-    if not -num_layers <= index < num_layers:
-        raise RandomLTDError(f"layer index {index} is out of range for a stack of {num_layers} layers")
-    return index % num_layers
 
 
 def find_layer_stack(model: nn.Module, stack: str | None = None) -> tuple[str, list[tuple[str, nn.Module]]]:

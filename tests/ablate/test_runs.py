@@ -7,6 +7,7 @@ import pytest
 
 from random_ltd.ablate import runs
 from random_ltd.ablate.runs import Arm
+from random_ltd.train.rundir import arm_dir
 
 TINY = dict(task="gpt", quick=True, layers=3, seq_len=16, batch_size=2, steps=2, vocab_size=256, corpus_mb=0.05,
             eval_every=1, eval_batches=1, kept_start=8, kept_increment=8, full_at=0.5)
@@ -24,6 +25,10 @@ def test_rejects_unknown_arm_or_method():
         Arm.make("x", "both", TINY)
     with pytest.raises(ValueError):
         Arm.make("x", "random_ltd", TINY, method="magic")
+    with pytest.raises(ValueError):
+        Arm.make("x", "baseline", TINY, method="tokenbypass")
+    with pytest.raises(ValueError):
+        Arm.make("x", "random_ltd", TINY).for_engine("loop")
 
 
 def test_trained_once_then_reused(tmp_path, monkeypatch):
@@ -35,16 +40,16 @@ def test_trained_once_then_reused(tmp_path, monkeypatch):
         raise AssertionError("trained again")
 
     monkeypatch.setattr(runs, "run_training", refuse)
-    monkeypatch.setattr(runs.loop, "train_method", refuse)
+    monkeypatch.setattr(runs, "train_arm", refuse)
     assert runs.train(arm, tmp_path, seeds=1, device="cpu") == first
 
 
-def test_loop_arm_reused_per_seed(tmp_path, monkeypatch):
-    arm = Arm.make("tb", "random_ltd", TINY, method="tokenbypass")
+def test_bare_arm_reused_per_seed(tmp_path, monkeypatch):
+    arm = Arm.make("tb", "random_ltd", TINY, method="tokenbypass").for_engine("bare")
     first = runs.train(arm, tmp_path, seeds=1, device="cpu")
-    stored = json.loads((arm.folder(tmp_path, 1, 0) / "seed0.json").read_text())
-    assert stored["final_val_loss"] == first[0]["final_val_loss"]
-    monkeypatch.setattr(runs.loop, "train_method", lambda *a, **k: pytest.fail("trained again"))
+    stored = json.loads((arm_dir(arm.folder(tmp_path, 1, 0), "random_ltd", 0) / "result.json").read_text())
+    assert stored["final_val_loss"] == first[0]["final_val_loss"] and runs.is_trained(arm, tmp_path, 1)
+    monkeypatch.setattr("random_ltd.train.program.train_step", lambda *a, **k: pytest.fail("trained again"))
     assert runs.train(arm, tmp_path, seeds=1, device="cpu") == first
 
 

@@ -7,7 +7,7 @@ from random_ltd.ablate import STUDIES
 from random_ltd.ablate.studies import matching_constant_keep
 from random_ltd.accounting import total_layer_tokens
 from random_ltd.schedules import ConstantKeep
-from random_ltd.surgery import parse_layer_selection
+from random_ltd.layer_selection import parse_layer_selection
 from random_ltd.train.arms import make_schedule
 from random_ltd.train.tasks import resolve_config
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import random_ltd
-from random_ltd.bench.compile import _count_limit_hits, count_compiles
+from random_ltd.bench.compile import count_limit_hits, count_compiles
 
 
 class Block(nn.Module):
@@ -44,7 +44,7 @@ def test_counts_compilations_and_the_repeat_of_a_kept_length_compiles_nothing():
 
 
 def test_recompile_limit_warnings_are_counted():
-    with _count_limit_hits() as hits:
+    with count_limit_hits() as hits:
         logging.getLogger("torch._dynamo.convert_frame").warning("torch._dynamo hit config.recompile_limit (8)")
         logging.getLogger("torch._dynamo.convert_frame").warning("something else")
     assert len(hits) == 1

@@ -54,7 +54,7 @@ def test_rerun_reuses_the_trained_arms(quick_run, monkeypatch, capsys):
     from random_ltd.ablate import runs
 
     monkeypatch.setattr(runs, "run_training", lambda *a, **k: pytest.fail("trained again"))
-    monkeypatch.setattr(runs.loop, "train_method", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr("random_ltd.train.program.train_step", lambda *a, **k: pytest.fail("trained again"))
     before = json.loads((quick_run / "lr" / "results.json").read_text())["judged"]
     assert main(["ablate", "lr", "--quick", "--out", str(quick_run), "--device", "cpu"]) == 0
     assert json.loads((quick_run / "lr" / "results.json").read_text())["judged"] == before

@@ -15,7 +15,7 @@ import transformers
 
 import random_ltd
 from random_ltd.integrations.distributed import exit_process
-from random_ltd.integrations.hf import RandomLTDCallback
+from random_ltd.integrations.hf import RandomLTDCallback, RandomLTDTrainer
 
 SEQ, VOCAB = 32, 101
 
@@ -61,7 +61,7 @@ def train(out: str, resume: str | None) -> dict:
     args = transformers.TrainingArguments(
         output_dir=out, max_steps=4, per_device_train_batch_size=2, logging_steps=1, save_strategy="steps",
         save_steps=2, report_to="none", use_cpu=True, disable_tqdm=True, learning_rate=1e-2, seed=0)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=TokenData(), callbacks=[logged, callback])
+    trainer = RandomLTDTrainer(model=model, args=args, train_dataset=TokenData(), callbacks=[logged, callback])
     trainer.train(resume_from_checkpoint=resume)
     handle = random_ltd.get_handle(model)
     return {"seed": handle.seed, "logs": logged.logs, "first_kept_indices": probe[0] if probe else None,

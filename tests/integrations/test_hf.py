@@ -1,4 +1,4 @@
-"""RandomLTDCallback in a real Trainer on a tiny GPT-2 (CPU, a few steps each)."""
+"""RandomLTDCallback in a real RandomLTDTrainer (and a plain Trainer) on a tiny GPT-2 (CPU, a few steps each)."""
 from __future__ import annotations
 
 import warnings
@@ -8,7 +8,7 @@ import torch
 import transformers
 
 import random_ltd
-from random_ltd.integrations.hf import RandomLTDCallback
+from random_ltd.integrations.hf import RandomLTDCallback, RandomLTDTrainer, RandomLTDTrainerMixin
 from random_ltd.layer import RandomLTDLayerMixin
 
 SEQ, VOCAB, BATCH, LAYERS = 32, 101, 4, 4
@@ -42,13 +42,13 @@ def tiny_gpt2() -> transformers.GPT2LMHeadModel:
     return transformers.GPT2LMHeadModel(config)
 
 
-def make_trainer(model, out, callbacks, **overrides) -> transformers.Trainer:
+def make_trainer(model, out, callbacks, trainer_class=RandomLTDTrainer, **overrides) -> transformers.Trainer:
     settings = dict(output_dir=str(out), max_steps=4, per_device_train_batch_size=BATCH, logging_steps=1,
                     report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True, learning_rate=1e-2,
                     lr_scheduler_type="linear", seed=0)
     settings.update(overrides)
-    return transformers.Trainer(model=model, args=transformers.TrainingArguments(**settings),
-                                train_dataset=TokenData(), eval_dataset=TokenData(), callbacks=callbacks)
+    return trainer_class(model=model, args=transformers.TrainingArguments(**settings),
+                         train_dataset=TokenData(), eval_dataset=TokenData(), callbacks=callbacks)
 
 
 def record_lengths(model) -> dict[int, list[int]]:
@@ -106,6 +106,37 @@ def test_metrics_reach_callbacks_when_ours_is_added_after_construction(tmp_path)
     trainer.add_callback(RandomLTDCallback(random_ltd.MSLG(**GROWING)))  # last in the list
     trainer.train()
     assert [log["random_ltd/kept_len"] for log in before.train_logs()] == [8, 16]
+
+
+class ScaledLossTrainer(RandomLTDTrainerMixin, transformers.Trainer):
+    """A user's own Trainer subclass, with the mixin."""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        return 0.5 * super().compute_loss(model, inputs, *args, **kwargs)
+
+
+@pytest.mark.parametrize("trainer_class", [RandomLTDTrainer, ScaledLossTrainer])
+def test_the_mixin_overrides_methods_and_patches_no_instance(tmp_path, trainer_class):
+    trainer = make_trainer(tiny_gpt2(), tmp_path, [RandomLTDCallback(random_ltd.MSLG(**GROWING), layer_token_lr=True)],
+                           trainer_class=trainer_class, max_steps=2)
+    trainer.train()
+    assert not {"log", "create_scheduler"} & set(vars(trainer))
+    assert [log["random_ltd/kept_len"] for log in trainer.state.log_history if "loss" in log] == [8, 16]
+    assert isinstance(trainer.lr_scheduler, random_ltd.LayerTokenLR)
+
+
+def test_a_plain_trainer_gets_the_metrics_in_later_callbacks_and_a_warning(tmp_path):
+    after = Recorder()
+    trainer = make_trainer(tiny_gpt2(), tmp_path, [RandomLTDCallback(random_ltd.MSLG(**GROWING)), after],
+                           trainer_class=transformers.Trainer, max_steps=2)
+    with pytest.warns(UserWarning, match="RandomLTDTrainer") as caught:
+        trainer.train()
+    assert len([w for w in caught if "RandomLTDTrainer" in str(w.message)]) == 1
+    assert [log["random_ltd/kept_len"] for log in after.train_logs()] == [8, 16]
+    assert not any("random_ltd/kept_len" in log for log in trainer.state.log_history)
+    with pytest.raises(random_ltd.ConfigError, match="RandomLTDTrainer"):
+        make_trainer(tiny_gpt2(), tmp_path, [RandomLTDCallback(random_ltd.MSLG(**GROWING), layer_token_lr=True)],
+                     trainer_class=transformers.Trainer, max_steps=1).train()
 
 
 def test_a_second_trainer_on_the_same_model_does_not_wrap_twice(tmp_path):

@@ -3,8 +3,8 @@
     from random_ltd.ablate import Options, run_study
     run_study("layers", Options(root=Path("runs/ablate"), results=Path("docs/results.md")))
 
-``studies`` says what each study trains and claims; ``runs`` trains an arm (with the training
-program, or ``loop`` for TokenBypass and protected special tokens); ``verdict`` turns per-seed
+``studies`` says what each study trains and claims; ``runs`` trains an arm with the training
+program (``methods``: TokenBypass and protected special tokens on its loop); ``verdict`` turns per-seed
 numbers into a verdict; ``report`` and ``page`` write the tables, plots and the results page.
 """
 from random_ltd.ablate.runner import DEFAULT_SEEDS, Options, run_study

@@ -1,9 +1,12 @@
 """One arm of a study, trained for every seed, and its per-seed results in one uniform form.
 
 An arm is a ``random-ltd train`` configuration plus which of its arms to train and, for the
-methods the training program lacks, the ``loop`` method to train it with. Arms are stored by a
-hash of what they compute under ``ROOT/runs/``, so studies that share an arm (the baseline, the
-default random-LTD) train it once, and an interrupted study continues where it stopped.
+ablation's other methods, the method (``random_ltd.ablate.methods``) the training loop applies.
+Arms are stored by a hash of what they compute under ``ROOT/runs/``, so studies that share an arm
+(the baseline, the default random-LTD) train it once, and an interrupted study continues where it
+stopped. Every arm is trained by the training program's loop (``train_arm``): with the
+``program`` engine through ``run_training`` (a run folder with its report and plots), with
+``bare`` one ``train_arm`` per seed and no report (the same numbers in seconds, for CI).
 """
 from __future__ import annotations
 
@@ -14,38 +17,41 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from random_ltd.ablate import loop
+from random_ltd.ablate.methods import METHODS
 from random_ltd.train import TrainConfig, run_training
 from random_ltd.train.arms import plan_arms
+from random_ltd.train.program import train_arm
 from random_ltd.train.report import write_json
 from random_ltd.train.rundir import arm_dir, pick_device
 from random_ltd.train.tasks import Task, make_task, resolve_config
 
+ENGINES = ("program", "bare")
 # Fields that only shape the random-LTD arm: a baseline run ignores them, so they leave its key.
-ENGINES = ("program", "loop")
-_RANDOM_LTD_FIELDS = ("drop_layers", "schedule", "kept_start", "kept_increment", "kept_every", "full_at",
-                      "lr_clock", "budget_ratio")
+RANDOM_LTD_FIELDS = ("drop_layers", "schedule", "kept_start", "kept_increment", "kept_every", "full_at",
+                     "lr_clock", "budget_ratio")
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
     """``label``: the name in tables; ``arm``: "baseline" or "random_ltd" (whose plan — steps,
-    schedule, layers, LR — it follows); ``settings``: ``TrainConfig`` fields; ``method``:
-    ``None`` to train with ``run_training``, else a ``loop.METHODS`` name."""
+    schedule, layers, LR — it follows); ``settings``: ``TrainConfig`` fields; ``method``: ``None``
+    for the arm's own (random-LTD for ``random_ltd``), else a ``METHODS`` name; ``engine``: one of
+    ``ENGINES``."""
 
     label: str
     arm: str
     settings: tuple[tuple[str, Any], ...]
     method: str | None = None
+    engine: str = "program"
 
     @classmethod
     def make(cls, label: str, arm: str, settings: dict, method: str | None = None) -> "Arm":
         if arm not in ("baseline", "random_ltd"):
             raise ValueError(f"arm must be baseline or random_ltd, got {arm!r}")
-        if method is not None and method not in loop.METHODS:
-            raise ValueError(f"unknown method {method!r}")
+        if method is not None and (method not in METHODS or arm == "baseline"):
+            raise ValueError(f"unknown method {method!r} for the {arm} arm")
         if arm == "baseline":
-            settings = {k: v for k, v in settings.items() if k not in _RANDOM_LTD_FIELDS}
+            settings = {k: v for k, v in settings.items() if k not in RANDOM_LTD_FIELDS}
         return cls(label, arm, tuple(sorted(settings.items())), method)
 
     def config(self, seeds: int, seed: int, device: str) -> TrainConfig:
@@ -53,17 +59,14 @@ class Arm:
                            progress=False)
 
     def key(self, seeds: int, seed: int) -> str:
-        text = json.dumps([self.arm, self.method, self.settings, seeds, seed], sort_keys=True, default=str)
+        engine = [] if self.engine == "program" else [self.engine]
+        text = json.dumps([self.arm, self.method, self.settings, seeds, seed, *engine], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def for_engine(self, engine: str) -> "Arm":
-        """With ``engine="loop"`` an arm of the training program is trained by the loop instead
-        (same numbers, pinned by a test; no per-run plots or corpus rescans: seconds, for CI)."""
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        if engine == "program" or self.method is not None:
-            return self
-        return dataclasses.replace(self, method=self.arm)
+        return dataclasses.replace(self, engine=engine)
 
     def folder(self, root: Path, seeds: int, seed: int) -> Path:
         kind = self.method or self.arm
@@ -72,65 +75,63 @@ class Arm:
 
 def is_trained(arm: Arm, root: Path, seeds: int, seed: int = 0) -> bool:
     folder = arm.folder(root, seeds, seed)
-    if arm.method is None:
+    if arm.engine == "program":
         return (folder / "summary.json").exists()
-    return all((folder / f"seed{k}.json").exists() for k in range(seed, seed + seeds))
+    return all((arm_dir(folder, arm.arm, k) / "result.json").exists() for k in range(seed, seed + seeds))
 
 
 def train(arm: Arm, root: Path, seeds: int, seed: int = 0, device: str = "auto") -> list[dict]:
     """Train ``arm`` for seeds ``seed .. seed+seeds-1`` (or reuse what is stored); per-seed results."""
     folder = arm.folder(root, seeds, seed)
     config = arm.config(seeds, seed, device)
-    if arm.method is None:
-        return _with_training_program(arm, config, folder)
-    return _with_loop(arm, config, folder)
+    if arm.engine == "program":
+        return with_training_program(arm, config, folder)
+    return with_train_arm(arm, config, folder)
 
 
-def _with_training_program(arm: Arm, config: TrainConfig, folder: Path) -> list[dict]:
+def method_of(arm: Arm):
+    return METHODS[arm.method or "random_ltd"]
+
+
+def with_training_program(arm: Arm, config: TrainConfig, folder: Path) -> list[dict]:
     summary_path = folder / "summary.json"
     if not summary_path.exists():
         resumable = any(folder.glob("*/seed*/checkpoint.pt")) or any(folder.glob("*/seed*/result.json"))
         if folder.exists() and not resumable:
             shutil.rmtree(folder)  # started but never reached a checkpoint: nothing to keep
         run_training(dataclasses.replace(config, out=str(folder)), resume=resumable,
-                     command=f"random_ltd.ablate: {arm.label}")
+                     command=f"random_ltd.ablate: {arm.label}", method=method_of(arm))
     summary = json.loads(summary_path.read_text())
-    results = []
-    for result in summary["arms"][arm.arm]["seeds"]:
-        curve = _curve(arm_dir(folder, arm.arm, result["seed"]) / "metrics.jsonl")
-        results.append({**result, "curve": curve})
-    return results
+    return [with_curve(result, folder, arm.arm) for result in summary["arms"][arm.arm]["seeds"]]
 
 
-def _curve(metrics_path: Path) -> list[list[float]]:
-    curve = []
-    for line in metrics_path.read_text().splitlines():
-        record = json.loads(line)
-        if "val_loss" in record:
-            curve.append([record["step"], record.get("layer_tokens", 0), record["val_loss"]])
-    return curve
-
-
-def _with_loop(arm: Arm, config: TrainConfig, folder: Path) -> list[dict]:
+def with_train_arm(arm: Arm, config: TrainConfig, folder: Path) -> list[dict]:
+    """Each seed trained by ``train_arm`` (it resumes, or reads back a finished seed), no run report."""
     resolved = resolve_config(config)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "config.json", {"label": arm.label, "method": arm.method, "config": resolved.to_dict()})
-    results = []
-    for seed in range(config.seed, config.seed + config.seeds):
-        path = folder / f"seed{seed}.json"
-        if not path.exists():
-            task = prepared_task(resolved)
-            shape = task.shape()
-            plan = plan_arms(resolved, shape)[arm.arm]
-            result = loop.train_method(arm.method, resolved, task, shape, plan, seed, pick_device(resolved.device))
-            write_json(path, {"arm": arm.arm, **result})
-        results.append(json.loads(path.read_text()))
-    return results
+    task = prepared_task(resolved)
+    shape = task.shape()
+    plan = plan_arms(resolved, shape)[arm.arm]
+    device = pick_device(resolved.device)
+    return [with_curve(train_arm(resolved, task, shape, plan, seed, folder, device, method=method_of(arm)),
+                       folder, arm.arm)
+            for seed in range(config.seed, config.seed + config.seeds)]
+
+
+def with_curve(result: dict, folder: Path, arm: str) -> dict:
+    """A seed's result with its validation curve (``[step, layer_tokens, val_loss]`` per evaluation)."""
+    curve = []
+    for line in (arm_dir(folder, arm, result["seed"]) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "val_loss" in record:
+            curve.append([record["step"], record.get("layer_tokens", 0), record["val_loss"]])
+    return {**result, "curve": curve}
 
 
 _PREPARED: dict[str, Task] = {}
 # Fields a task never reads (they steer the optimizer, the budget, random-LTD and the run).
-_NOT_DATA = _RANDOM_LTD_FIELDS + ("arms", "seed", "seeds", "out", "progress", "device", "eval_every",
+_NOT_DATA = RANDOM_LTD_FIELDS + ("arms", "seed", "seeds", "out", "progress", "device", "eval_every",
                                   "checkpoint_every", "steps", "tokens", "lr", "lr_decay", "warmup",
                                   "min_lr_ratio", "weight_decay", "grad_clip")
 

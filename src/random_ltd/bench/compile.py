@@ -47,7 +47,7 @@ def count_compiles(model: torch.nn.Module, train_step: Callable[[int, torch.nn.M
 
     compiled = torch.compile(model, backend=counting_backend, fullgraph=True)
     first_length, on_repeat = None, 0
-    with _count_limit_hits() as limit_hits:
+    with count_limit_hits() as limit_hits:
         for keep in kept_lengths:
             train_step(keep, compiled)
             before_repeat = len(compiles)
@@ -74,7 +74,7 @@ class _LimitHits(logging.Handler):
 
 
 @contextlib.contextmanager
-def _count_limit_hits():
+def count_limit_hits():
     handler = _LimitHits()
     logger = logging.getLogger("torch._dynamo")
     logger.addHandler(handler)

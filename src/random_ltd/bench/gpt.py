@@ -14,9 +14,10 @@ import random_ltd
 from random_ltd.bench.config import GptShape
 from random_ltd.bench.stack import autocast, ideal_forward
 from random_ltd.train.config import TrainConfig
-from random_ltd.train.program import make_optimizer, training_model
+from random_ltd.train.program import apply_gradients, make_optimizer, training_model
 
 DROP_LAYERS = "1:-1"
+GRAD_CLIP = 1.0
 
 
 def build_gpt(shape: GptShape, device: torch.device, seed: int = 0) -> nn.Module:
@@ -72,12 +73,10 @@ class GptBench:
 
     def _train(self, keep: int | None, compute_loss) -> None:
         self.handle.set_keep(keep)
-        self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.dtype):
             loss = compute_loss()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
+        apply_gradients(self.model, self.optimizer, GRAD_CLIP)  # as the training program ends each step
 
     def baseline(self) -> None:
         self.step(None)

@@ -2,7 +2,6 @@
 
 Each subcommand lives in its own module under ``random_ltd.cli`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` (``args -> exit code``).
-Modules listed here but not present yet are skipped, so commands can land independently.
 """
 from __future__ import annotations
 
@@ -20,10 +19,15 @@ class UsageError(Exception):
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump), exit code 2."""
+    """argparse, but a usage error is one line (no usage dump), exit code 2, ending in ``hint``.
+    Subcommands' parsers are of this class too (``add_parser(..., hint=...)``)."""
+
+    def __init__(self, *args, hint: str = " (see --help)", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hint = hint
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self.hint}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,13 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"random-ltd {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"random_ltd.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"random_ltd.cli.{name}":
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"random_ltd.cli.{name}").register(subparsers)
     return parser
 
 

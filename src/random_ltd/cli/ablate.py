@@ -7,15 +7,15 @@ import time
 from pathlib import Path
 
 from random_ltd.cli import UsageError
-from random_ltd.surgery import RandomLTDError
+from random_ltd.errors import RandomLTDError
 
 DESCRIPTION = """\
 Run one of the paper's ablations (Section 5) with several seeds and judge its claims. Each study
-trains its arms with `random-ltd train`'s program (TokenBypass and protected special tokens with
-a loop that matches it step for step), then writes OUT/NAME/: table.md (mean ± std per arm, each
-claim with its 95% interval and verdict), plot.png and results.json, and updates the study's
-block of the results page. Arms shared between studies are trained once (OUT/runs/); rerunning
-a command continues where it stopped.
+trains its arms with `random-ltd train`'s program (TokenBypass and protected special tokens
+through its method hook, on the same training loop), then writes OUT/NAME/: table.md (mean ± std
+per arm, each claim with its 95% interval and verdict), plot.png and results.json, and updates
+the study's block of the results page. Arms shared between studies are trained once (OUT/runs/);
+rerunning a command continues where it stopped.
 """
 
 EPILOG = """\
@@ -46,9 +46,9 @@ def register(subparsers) -> None:
     parser.add_argument("--out", metavar="DIR", help="study folders and trained arms (default runs/ablate[-quick])")
     parser.add_argument("--results", metavar="FILE",
                         help="results page to update (default docs/results.md; with --quick OUT/results.md)")
-    parser.add_argument("--engine", choices=("program", "loop"),
-                        help="train arms with random-ltd train's program (default) or the ablation loop, which "
-                             "gives the same numbers without per-run reports (default with --quick)")
+    parser.add_argument("--engine", choices=("program", "bare"),
+                        help="train arms as random-ltd train runs, with a report per arm (default), or bare: the "
+                             "same training loop and numbers without per-run reports (default with --quick)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice; "
                                                    "1 with --jobs)")
@@ -116,7 +116,7 @@ def make_options(args: argparse.Namespace):
     results = Path(args.results) if args.results else (root / "results.md" if args.quick else Path("docs/results.md"))
     seeds = DEFAULT_SEEDS[args.quick] if args.seeds is None else args.seeds
     try:
-        engine = args.engine or ("loop" if args.quick else "program")
+        engine = args.engine or ("bare" if args.quick else "program")
         return Options(root=root, results=results, quick=args.quick, seeds=seeds, seed=args.seed, device=args.device,
                        engine=engine)
     except ValueError as error:

@@ -1,4 +1,7 @@
-"""``random-ltd plan``: what a kept-length schedule saves over a training run (no model needed)."""
+"""``random-ltd plan``: what a kept-length schedule saves over a training run (no model needed).
+
+The command parses its flags into a ``random_ltd.plan_request.PlanRequest`` (which holds the rules
+of what goes with what) and prints the plan; errors name the flag of the setting."""
 from __future__ import annotations
 
 import argparse
@@ -6,14 +9,12 @@ import json
 import os
 import re
 import sys
-import warnings
 
 from random_ltd.cli import UsageError
 from random_ltd.cli.plan_output import report, save_plot
-from random_ltd.deepspeed_config import from_deepspeed_config
+from random_ltd.errors import ConfigError
 from random_ltd.lr import DECAYS
-from random_ltd.planner import FlopModel, Plan, Training, build_plan, lr_curves, solve_for_saving
-from random_ltd.schedules import MSLG, ConfigError, ConstantKeep
+from random_ltd.plan_request import LRCurves, PlanRequest
 
 DESCRIPTION = """\
 Plan a random-LTD run: the kept-length schedule step by step, the layer-tokens it consumes
@@ -49,15 +50,14 @@ EPILOG = """\
 Exit status: 0 on success, 2 on bad input (one line naming the flag).
 """
 
-FLAGS = {
-    "seq_len": "--seq-len", "num_layers": "--layers", "drop_layers": "--drop-layers", "start": "--start",
-    "increment": "--increment", "every_steps": "--every-steps", "every_tokens": "--every-tokens",
-    "full_at": "--full-at", "multiple_of": "--multiple-of", "total_steps": "--total-steps",
-    "total_tokens": "--total-tokens", "batch_size": "--batch-size", "keep": "--keep",
-    "target_saving": "--target-saving", "d_model": "--d-model", "ffn_dim": "--ffn-dim", "vocab_size": "--vocab-size",
-}
-SCHEDULE_FLAGS = ("start", "every_steps", "every_tokens", "full_at", "keep", "multiple_of", "target_saving")
+FLAGS = {"num_layers": "--layers"}  # settings whose flag is not "--" + the name with dashes
 SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+REQUEST_FIELDS = {"seq_len": "seq_len", "num_layers": "layers", "drop_layers": "drop_layers",
+                  "batch_size": "batch_size", "total_steps": "total_steps", "total_tokens": "total_tokens",
+                  "deepspeed_config": "deepspeed_config", "start": "start", "increment": "increment",
+                  "every_steps": "every_steps", "every_tokens": "every_tokens", "full_at": "full_at", "keep": "keep",
+                  "multiple_of": "multiple_of", "target_saving": "target_saving", "d_model": "d_model",
+                  "ffn_dim": "ffn_dim", "vocab_size": "vocab_size"}  # PlanRequest field: argparse dest
 
 
 def count(text: str) -> float:
@@ -83,21 +83,12 @@ def full_at(text: str) -> int | float:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("plan", help="plan a schedule: kept lengths, layer-token and FLOP savings",
-                                   description=DESCRIPTION, epilog=EPILOG,
+                                   description=DESCRIPTION, epilog=EPILOG, hint="",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error = lambda message: _one_line_error(message)  # argparse's own errors: one line, exit 2
     _add_run_flags(parser.add_argument_group("model and run"))
     _add_schedule_flags(parser.add_argument_group("schedule"))
-    flops = parser.add_argument_group("FLOP estimate")
-    flops.add_argument("--d-model", type=int, metavar="D", default=1024, help="hidden size (default 1024)")
-    flops.add_argument("--ffn-dim", type=int, metavar="F", help="feed-forward size (default 4 x --d-model)")
-    flops.add_argument("--vocab-size", type=int, metavar="V", default=0, help="output vocabulary (default 0: left out)")
-    output = parser.add_argument_group("output")
-    output.add_argument("--json", action="store_true", help="print one JSON object (keys below)")
-    output.add_argument("--plot", metavar="FILE.png", help="save a plot of the kept length and the LR over training")
-    output.add_argument("--lr-decay", choices=DECAYS, default="cosine", help="LR decay in the plot (default cosine)")
-    output.add_argument("--warmup-fraction", type=float, metavar="F", default=0.0, help="LR warmup in the plot, fraction of training")
-    output.add_argument("--min-lr-ratio", type=float, metavar="R", default=0.1, help="LR floor in the plot (default 0.1)")
+    _add_flop_flags(parser.add_argument_group("FLOP estimate"))
+    _add_output_flags(parser.add_argument_group("output"))
     parser.set_defaults(func=run)
 
 
@@ -124,20 +115,30 @@ def _add_schedule_flags(group) -> None:
     group.add_argument("--target-saving", type=float, metavar="FRACTION", help="inverse mode: solve for this LayerToken saving")
 
 
-def _one_line_error(message: str):
-    print(f"random-ltd plan: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def _add_flop_flags(group) -> None:
+    group.add_argument("--d-model", type=int, metavar="D", default=1024, help="hidden size (default 1024)")
+    group.add_argument("--ffn-dim", type=int, metavar="F", help="feed-forward size (default 4 x --d-model)")
+    group.add_argument("--vocab-size", type=int, metavar="V", default=0, help="output vocabulary (default 0: left out)")
+
+
+def _add_output_flags(group) -> None:
+    group.add_argument("--json", action="store_true", help="print one JSON object (keys below)")
+    group.add_argument("--plot", metavar="FILE.png", help="save a plot of the kept length and the LR over training")
+    group.add_argument("--lr-decay", choices=DECAYS, default="cosine", help="LR decay in the plot (default cosine)")
+    group.add_argument("--warmup-fraction", type=float, metavar="F", default=0.0, help="LR warmup in the plot, fraction of training")
+    group.add_argument("--min-lr-ratio", type=float, metavar="R", default=0.1, help="LR floor in the plot (default 0.1)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        plan = make_plan(args)
+        curves = LRCurves(warmup_fraction=args.warmup_fraction, decay=args.lr_decay, min_lr_ratio=args.min_lr_ratio)
+        request = PlanRequest(**{field: getattr(args, dest) for field, dest in REQUEST_FIELDS.items()})
+        plan = request.plan(on_warning=lambda message: print(f"random-ltd plan: warning: {message}", file=sys.stderr))
         if args.plot:
-            _check_plot_path(args.plot)
-            save_plot(plan, args.plot, lr_curves(plan, warmup_fraction=args.warmup_fraction, decay=args.lr_decay,
-                                                  min_lr_ratio=args.min_lr_ratio))
+            check_plot_path(args.plot)
+            save_plot(plan, args.plot, curves.of(plan))
     except ConfigError as error:
-        raise UsageError(_flag_message(error, args)) from None
+        raise UsageError(f"{FLAGS.get(error.field, error.flag)}: {error.message}") from None
     if args.json:
         print(json.dumps(plan.to_json() | ({"target_saving": args.target_saving} if args.target_saving else {})))
     else:
@@ -145,89 +146,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
-    """The plan the flags describe (``ConfigError`` for bad input)."""
-    _check_lr_flags(args)
-    if args.deepspeed_config:
-        return _deepspeed_plan(args)
-    for name in ("seq_len", "num_layers"):
-        if getattr(args, _dest(name)) is None:
-            raise ConfigError(name, "required (or give --deepspeed-config)")
-    training = _training(args, args.seq_len, args.layers, args.drop_layers or "1:-1", args.batch_size)
-    if args.target_saving is not None:
-        for name in ("every_steps", "every_tokens", "keep"):
-            if getattr(args, name) is not None:
-                raise ConfigError(name, "not allowed with --target-saving (it solves for the schedule)")
-        return solve_for_saving(args.target_saving, training, increment=args.increment, start=args.start,
-                                full_at=args.full_at, multiple_of=args.multiple_of)
-    return build_plan(_schedule(args), training)
-
-
-def _dest(field: str) -> str:
-    return FLAGS[field].lstrip("-").replace("-", "_")
-
-
-def _check_lr_flags(args: argparse.Namespace) -> None:
-    if not 0.0 <= args.warmup_fraction < 1.0:
-        raise ConfigError("warmup_fraction", f"must be in [0, 1), got {args.warmup_fraction}")
-    if not 0.0 <= args.min_lr_ratio <= 1.0:
-        raise ConfigError("min_lr_ratio", f"must be in [0, 1], got {args.min_lr_ratio}")
-
-
-def _training(args, seq_len, num_layers, drop_layers, batch_size) -> Training:
-    if batch_size is None:
-        raise ConfigError("batch_size", "required: sequences per optimizer step")
-    if args.total_steps is None and args.total_tokens is None:
-        raise ConfigError("total_steps", "give the training length: --total-steps or --total-tokens")
-    flop_model = FlopModel(d_model=args.d_model, ffn_dim=args.ffn_dim, vocab_size=args.vocab_size)
-    return Training(seq_len=seq_len, num_layers=num_layers, batch_size=batch_size, total_steps=args.total_steps,
-                    total_tokens=args.total_tokens, drop_layers=drop_layers, flop_model=flop_model)
-
-
-def _schedule(args: argparse.Namespace):
-    if args.keep is not None:
-        for name in ("start", "multiple_of"):
-            if getattr(args, name) is not None:
-                raise ConfigError(name, "not allowed with --keep (a constant kept length)")
-        return ConstantKeep(args.seq_len, args.keep)
-    if args.start is None:
-        raise ConfigError("start", "required: the kept length at step 0 (or give --keep or --target-saving)")
-    if args.every_steps is None and args.every_tokens is None and args.full_at is None:
-        raise ConfigError("every_steps", "give when the kept length grows: --every-steps, --every-tokens or --full-at")
-    return MSLG(args.seq_len, args.start, args.increment, every_steps=args.every_steps,
-                every_tokens=args.every_tokens, full_at=args.full_at, multiple_of=args.multiple_of)
-
-
-def _deepspeed_plan(args: argparse.Namespace) -> Plan:
-    for name in SCHEDULE_FLAGS + ("drop_layers",):
-        if getattr(args, _dest(name) if name in FLAGS else name) is not None:
-            raise ConfigError(name, "not allowed with --deepspeed-config (the file sets the schedule and layers)")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            imported = from_deepspeed_config(args.deepspeed_config)
-    except ConfigError as error:
-        inner = error.message if error.field == "deepspeed_config" else str(error)
-        raise ConfigError("deepspeed_config", inner) from None
-    for warning in caught:
-        print(f"random-ltd plan: warning: {warning.message}", file=sys.stderr)
-    for name, value in (("seq_len", imported.seq_len), ("num_layers", imported.num_layers)):
-        given = getattr(args, _dest(name))
-        if given is not None and given != value:
-            raise ConfigError(name, f"{given} contradicts the DeepSpeed config ({value})")
-    batch_size = args.batch_size if args.batch_size is not None else imported.batch_size
-    training = _training(args, imported.seq_len, imported.num_layers, imported.layer_ids, batch_size)
-    return build_plan(imported.schedule, training)
-
-
-def _flag_message(error: ConfigError, args: argparse.Namespace) -> str:
-    flag = FLAGS.get(error.field) or "--" + error.field.replace("_", "-")
-    if error.field == "total_steps" and args.total_tokens is not None:
-        flag = "--total-tokens"
-    return f"{flag}: {error.message}"
-
-
-def _check_plot_path(path: str) -> None:
+def check_plot_path(path: str) -> None:
     if not path.lower().endswith(".png"):
         raise ConfigError("plot", f"{path!r} must end in .png")
     folder = os.path.dirname(os.path.abspath(path))

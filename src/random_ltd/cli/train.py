@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from random_ltd.cli import UsageError
-from random_ltd.surgery import RandomLTDError
+from random_ltd.errors import RandomLTDError
 
 DESCRIPTION = """\
 Train a baseline and a random-LTD model side by side (same seed, initial weights and data
@@ -36,62 +36,77 @@ def register(subparsers) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every option defaults to None ("not given"): the task's default, or the saved run's on --resume."""
-    what = parser.add_argument_group("what to train")
-    what.add_argument("--task", help="gpt (default), bert, vit or finetune")
-    what.add_argument("--quick", action="store_true", default=None, help="tiny sizes: the whole pipeline in under a minute")
-    what.add_argument("--data", action="append", metavar="PATH|GLOB|hf:NAME",
-                      help="text files, folders or globs; hf:NAME[:CONFIG][@SPLIT] for a Hugging Face dataset "
-                           "(repeatable; default: the Python standard library's source)")
-    what.add_argument("--corpus-mb", type=float, help="use at most this many MB of the corpus")
-    what.add_argument("--model-size", help="tiny, small or base (gpt, bert, vit)")
-    what.add_argument("--layers", type=int, help="number of transformer layers (overrides --model-size's)")
-    what.add_argument("--vocab-size", type=int, help="size of the BPE trained on the corpus (gpt, bert)")
-    budget = parser.add_argument_group("budget and batches")
-    exclusive = budget.add_mutually_exclusive_group()
+    _add_task_flags(parser.add_argument_group("what to train"))
+    _add_budget_flags(parser.add_argument_group("budget and batches"))
+    _add_random_ltd_flags(parser.add_argument_group("random-LTD"))
+    _add_optimisation_flags(parser.add_argument_group("optimisation"))
+    _add_run_flags(parser.add_argument_group("runs and output"))
+
+
+def _add_task_flags(group) -> None:
+    group.add_argument("--task", help="gpt (default), bert, vit or finetune")
+    group.add_argument("--quick", action="store_true", default=None, help="tiny sizes: the whole pipeline in under a minute")
+    group.add_argument("--data", action="append", metavar="PATH|GLOB|hf:NAME",
+                       help="text files, folders or globs; hf:NAME[:CONFIG][@SPLIT] for a Hugging Face dataset "
+                            "(repeatable; default: the Python standard library's source)")
+    group.add_argument("--corpus-mb", type=float, help="use at most this many MB of the corpus")
+    group.add_argument("--model-size", help="tiny, small or base (gpt, bert, vit)")
+    group.add_argument("--layers", type=int, help="number of transformer layers (overrides --model-size's)")
+    group.add_argument("--vocab-size", type=int, help="size of the BPE trained on the corpus (gpt, bert)")
+
+
+def _add_budget_flags(group) -> None:
+    exclusive = group.add_mutually_exclusive_group()
     exclusive.add_argument("--steps", type=int, help="baseline optimizer steps")
     exclusive.add_argument("--tokens", type=int, help="baseline training tokens (rounded up to whole steps)")
-    budget.add_argument("--batch-size", type=int, help="sequences (images) per step")
-    budget.add_argument("--seq-len", type=int, help="tokens per sequence (gpt, bert, finetune)")
-    budget.add_argument("--patch-size", type=int, help="vit patch size: 2 -> 197 tokens (default), 7 -> 17 (--quick)")
-    ltd = parser.add_argument_group("random-LTD")
-    ltd.add_argument("--arms", help="baseline, random_ltd or both (default), comma-separated")
-    ltd.add_argument("--drop-layers", help="layers that drop tokens: a slice ('1:-1', the default) or indices '1,2,3'")
-    ltd.add_argument("--schedule", help="mslg (growing kept length, default) or constant (kept length = --kept-start)")
-    ltd.add_argument("--kept-start", "--start", dest="kept_start", type=int, help="kept length at step 0")
-    ltd.add_argument("--kept-increment", "--increment", dest="kept_increment", type=int, help="kept-length growth per increment")
-    interval = ltd.add_mutually_exclusive_group()
+    group.add_argument("--batch-size", type=int, help="sequences (images) per step")
+    group.add_argument("--seq-len", type=int, help="tokens per sequence (gpt, bert, finetune)")
+    group.add_argument("--patch-size", type=int, help="vit patch size: 2 -> 197 tokens (default), 7 -> 17 (--quick)")
+
+
+def _add_random_ltd_flags(group) -> None:
+    group.add_argument("--arms", help="baseline, random_ltd or both (default), comma-separated")
+    group.add_argument("--drop-layers", help="layers that drop tokens: a slice ('1:-1', the default) or indices '1,2,3'")
+    group.add_argument("--schedule", help="mslg (growing kept length, default) or constant (kept length = --kept-start)")
+    group.add_argument("--kept-start", "--start", dest="kept_start", type=int, help="kept length at step 0")
+    group.add_argument("--kept-increment", "--increment", dest="kept_increment", type=int, help="kept-length growth per increment")
+    interval = group.add_mutually_exclusive_group()
     interval.add_argument("--kept-every", "--every-steps", dest="kept_every", type=int, help="steps between increments")
     interval.add_argument("--full-at", type=float, help="full length at this fraction of training (<= 1) or step (> 1)")
-    ltd.add_argument("--lr-clock", help="layer_tokens (LayerToken LR, default) or steps (iteration LR) for random-LTD")
-    ltd.add_argument("--budget-ratio", type=float,
-                     help="train random-LTD on R x the baseline's layer-tokens (e.g. 0.667; default: same steps)")
-    optimisation = parser.add_argument_group("optimisation")
-    optimisation.add_argument("--lr", type=float, help="peak learning rate")
-    optimisation.add_argument("--lr-decay", help="cosine (default), linear or constant")
-    optimisation.add_argument("--warmup", type=float, help="warmup, fraction of the baseline's budget (default 0.05)")
-    optimisation.add_argument("--min-lr-ratio", type=float, help="LR floor as a fraction of the peak (default 0.1)")
-    optimisation.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
-    optimisation.add_argument("--grad-clip", type=float, help="gradient-norm clip, 0 for none (default 1.0)")
-    optimisation.add_argument("--dropout", type=float, help="dropout probability of the model")
-    optimisation.add_argument("--lora", action="store_true", default=None,
-                              help="finetune LoRA adapters only (--task finetune; pip install peft)")
-    optimisation.add_argument("--lora-rank", type=int, help="LoRA rank (default 8; alpha is twice the rank)")
-    optimisation.add_argument("--lora-targets", help="modules that get adapters, comma-separated (default q_proj,v_proj)")
-    runs = parser.add_argument_group("runs and output")
-    runs.add_argument("--seed", type=int, help="first seed (default 0)")
-    runs.add_argument("--seeds", type=int, help="number of seeds; the report shows mean ± std")
-    runs.add_argument("--eval-every", type=int, help="steps between evaluations (default: a tenth of the budget)")
-    runs.add_argument("--eval-batches", type=int, help="validation batches per evaluation")
-    runs.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: --eval-every)")
-    runs.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    runs.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; --quick: 1)")
-    runs.add_argument("--out", metavar="DIR", help="run folder (default: runs/<task>-<date>-<time>)")
-    runs.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoints")
-    runs.add_argument("--cache-dir", help="tokenizers, token files and models (default ~/.cache/random-ltd)")
-    runs.add_argument("--fashion-mnist-dir", help="folder of the Fashion-MNIST IDX files")
-    runs.add_argument("--report-to", metavar="TRACKERS",
-                      help="experiment trackers, comma-separated: tensorboard, wandb, mlflow (default: none)")
-    runs.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    group.add_argument("--lr-clock", help="layer_tokens (LayerToken LR, default) or steps (iteration LR) for random-LTD")
+    group.add_argument("--budget-ratio", type=float,
+                       help="train random-LTD on R x the baseline's layer-tokens (e.g. 0.667; default: same steps)")
+
+
+def _add_optimisation_flags(group) -> None:
+    group.add_argument("--lr", type=float, help="peak learning rate")
+    group.add_argument("--lr-decay", help="cosine (default), linear or constant")
+    group.add_argument("--warmup", type=float, help="warmup, fraction of the baseline's budget (default 0.05)")
+    group.add_argument("--min-lr-ratio", type=float, help="LR floor as a fraction of the peak (default 0.1)")
+    group.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    group.add_argument("--grad-clip", type=float, help="gradient-norm clip, 0 for none (default 1.0)")
+    group.add_argument("--dropout", type=float, help="dropout probability of the model")
+    group.add_argument("--lora", action="store_true", default=None,
+                       help="finetune LoRA adapters only (--task finetune; pip install peft)")
+    group.add_argument("--lora-rank", type=int, help="LoRA rank (default 8; alpha is twice the rank)")
+    group.add_argument("--lora-targets", help="modules that get adapters, comma-separated (default q_proj,v_proj)")
+
+
+def _add_run_flags(group) -> None:
+    group.add_argument("--seed", type=int, help="first seed (default 0)")
+    group.add_argument("--seeds", type=int, help="number of seeds; the report shows mean ± std")
+    group.add_argument("--eval-every", type=int, help="steps between evaluations (default: a tenth of the budget)")
+    group.add_argument("--eval-batches", type=int, help="validation batches per evaluation")
+    group.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: --eval-every)")
+    group.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    group.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; --quick: 1)")
+    group.add_argument("--out", metavar="DIR", help="run folder (default: runs/<task>-<date>-<time>)")
+    group.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoints")
+    group.add_argument("--cache-dir", help="tokenizers, token files and models (default ~/.cache/random-ltd)")
+    group.add_argument("--fashion-mnist-dir", help="folder of the Fashion-MNIST IDX files")
+    group.add_argument("--report-to", metavar="TRACKERS",
+                       help="experiment trackers, comma-separated: tensorboard, wandb, mlflow (default: none)")
+    group.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

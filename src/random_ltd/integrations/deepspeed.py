@@ -28,7 +28,7 @@ from random_ltd.deepspeed_config import DeepSpeedRandomLTD, from_deepspeed_confi
 from random_ltd.driver import Driver
 from random_ltd.integrations.distributed import rank_seed
 from random_ltd.lr import LayerTokenLR
-from random_ltd.schedules import ConfigError
+from random_ltd.errors import ConfigError
 
 
 def split_config(config: Mapping | str, *, exact: bool = False) -> tuple[DeepSpeedRandomLTD, dict]:

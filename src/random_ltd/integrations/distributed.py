@@ -85,9 +85,10 @@ def load_rank_state(driver: Any, state: dict) -> None:
     seed is rank 0's, so every rank keeps the seed its handle already has.
     """
     handle = driver.handle
-    own_seed = None if handle is None else handle.seed
+    seeded = hasattr(handle, "seed")  # a TokenBypass handle draws nothing: no seed
+    own_seed = handle.seed if seeded else None
     driver.load_state_dict(state)
-    if handle is not None:
+    if seeded:
         handle.load_state_dict({**state["handle"], "seed": own_seed})
 
 

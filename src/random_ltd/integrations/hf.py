@@ -1,30 +1,30 @@
-"""``RandomLTDCallback``: random-LTD inside the Hugging Face ``Trainer``.
+"""Random-LTD inside the Hugging Face ``Trainer``: ``RandomLTDCallback`` and ``RandomLTDTrainer``.
 
-    trainer = Trainer(model, args, train_dataset=data,
-                      callbacks=[RandomLTDCallback(random_ltd.MSLG(seq_len=512, start=128, increment=16, full_at=0.7))])
+    trainer = RandomLTDTrainer(model, args, train_dataset=data,
+                               callbacks=[RandomLTDCallback(random_ltd.MSLG(seq_len=512, start=128, increment=16,
+                                                                            full_at=0.7))])
 
-Event by event (docs/integrations.md has the details):
+The callback does the work, event by event (docs/integrations.md has the details):
 
-- ``on_init_end`` / ``on_train_begin``: hooks the Trainer (below) and applies random-LTD to its
-  model, once: a model that already carries a handle (a second Trainer) keeps it. Each rank's
-  seed is ``rank_seed(seed or args.seed, args.process_index)``.
+- ``on_train_begin``: applies random-LTD to the Trainer's model, once: a model that already
+  carries a handle (a second Trainer) keeps it. Each rank's seed is
+  ``rank_seed(seed or args.seed, args.process_index)``.
 - ``on_step_begin`` (once per optimizer step, however many micro-batches are accumulated): sets
   the kept length ``schedule(state.global_step)``; ``on_step_end`` counts the step's layer-tokens.
-- Metrics ``random_ltd/kept_len``, ``random_ltd/layer_tokens``, ``random_ltd/tokens`` are added
-  inside ``Trainer.log``, before any callback runs, so ``state.log_history`` and every logging
-  integration (TensorBoard, W&B, ...) see them whatever the callback order.
-- ``layer_token_lr``: the Trainer builds a ``LayerTokenLR`` instead of its own scheduler.
 - Checkpoints: the callback is an ``ExportableState``; its counters and the index stream are
   saved in ``trainer_state.json`` and restored by ``resume_from_checkpoint``.
 - Evaluation runs the model in eval mode, which never drops.
 
-Callbacks are not handed their Trainer, but every event is dispatched from one of its methods,
-so the callback finds it on the call stack (``attach(trainer)`` does it explicitly).
+Two things a callback cannot do are done by ``RandomLTDTrainerMixin`` through the methods
+transformers documents for subclassing: ``log`` adds ``random_ltd/kept_len``,
+``random_ltd/layer_tokens`` and ``random_ltd/tokens`` to every training log before the Trainer
+records it and before any callback runs (so ``state.log_history`` and every logging integration
+see them whatever the callback order), and ``create_scheduler`` builds a ``LayerTokenLR`` when
+the callback asks for ``layer_token_lr``. ``RandomLTDTrainer`` is ``Trainer`` with the mixin;
+mix it into your own Trainer subclass the same way.
 """
 from __future__ import annotations
 
-import functools
-import sys
 import warnings
 from typing import Any, Mapping
 
@@ -37,14 +37,14 @@ from random_ltd.deepspeed_config import DeepSpeedLinear
 from random_ltd.driver import Driver
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.lr import LayerTokenLR
-from random_ltd.schedules import MSLG, ConfigError, ConstantKeep
-from random_ltd.surgery import LayerSelection, parse_layer_selection
+from random_ltd.errors import ConfigError
+from random_ltd.schedules import MSLG, ConstantKeep
+from random_ltd.layer_selection import LayerSelection, parse_layer_selection
 
 SCHEDULE_TYPES = {cls.__name__: cls for cls in (MSLG, ConstantKeep, DeepSpeedLinear)}
 LR_SETTINGS = ("total_layer_tokens", "warmup_layer_tokens", "decay", "min_lr_ratio")
 TRAINER_DECAYS = {"linear": "linear", "cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
-_HOOKED = "_random_ltd_hooked"
-_BUILT_HERE = "_random_ltd_built"
+BUILT_HERE = "_random_ltd_built"  # marks the LayerTokenLR that create_scheduler built (rebuilt on a new call)
 
 
 class RandomLTDCallback(TrainerCallback, ExportableState):
@@ -77,32 +77,10 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
         self.seed, self.stack, self.keep_prefix_tokens = seed, stack, bool(keep_prefix_tokens)
         self.driver: Driver | None = None
         self.restored_state: dict | None = None  # set by the Trainer when it rebuilds callbacks from a checkpoint
-        self._attached = False
-
-    # ---- hooking the Trainer ----
-    def attach(self, trainer: Trainer) -> None:
-        """Hook ``trainer.log`` (metrics for every integration) and ``trainer.create_scheduler``
-        (``layer_token_lr``). Automatic at init and train begin; idempotent."""
-        if not getattr(trainer, _HOOKED, False):
-            trainer.log = _log_with_metrics(trainer, trainer.log)
-            trainer.create_scheduler = _create_scheduler_with_layer_token_lr(trainer, trainer.create_scheduler)
-            setattr(trainer, _HOOKED, True)
-        self._attached = True
-
-    def _attach_caller(self) -> None:
-        trainer = _calling_trainer()
-        if trainer is not None:
-            self.attach(trainer)
+        self._warned_unlogged = False
 
     # ---- Trainer events ----
-    def on_init_end(self, args, state, control, **kwargs):
-        self._attach_caller()
-
     def on_train_begin(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
-        self._attach_caller()
-        if not self._attached:
-            warnings.warn("RandomLTDCallback could not find its Trainer: random_ltd/* metrics reach only the "
-                          "callbacks after it; call callback.attach(trainer) before train()")
         handle = self.ensure_applied(model, args)
         schedule = self._bound_schedule(args, state.max_steps)
         self.driver = Driver(handle, schedule, batch_size=global_batch_size(args), seq_len=schedule.seq_len)
@@ -110,7 +88,8 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
             self._resume(state)
         if self.layer_token_lr and not isinstance(lr_scheduler, LayerTokenLR):
             raise ConfigError("layer_token_lr", f"the Trainer already has an LR scheduler ({type(lr_scheduler).__name__}): "
-                              "pass RandomLTDCallback in Trainer(callbacks=[...]) and no scheduler in optimizers=")
+                              "train with RandomLTDTrainer (or a Trainer with RandomLTDTrainerMixin), pass "
+                              "RandomLTDCallback in callbacks=[...] and no scheduler in optimizers=")
 
     def on_step_begin(self, args, state, control, lr_scheduler=None, **kwargs):
         driver = self._require_driver()
@@ -124,8 +103,13 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
         self._require_driver().after_step()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None:
-            self.add_metrics(logs)  # already there when attached; a fallback otherwise
+        if logs is None or not is_training_log(logs) or self.metrics().keys() <= logs.keys():
+            return  # RandomLTDTrainerMixin.log added them before anyone saw the log
+        if not self._warned_unlogged:
+            warnings.warn("random_ltd/* metrics reach only the callbacks after RandomLTDCallback and not the "
+                          "Trainer's log_history: train with RandomLTDTrainer (or RandomLTDTrainerMixin)")
+            self._warned_unlogged = True
+        self.add_metrics(logs)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self.driver is not None and self.driver.handle is not None:
@@ -154,7 +138,7 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
 
     def add_metrics(self, logs: dict) -> None:
         """Add the metrics to a training log (the periodic one or the final summary)."""
-        if "loss" in logs or "train_loss" in logs:
+        if is_training_log(logs):
             logs.update(self.metrics())
 
     def build_lr_scheduler(self, trainer: Trainer, num_training_steps: int, optimizer: Any) -> LayerTokenLR:
@@ -169,7 +153,7 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
         settings.setdefault("warmup_layer_tokens", total_layer_tokens(schedule, warmup_steps, **count) if warmup_steps else 0)
         settings.setdefault("decay", _trainer_decay(args.lr_scheduler_type))
         scheduler = LayerTokenLR(optimizer, **settings)
-        setattr(scheduler, _BUILT_HERE, True)
+        setattr(scheduler, BUILT_HERE, True)
         return scheduler
 
     def _bound_schedule(self, args: Any, max_steps: int) -> Any:
@@ -218,42 +202,46 @@ def global_batch_size(args: Any) -> int:
     return args.train_batch_size * args.gradient_accumulation_steps * args.world_size
 
 
-def _calling_trainer() -> Trainer | None:
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, Trainer):
-            return owner
-        frame = frame.f_back
-    return None
+def is_training_log(logs: Mapping) -> bool:
+    """A periodic training log or the final summary (not an evaluation's)."""
+    return "loss" in logs or "train_loss" in logs
 
 
-def _live_callback(trainer: Trainer) -> RandomLTDCallback | None:
+def find_callback(trainer: Trainer) -> RandomLTDCallback | None:
     """The trainer's current callback (the Trainer may have rebuilt it from a checkpoint)."""
     return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RandomLTDCallback)), None)
 
 
-def _log_with_metrics(trainer: Trainer, log: Any) -> Any:
-    @functools.wraps(log)
-    def log_with_random_ltd_metrics(logs, *args, **kwargs):
-        callback = _live_callback(trainer)
+class RandomLTDTrainerMixin:
+    """Mix into a ``transformers.Trainer`` class (before it: ``class T(RandomLTDTrainerMixin, Trainer)``).
+
+    It overrides two methods transformers documents for subclassing, and does nothing unless the
+    Trainer has a ``RandomLTDCallback`` among its callbacks (looked up at each call, so a callback
+    added with ``add_callback`` or rebuilt from a checkpoint counts):
+
+    - ``log``: the callback's metrics join every training log before the Trainer records it in
+      ``state.log_history`` and before any callback (TensorBoard, W&B, ...) sees it;
+    - ``create_scheduler``: with ``layer_token_lr`` the Trainer's scheduler is a ``LayerTokenLR``
+      (unless you passed one in ``optimizers=``).
+    """
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        callback = find_callback(self)
         if callback is not None:
             callback.add_metrics(logs)
-        return log(logs, *args, **kwargs)
+        super().log(logs, *args, **kwargs)
 
-    return log_with_random_ltd_metrics
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        callback = find_callback(self)
+        current = self.lr_scheduler
+        if callback is not None and callback.layer_token_lr and (current is None or getattr(current, BUILT_HERE, False)):
+            self.lr_scheduler = callback.build_lr_scheduler(self, num_training_steps, optimizer or self.optimizer)
+        return super().create_scheduler(num_training_steps, optimizer)
 
 
-def _create_scheduler_with_layer_token_lr(trainer: Trainer, create_scheduler: Any) -> Any:
-    @functools.wraps(create_scheduler)
-    def create_scheduler_with_layer_token_lr(num_training_steps, optimizer=None):
-        callback = _live_callback(trainer)
-        current = trainer.lr_scheduler
-        if callback is not None and callback.layer_token_lr and (current is None or getattr(current, _BUILT_HERE, False)):
-            trainer.lr_scheduler = callback.build_lr_scheduler(trainer, num_training_steps, optimizer or trainer.optimizer)
-        return create_scheduler(num_training_steps, optimizer)
-
-    return create_scheduler_with_layer_token_lr
+class RandomLTDTrainer(RandomLTDTrainerMixin, Trainer):
+    """``transformers.Trainer`` with random-LTD's metrics in every log and the LayerToken LR
+    (``RandomLTDTrainerMixin``); train with a ``RandomLTDCallback`` in ``callbacks=[...]``."""
 
 
 def _saved_state(state: Any, name: str) -> dict | None:

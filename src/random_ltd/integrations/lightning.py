@@ -37,8 +37,8 @@ from random_ltd.accounting import total_layer_tokens
 from random_ltd.driver import Driver
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.lr import LayerTokenLR
-from random_ltd.schedules import ConfigError
-from random_ltd.surgery import LayerSelection, parse_layer_selection
+from random_ltd.errors import ConfigError
+from random_ltd.layer_selection import LayerSelection, parse_layer_selection
 from random_ltd.train.checkpoint import restore_rng, rng_state
 
 LR_SETTINGS = ("total_layer_tokens", "warmup_layer_tokens", "decay", "min_lr_ratio")

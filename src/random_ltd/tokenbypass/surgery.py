@@ -11,7 +11,8 @@ import torch.nn as nn
 from random_ltd import adapters
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer import DropControl, is_wrapped, layer_state, unwrap_layer, wrap_layer
-from random_ltd.surgery import check_keep, find_layer_stack, parse_layer_selection
+from random_ltd.layer_selection import parse_layer_selection
+from random_ltd.surgery import check_keep, find_layer_stack
 from random_ltd.swap import original_class
 from random_ltd.tokenbypass.bypass import ChosenIndices, Selector
 from random_ltd.tokenbypass.importance import TokenImportance

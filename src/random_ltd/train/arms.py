@@ -14,10 +14,11 @@ import torch
 
 from random_ltd.accounting import flops_per_step, total_layer_tokens
 from random_ltd.lr import LayerTokenLR, lr_factor
+from random_ltd.errors import ConfigError, RandomLTDError
 from random_ltd.schedules import MSLG, ConstantKeep
-from random_ltd.schedules import ConfigError as ScheduleError
-from random_ltd.surgery import RandomLTDError, parse_layer_selection
-from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.search import first_true
+from random_ltd.layer_selection import parse_layer_selection
+from random_ltd.train.config import TrainConfig, flag_error
 from random_ltd.train.tasks import ModelShape
 from random_ltd.train.tasks import budget_steps as baseline_steps
 
@@ -42,7 +43,7 @@ def drop_layer_indices(config: TrainConfig, num_layers: int) -> tuple[int, ...]:
     try:
         return tuple(parse_layer_selection(config.drop_layers, num_layers))
     except RandomLTDError as error:
-        raise ConfigError("drop_layers", str(error)) from None
+        raise flag_error("drop_layers", str(error)) from None
 
 
 def plan_arms(config: TrainConfig, shape: ModelShape) -> dict[str, ArmPlan]:
@@ -78,8 +79,8 @@ def make_schedule(config: TrainConfig, seq_len: int, steps: int):
             full_at = int(full_at)
         return MSLG(seq_len, config.kept_start, config.kept_increment, every_steps=config.kept_every,
                                full_at=full_at, total_steps=steps)
-    except ScheduleError as error:
-        raise ConfigError(_SCHEDULE_FIELDS.get(error.field, "schedule"), error.message) from None
+    except ConfigError as error:
+        raise flag_error(_SCHEDULE_FIELDS.get(error.field, "schedule"), error.message) from None
 
 
 _SCHEDULE_FIELDS = {"start": "kept_start", "increment": "kept_increment", "every_steps": "kept_every",
@@ -96,15 +97,10 @@ def _steps_for_layer_tokens(config: TrainConfig, shape: ModelShape, drop_layers,
     stretched to each candidate length, as it would be in training)."""
     cheapest_step = config.batch_size * ((shape.num_layers - len(drop_layers)) * shape.seq_len
                                          + len(drop_layers) * min(config.kept_start, shape.seq_len))
-    low, high = 1, max(1, int(target // cheapest_step) + 1)
-    while low < high:
-        middle = (low + high) // 2
-        schedule = make_schedule(config, shape.seq_len, middle)
-        if _layer_tokens(schedule, middle, config, shape, drop_layers) >= target:
-            high = middle
-        else:
-            low = middle + 1
-    return low
+    def reaches(steps: int) -> bool:
+        return _layer_tokens(make_schedule(config, shape.seq_len, steps), steps, config, shape, drop_layers) >= target
+
+    return first_true(reaches, 1, max(1, int(target // cheapest_step) + 1))
 
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, plan: ArmPlan):

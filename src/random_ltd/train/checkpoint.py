@@ -9,9 +9,10 @@ function of (seed, step), so the step is the data position.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -70,3 +71,34 @@ def truncate(path: Path, size: int) -> None:
     if path.exists() and path.stat().st_size > size:
         with open(path, "r+b") as stream:
             stream.truncate(size)
+
+
+class MetricsLog:
+    """The arm's ``metrics.jsonl`` (one JSON line per step), cut back to the checkpoint's length on
+    resume; ``mark`` records in ``state`` how far a checkpoint saved now covers. Only the main rank
+    writes (other ranks write nowhere); ``listener`` sees every record written (experiment trackers)."""
+
+    def __init__(self, path: Path, state: dict, is_main: bool, listener: Callable[[dict], None] | None = None):
+        self.path = path if is_main else Path(os.devnull)
+        self.state = state
+        self.listener = listener
+        if is_main:
+            truncate(path, state["metrics_bytes"])
+
+    def __enter__(self) -> "MetricsLog":
+        self.file = open(self.path, "a", encoding="utf-8")
+        return self
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.listener is not None:
+            self.listener(record)
+
+    def mark(self) -> None:
+        self.state["metrics_bytes"] = self.file.tell()
+
+    def __exit__(self, *exc_info) -> None:
+        if exc_info[0] is None:
+            self.mark()
+        self.file.close()

@@ -10,6 +10,8 @@ import dataclasses
 import math
 from typing import Any
 
+from random_ltd.errors import ConfigError
+
 TASKS = ("gpt", "bert", "vit", "finetune")
 ARMS = ("baseline", "random_ltd")
 MODEL_SIZES = ("tiny", "small", "base")
@@ -23,12 +25,9 @@ RUN_CONTROL_FIELDS = ("out", "device", "progress", "cache_dir", "checkpoint_ever
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
-class ConfigError(ValueError):
-    """A bad setting; the message starts with the command-line flag that sets the field."""
-
-    def __init__(self, field: str, message: str):
-        self.flag = "--" + field.replace("_", "-")
-        super().__init__(f"{self.flag}: {message}")
+def flag_error(field: str, message: str) -> ConfigError:
+    """The ``ConfigError`` for a setting of ``random-ltd train``: its text starts with the flag."""
+    return ConfigError(field, message, as_flag=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,9 +97,9 @@ class TrainConfig:
         for tracker in self.report_to:
             _check_choice("report_to", tracker, TRACKERS)
         if self.steps is not None and self.tokens is not None:
-            raise ConfigError("steps", "give a budget in --steps or in --tokens, not both")
+            raise flag_error("steps", "give a budget in --steps or in --tokens, not both")
         if not isinstance(self.drop_layers, str) or not self.drop_layers.strip():
-            raise ConfigError("drop_layers", f"must be a slice like '1:-1' or indices like '1,2,3', got {self.drop_layers!r}")
+            raise flag_error("drop_layers", f"must be a slice like '1:-1' or indices like '1,2,3', got {self.drop_layers!r}")
 
     def _check_counts(self) -> None:
         for name in ("steps", "tokens", "batch_size", "seq_len", "patch_size", "layers", "vocab_size",
@@ -110,7 +109,7 @@ class TrainConfig:
         _check_int("seeds", self.seeds, minimum=1)
         _check_int("seed", self.seed, minimum=0)
         if self.seq_len is not None and self.seq_len < 2:
-            raise ConfigError("seq_len", f"must be at least 2, got {self.seq_len}")
+            raise flag_error("seq_len", f"must be at least 2, got {self.seq_len}")
 
     def _check_fractions(self) -> None:
         _check_number("warmup", self.warmup, 0.0, 1.0, open_high=True)
@@ -124,17 +123,17 @@ class TrainConfig:
         if self.full_at is not None:
             _check_number("full_at", self.full_at, 0.0, math.inf, open_low=True)
             if self.full_at > 1 and self.full_at != int(self.full_at):
-                raise ConfigError("full_at", f"is a fraction of training in (0, 1] or a step, got {self.full_at}")
+                raise flag_error("full_at", f"is a fraction of training in (0, 1] or a step, got {self.full_at}")
         if self.kept_every is not None and self.full_at is not None:
-            raise ConfigError("kept_every", "give the interval (--kept-every) or --full-at, not both")
+            raise flag_error("kept_every", "give the interval (--kept-every) or --full-at, not both")
 
     def _check_arms(self) -> None:
         if not self.arms:
-            raise ConfigError("arms", f"choose at least one of {', '.join(ARMS)}")
+            raise flag_error("arms", f"choose at least one of {', '.join(ARMS)}")
         for arm in self.arms:
             _check_choice("arms", arm, ARMS)
         if len(set(self.arms)) != len(self.arms):
-            raise ConfigError("arms", f"lists an arm twice: {','.join(self.arms)}")
+            raise flag_error("arms", f"lists an arm twice: {','.join(self.arms)}")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -147,7 +146,7 @@ class TrainConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(unknown[0], "is not a setting of this version of random-ltd train")
+            raise flag_error(unknown[0], "is not a setting of this version of random-ltd train")
         return cls(**values)
 
     def differences(self, other: "TrainConfig") -> dict[str, tuple[Any, Any]]:
@@ -171,16 +170,16 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...], optional: boo
     if value is None and optional:
         return
     if value not in choices:
-        raise ConfigError(name, f"unknown value {value!r}; choose one of {', '.join(choices)}")
+        raise flag_error(name, f"unknown value {value!r}; choose one of {', '.join(choices)}")
 
 
 def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an integer, got {value!r}")
+        raise flag_error(name, f"must be an integer, got {value!r}")
     if value < minimum:
-        raise ConfigError(name, f"must be at least {minimum}, got {value}")
+        raise flag_error(name, f"must be at least {minimum}, got {value}")
 
 
 def _check_number(name: str, value: Any, low: float, high: float, optional: bool = False,
@@ -188,7 +187,7 @@ def _check_number(name: str, value: Any, low: float, high: float, optional: bool
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number, got {value!r}")
+        raise flag_error(name, f"must be a finite number, got {value!r}")
     if value < low or value > high or (open_low and value == low) or (open_high and value == high):
         interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-        raise ConfigError(name, f"must lie in {interval}, got {value}")
+        raise flag_error(name, f"must lie in {interval}, got {value}")

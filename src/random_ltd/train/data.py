@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from random_ltd.train.config import ConfigError
+from random_ltd.train.config import flag_error
 
 SPECIAL_TOKENS = ("<|endoftext|>", "[CLS]", "[SEP]", "[MASK]", "[PAD]")
 STDLIB_LICENCE = "Python Software Foundation License (PSF-2.0)"
@@ -59,7 +59,7 @@ def load_corpus(specs: Iterable[str], max_mb: float | None = None) -> Corpus:
         documents = [doc for spec in specs for doc in _documents_of(spec)]
         corpus = Corpus(",".join(specs), "as licensed by its owner", tuple(doc for doc in documents if doc.strip()))
     if not corpus.documents:
-        raise ConfigError("data", f"{','.join(specs)} holds no text")
+        raise flag_error("data", f"{','.join(specs)} holds no text")
     return _limit(corpus, max_mb) if max_mb is not None else corpus
 
 
@@ -79,7 +79,7 @@ def expand_paths(spec: str) -> list[Path]:
     else:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     if not files:
-        raise ConfigError("data", f"{spec!r} matches no file")
+        raise flag_error("data", f"{spec!r} matches no file")
     return files
 
 
@@ -92,13 +92,13 @@ def hf_documents(name: str) -> list[str]:
     try:
         import datasets
     except ImportError:
-        raise ConfigError("data", "hf: datasets need the `datasets` package: pip install datasets") from None
+        raise flag_error("data", "hf: datasets need the `datasets` package: pip install datasets") from None
     name, _, split = name.partition("@")
     name, _, subset = name.partition(":")
     try:
         rows = datasets.load_dataset(name, subset or None, split=split or "train")
     except Exception as error:  # datasets raises many types; one line is what the user needs
-        raise ConfigError("data", f"cannot load Hugging Face dataset {name!r}: {str(error).splitlines()[0]}") from None
+        raise flag_error("data", f"cannot load Hugging Face dataset {name!r}: {str(error).splitlines()[0]}") from None
     column = _text_column(rows.features, name)
     return [text for text in rows[column] if text]
 
@@ -109,7 +109,7 @@ def _text_column(features, name: str) -> str:
     for column, feature in features.items():
         if getattr(feature, "dtype", None) in ("string", "large_string"):
             return column
-    raise ConfigError("data", f"dataset {name!r} has no column of text (columns: {', '.join(features)})")
+    raise flag_error("data", f"dataset {name!r} has no column of text (columns: {', '.join(features)})")
 
 
 def _read_text(path: Path) -> str:

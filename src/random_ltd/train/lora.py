@@ -10,7 +10,7 @@ import importlib.util
 
 import torch.nn as nn
 
-from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.train.config import TrainConfig, flag_error
 
 INSTALL_HINT = "pip install peft"
 DEFAULT_RANK = 8
@@ -22,10 +22,10 @@ def check(config: TrainConfig) -> None:
     if not config.lora:
         for name in ("lora_rank", "lora_targets"):
             if getattr(config, name) is not None:
-                raise ConfigError(name, "applies only with --lora")
+                raise flag_error(name, "applies only with --lora")
         return
     if importlib.util.find_spec("peft") is None:
-        raise ConfigError("lora", f"needs the peft package: {INSTALL_HINT}")
+        raise flag_error("lora", f"needs the peft package: {INSTALL_HINT}")
 
 
 def targets(config: TrainConfig) -> list[str]:
@@ -42,4 +42,4 @@ def with_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
     try:
         return peft.get_peft_model(model, settings)
     except ValueError as error:  # peft names the targets it could not find
-        raise ConfigError("lora_targets", str(error).splitlines()[0]) from None
+        raise flag_error("lora_targets", str(error).splitlines()[0]) from None

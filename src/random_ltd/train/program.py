@@ -18,13 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from random_ltd.driver import Driver
-from random_ltd.rng import derive_seed
-from random_ltd.surgery import apply
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
+from random_ltd.rng import derive_seed
 from random_ltd.train import checkpoint, distributed, report
 from random_ltd.train.trackers import Trackers, check_installed
 from random_ltd.train.arms import ArmPlan, make_lr_scheduler, plan_arms, step_flops
 from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.train.methods import RANDOM_LTD, Method
 from random_ltd.train.rundir import RunDir, arm_dir, pick_device
 from random_ltd.train.tasks import ModelShape, Task, make_task, resolve_config, to_device
 
@@ -32,11 +32,12 @@ StepHook = Callable[[str, int, int], None]  # (arm, seed, steps done), after eac
 
 
 def run_training(config: TrainConfig, *, resume: bool = False, command: str | None = None,
-                 on_step: StepHook | None = None) -> dict:
+                 on_step: StepHook | None = None, method: Method = RANDOM_LTD) -> dict:
     """Train every arm of ``config`` for every seed; return the summary (also in summary.json).
 
     ``resume=True`` continues the run in ``config.out`` from its checkpoints. ``ConfigError``
     (a one-line message naming the flag) is raised for bad input before any training.
+    ``method`` is what the dropping arm applies to its model (``random_ltd.train.methods``).
     """
     config = resolve_config(config)
     check_installed(config.report_to)
@@ -64,7 +65,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, command: str | No
         for seed in range(config.seed, config.seed + config.seeds):
             for arm, plan in plans.items():
                 results[(arm, seed)] = train_arm(config, task, shape, plan, seed, run_dir.root, device, on_step, ranks,
-                                                 trackers)
+                                                 method, trackers)
         summary = None
         if ranks.is_main:
             summary = report.write(run_dir.root, config, plans, results, task.describe_data(), command, str(device),
@@ -78,63 +79,78 @@ def run_training(config: TrainConfig, *, resume: bool = False, command: str | No
 
 def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, root: Path,
               device: torch.device, on_step: StepHook | None = None,
-              ranks: distributed.Ranks = distributed.Ranks(), trackers: Trackers = Trackers([])) -> dict:
+              ranks: distributed.Ranks = distributed.Ranks(), method: Method = RANDOM_LTD,
+              trackers: Trackers = Trackers([])) -> dict:
     """Train one arm with one seed; resumes from the arm's checkpoint when there is one.
 
     Under torchrun every rank runs this; only rank 0 writes metrics, checkpoints and results.
+    ``method`` is the dropping arm's surgery and per-step hook (``random_ltd.train.methods``).
     """
     folder = arm_dir(root, plan.arm, seed)
     finished = folder / "result.json"
     if finished.exists():
         return json.loads(finished.read_text())
 
-    model, optimizer, driver = build_arm(config, task, shape, plan, seed, device, ranks)
+    model, optimizer, driver = build_arm(config, task, shape, plan, seed, device, ranks, method)
     state = restore(folder, model, optimizer, driver)
     trained = distributed.wrap(model, ranks)  # DDP averages gradients across ranks
-    metrics_path = folder / "metrics.jsonl" if ranks.is_main else Path(os.devnull)
-    if ranks.is_main:
-        checkpoint.truncate(metrics_path, state["metrics_bytes"])
+
+    def step() -> dict:
+        return train_step(config, task, shape, plan, seed, trained, optimizer, driver, state, device, ranks, method)
+
+    def checkpoint_now() -> None:
+        if ranks.is_main:
+            save(folder, model, optimizer, driver, state)
 
     val_batches = [to_device(batch, device) for batch in task.val_batches()]
-    with open(metrics_path, "a", encoding="utf-8") as metrics:
-        if driver.step == 0:
-            record = {"step": 0, **evaluate(task, model, val_batches, state)}
-            metrics.write(json.dumps(record) + "\n")
-            trackers.log_step(plan.arm, seed, record)
-        bar = tqdm(total=plan.steps, initial=driver.step, desc=f"{plan.arm} (seed {seed})", unit="step",
-                   disable=not (config.progress and ranks.is_main), dynamic_ncols=True)
-        while driver.step < plan.steps:
-            record = train_step(config, task, shape, plan, seed, trained, optimizer, driver, state, device, ranks)
-            steps_done = driver.step
-            if steps_done % config.eval_every == 0 or steps_done == plan.steps:
-                record.update(evaluate(task, model, val_batches, state))
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-            trackers.log_step(plan.arm, seed, record)
-            bar.update(1)
-            bar.set_postfix(kept=record["kept"], loss=f"{record['train_loss']:.3f}", refresh=False)
-            if steps_done % config.checkpoint_every == 0 and steps_done < plan.steps and ranks.is_main:
-                state["metrics_bytes"] = metrics.tell()
-                save(folder, model, optimizer, driver, state)
-            if on_step is not None:
-                on_step(plan.arm, seed, steps_done)
-        bar.close()
-        state["metrics_bytes"] = metrics.tell()
+    with checkpoint.MetricsLog(folder / "metrics.jsonl", state, ranks.is_main,
+                               listener=lambda record: trackers.log_step(plan.arm, seed, record)) as metrics:
+        run_steps(config, plan, seed, driver, metrics, step, lambda: evaluate(task, model, val_batches, state),
+                  checkpoint_now, on_step, show_progress=config.progress and ranks.is_main)
+    return finish_arm(folder, plan, driver, state, seed, model, ranks, checkpoint_now)
 
+
+def run_steps(config: TrainConfig, plan: ArmPlan, seed: int, driver: Driver, metrics: checkpoint.MetricsLog,
+              step: Callable[[], dict], evaluate_now: Callable[[], dict], checkpoint_now: Callable[[], None],
+              on_step: StepHook | None, show_progress: bool) -> None:
+    """Step until the plan's end: a metrics line per step, an evaluation every ``eval_every`` steps
+    (and at step 0 and the end), a checkpoint every ``checkpoint_every`` steps."""
+    if driver.step == 0:
+        metrics.write({"step": 0, **evaluate_now()})
+    bar = tqdm(total=plan.steps, initial=driver.step, desc=f"{plan.arm} (seed {seed})", unit="step",
+               disable=not show_progress, dynamic_ncols=True)
+    while driver.step < plan.steps:
+        record = step()
+        if driver.step % config.eval_every == 0 or driver.step == plan.steps:
+            record.update(evaluate_now())
+        metrics.write(record)
+        bar.update(1)
+        bar.set_postfix(kept=record["kept"], loss=f"{record['train_loss']:.3f}", refresh=False)
+        if driver.step % config.checkpoint_every == 0 and driver.step < plan.steps:
+            metrics.mark()
+            checkpoint_now()
+        if on_step is not None:
+            on_step(plan.arm, seed, driver.step)
+    bar.close()
+
+
+def finish_arm(folder: Path, plan: ArmPlan, driver: Driver, state: dict, seed: int, model: torch.nn.Module,
+               ranks: distributed.Ranks, checkpoint_now: Callable[[], None]) -> dict:
+    """The arm's result (and, across ranks, whether they stayed identical); final checkpoint and result.json."""
     result = arm_result(plan, driver, state, seed)
     if ranks.distributed:
-        result["rank_seeds"] = distributed.gather_objects(driver.handle.seed if driver.handle else None, ranks)
+        result["rank_seeds"] = distributed.gather_objects(getattr(driver.handle, "seed", None), ranks)
         digests = distributed.gather_objects(distributed.parameter_digest(model), ranks)
         result["parameters_identical_across_ranks"] = len(set(digests)) == 1
+    checkpoint_now()
     if ranks.is_main:
-        save(folder, model, optimizer, driver, state)
-        report.write_json(finished, result)
+        report.write_json(folder / "result.json", result)
     distributed.barrier(ranks)
     return result
 
 
 def build_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, device: torch.device,
-              ranks: distributed.Ranks = distributed.Ranks()):
+              ranks: distributed.Ranks = distributed.Ranks(), method: Method = RANDOM_LTD):
     """Model, optimizer and driver of one arm; both arms start from the same weights and RNG state.
 
     Every rank builds the same weights; each draws its own random-LTD indices (per-rank seed).
@@ -144,7 +160,7 @@ def build_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
     model = training_model(task.build_model()).to(device)
     ltd_seed = derive_seed(seed, 1)
     ltd_seed = rank_seed(ltd_seed, ranks.rank) if ranks.distributed else ltd_seed
-    handle = apply(model, list(plan.drop_layers), seed=ltd_seed) if plan.drops else None
+    handle = method.prepare(model, task, plan.drop_layers, shape, ltd_seed) if plan.drops else None
     optimizer = make_optimizer(model, config)
     driver = Driver(handle, plan.schedule, batch_size=config.batch_size * ranks.world_size, seq_len=shape.seq_len,
                     lr_scheduler=make_lr_scheduler(optimizer, config, plan), num_layers=shape.num_layers)
@@ -178,7 +194,7 @@ def warm_up(task: Task, device: torch.device, steps: int = 2) -> None:
         model = training_model(task.build_model()).to(device)
         model.train()
         for step in range(steps):
-            task.loss(model, to_device(task.train_batch(0, step), device)).backward()
+            task.forward(model, to_device(task.train_batch(0, step), device)).loss.backward()
     del model
 
 
@@ -208,7 +224,7 @@ def fused_adamw(model: torch.nn.Module) -> bool:
 
 def train_step(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, model, optimizer,
                driver: Driver, state: dict, device: torch.device,
-               ranks: distributed.Ranks = distributed.Ranks()) -> dict:
+               ranks: distributed.Ranks = distributed.Ranks(), method: Method = RANDOM_LTD) -> dict:
     """One optimizer step; returns its metrics line. Wall-clock counts training work only.
 
     Rank ``r`` of ``n`` trains on batch ``step * n + r`` (with one rank: batch ``step``).
@@ -218,12 +234,12 @@ def train_step(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan
     kept = driver.before_step()  # sets this step's kept length on the model
     lr = optimizer.param_groups[0]["lr"]
     batch = to_device(task.train_batch(seed, driver.step * ranks.world_size + ranks.rank), device)
-    loss = task.loss(model, batch)
+    output = task.forward(model, batch)
+    loss = output.loss
     loss.backward()
-    if config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    if driver.handle is not None:
+        method.after_backward(driver.handle, task, batch, output)
+    apply_gradients(model, optimizer, config.grad_clip)
     driver.after_step()  # counts layer-tokens and steps the LR
     train_loss = loss.detach().item()  # also waits for the device
     state["wall_clock_s"] += time.perf_counter() - started
@@ -231,6 +247,15 @@ def train_step(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan
     state["flops"] += step_flops(config, shape, plan, kept) * ranks.world_size
     return {"step": driver.step, "train_loss": train_loss, "lr": lr, "kept": kept, "layer_tokens": driver.layer_tokens,
             "tokens": driver.tokens, "flops": state["flops"], "wall_clock_s": round(state["wall_clock_s"], 4)}
+
+
+def apply_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> None:
+    """The end of every training step, after the backward pass: clip the gradients (``grad_clip`` > 0),
+    step the optimizer, clear the gradients."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def evaluate(task: Task, model: torch.nn.Module, val_batches: list, state: dict) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.train.config import TrainConfig, flag_error
 
 CONFIG_FILE = "config.json"
 
@@ -35,9 +35,9 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError("device", f"{name!r} is not a torch device (try cpu, cuda, cuda:1 or auto)") from None
+        raise flag_error("device", f"{name!r} is not a torch device (try cpu, cuda, cuda:1 or auto)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", f"{name!r} asked for, but torch sees no CUDA device here")
+        raise flag_error("device", f"{name!r} asked for, but torch sees no CUDA device here")
     return device
 
 
@@ -51,13 +51,13 @@ class RunDir:
         of the same configuration."""
         if resume:
             if config.out is None:
-                raise ConfigError("resume", "needs the run folder to continue")
+                raise flag_error("resume", "needs the run folder to continue")
             root = Path(config.out)
             check_resumable(root, config)
             return cls(root)
         root = Path(config.out or default_out(config))
         if (root / CONFIG_FILE).exists():
-            raise ConfigError("out", f"{root} already holds a run: continue it with --resume {root}, or choose another --out")
+            raise flag_error("out", f"{root} already holds a run: continue it with --resume {root}, or choose another --out")
         return cls(root)
 
     def original_command(self) -> str | None:
@@ -73,7 +73,7 @@ class RunDir:
 def saved_config(root: Path) -> TrainConfig:
     path = root / CONFIG_FILE
     if not path.exists():
-        raise ConfigError("resume", f"{root} holds no run of random-ltd train (no {CONFIG_FILE})")
+        raise flag_error("resume", f"{root} holds no run of random-ltd train (no {CONFIG_FILE})")
     return TrainConfig.from_dict(json.loads(path.read_text())["config"])
 
 
@@ -81,8 +81,8 @@ def check_resumable(root: Path, config: TrainConfig) -> None:
     saved = saved_config(root)
     has_progress = any(root.glob("*/seed*/checkpoint.pt")) or any(root.glob("*/seed*/result.json"))
     if not has_progress:
-        raise ConfigError("resume", f"{root} holds no checkpoint (the run stopped before its first one): start it anew")
+        raise flag_error("resume", f"{root} holds no checkpoint (the run stopped before its first one): start it anew")
     differences = saved.differences(config)
     if differences:
         listed = ", ".join(f"{name}={theirs!r} (saved: {mine!r})" for name, (mine, theirs) in differences.items())
-        raise ConfigError("resume", f"{root} was run with a different configuration: {listed}")
+        raise flag_error("resume", f"{root} was run with a different configuration: {listed}")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.train.config import TrainConfig, flag_error
 
 # tracker name -> (module to import, package to install)
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
@@ -27,7 +27,7 @@ def check_installed(names: tuple[str, ...]) -> None:
         try:
             importlib.import_module(module)
         except ImportError:
-            raise ConfigError("report_to", f"{name} is not installed: pip install {package}") from None
+            raise flag_error("report_to", f"{name} is not installed: pip install {package}") from None
 
 
 def numeric(values: dict, prefix: str) -> dict[str, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.train.config import TrainConfig, flag_error
 from random_ltd.train.tasks.base import Batch, ModelShape, Task, cache_dir, to_device
 from random_ltd.train.tasks.finetune import FinetuneTask
 from random_ltd.train.tasks.text import BERTTask, GPTTask
@@ -45,7 +45,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 def _vit_length(config: TrainConfig) -> TrainConfig:
     length = ViTTask.seq_len_for(config.patch_size)
     if config.seq_len is not None and config.seq_len != length:
-        raise ConfigError("seq_len", f"--task vit's length follows --patch-size ({config.patch_size} -> {length} tokens), "
+        raise flag_error("seq_len", f"--task vit's length follows --patch-size ({config.patch_size} -> {length} tokens), "
                                      f"got {config.seq_len}")
     return dataclasses.replace(config, seq_len=length)
 
@@ -58,7 +58,7 @@ def _kept_defaults(config: TrainConfig, start_fraction: float) -> TrainConfig:
 
 def _check_kept(config: TrainConfig) -> None:
     if config.kept_start > config.seq_len:
-        raise ConfigError("kept_start", f"{config.kept_start} is longer than the sequence ({config.seq_len} tokens)")
+        raise flag_error("kept_start", f"{config.kept_start} is longer than the sequence ({config.seq_len} tokens)")
 
 
 def budget_steps(config: TrainConfig) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.train.config import TrainConfig, flag_error
 
 Batch = dict[str, torch.Tensor]
 
@@ -68,8 +68,9 @@ class Task:
     def val_batches(self) -> list[Batch]:
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        return model(**batch).loss
+    def forward(self, model: nn.Module, batch: Batch) -> Any:
+        """The model's output on a training batch; the program trains its ``loss``."""
+        return model(**batch)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: list[Batch]) -> dict[str, float]:
@@ -96,13 +97,13 @@ def cache_dir(config: TrainConfig) -> Path:
 
 def check_positions(config: TrainConfig, max_positions: int, model_name: str) -> None:
     if config.seq_len > max_positions:
-        raise ConfigError("seq_len", f"{config.seq_len} is beyond the {max_positions} positions of {model_name}")
+        raise flag_error("seq_len", f"{config.seq_len} is beyond the {max_positions} positions of {model_name}")
 
 
 def check_not_set(config: TrainConfig, names: tuple[str, ...], reason: str) -> None:
     for name in names:
         if getattr(config, name) is not None:
-            raise ConfigError(name, reason)
+            raise flag_error(name, reason)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:

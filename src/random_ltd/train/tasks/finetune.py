@@ -15,7 +15,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from random_ltd.train import data, lora
-from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.train.config import TrainConfig, flag_error
 from random_ltd.train.tasks.base import ModelShape, cache_dir, check_not_set
 from random_ltd.train.tasks.text import GPTTask
 
@@ -44,7 +44,7 @@ def cached_model_dir(cache: Path) -> Path:
         return target
     directory = package_dir()
     if directory is None or not (directory / GGUF_FILE).exists():
-        raise ConfigError("task", f"finetune needs the SmolLM2 weights: {INSTALL_HINT}")
+        raise flag_error("task", f"finetune needs the SmolLM2 weights: {INSTALL_HINT}")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=GGUF_FILE)
@@ -78,7 +78,7 @@ class FinetuneTask(GPTTask):
         super().check(config)
         check_not_set(config, ("model_size", "vocab_size"), "does not apply to --task finetune (SmolLM2-135M)")
         if not smollm2_available():
-            raise ConfigError("task", f"finetune needs the SmolLM2 weights: {INSTALL_HINT}")
+            raise flag_error("task", f"finetune needs the SmolLM2 weights: {INSTALL_HINT}")
         lora.check(config)
 
     def encode(self, corpus: data.Corpus) -> data.TokenSplit:
@@ -93,7 +93,7 @@ class FinetuneTask(GPTTask):
 
         settings = AutoConfig.from_pretrained(self.model_dir)
         if self.config.layers is not None and self.config.layers > settings.num_hidden_layers:
-            raise ConfigError("layers", f"SmolLM2-135M has {settings.num_hidden_layers} layers, got {self.config.layers}")
+            raise flag_error("layers", f"SmolLM2-135M has {settings.num_hidden_layers} layers, got {self.config.layers}")
         # SwiGLU has three d x f matrices where GPT-2 has two: count it as a 1.5 f-wide MLP
         return ModelShape(self.config.layers or settings.num_hidden_layers, settings.hidden_size, self.config.seq_len,
                           settings.intermediate_size * 3 // 2, settings.vocab_size)
@@ -113,6 +113,6 @@ class FinetuneTask(GPTTask):
         finally:
             logging.set_verbosity(verbosity)
         if model.config.max_position_embeddings < self.config.seq_len:
-            raise ConfigError("seq_len", f"{self.config.seq_len} is beyond the {model.config.max_position_embeddings} "
+            raise flag_error("seq_len", f"{self.config.seq_len} is beyond the {model.config.max_position_embeddings} "
                                          f"positions of {self.model_name}")
         return lora.with_lora(model, self.config) if self.config.lora else model

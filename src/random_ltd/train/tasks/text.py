@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from random_ltd.train import data
-from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.train.config import TrainConfig, flag_error
 from random_ltd.train.sampling import EpochSampler, step_rng, windows
 from random_ltd.train.tasks.base import Batch, ModelShape, Task, cache_dir, check_positions
 
@@ -49,10 +49,10 @@ class TextTask(Task):
     def _check_sizes(self) -> None:
         config, count = self.config, len(self.train_examples)
         if count < config.batch_size:
-            raise ConfigError("data", f"the corpus gives {count} training sequences of {self.example_length} tokens, "
+            raise flag_error("data", f"the corpus gives {count} training sequences of {self.example_length} tokens, "
                                       f"fewer than one batch of {config.batch_size}: add text or lower --batch-size/--seq-len")
         if len(self.val_examples) == 0:
-            raise ConfigError("data", f"the corpus's validation part ({self.split.val.size} tokens) is shorter than "
+            raise flag_error("data", f"the corpus's validation part ({self.split.val.size} tokens) is shorter than "
                                       f"one sequence of {self.example_length} tokens: add text or lower --seq-len")
 
     def describe_data(self) -> dict:

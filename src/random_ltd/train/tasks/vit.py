@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from random_ltd.train.config import ConfigError, TrainConfig
+from random_ltd.train.config import TrainConfig, flag_error
 from random_ltd.train.sampling import EpochSampler
 from random_ltd.train.tasks.base import Batch, ModelShape, Task, check_not_set
 
@@ -37,7 +37,7 @@ def find_file(directory: Path, stem: str) -> Path:
     for candidate in (directory / f"{stem}.gz", directory / stem):
         if candidate.exists():
             return candidate
-    raise ConfigError("task", f"Fashion-MNIST not found ({directory / stem}.gz is missing); {INSTALL_HINT}")
+    raise flag_error("task", f"Fashion-MNIST not found ({directory / stem}.gz is missing); {INSTALL_HINT}")
 
 
 def load_fashion_mnist(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +45,7 @@ def load_fashion_mnist(directory: Path, split: str) -> tuple[np.ndarray, np.ndar
     labels = read_idx(find_file(directory, f"{split}-labels-idx1-ubyte"), header=8)
     images = read_idx(find_file(directory, f"{split}-images-idx3-ubyte"), header=16)
     if images.size != labels.size * IMAGE_SIZE * IMAGE_SIZE:
-        raise ConfigError("fashion_mnist_dir", f"{split} images and labels disagree in {directory}: a damaged download?")
+        raise flag_error("fashion_mnist_dir", f"{split} images and labels disagree in {directory}: a damaged download?")
     return images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE), labels
 
 
@@ -66,9 +66,9 @@ class ViTTask(Task):
     def check(cls, config: TrainConfig) -> None:
         check_not_set(config, ("vocab_size", "corpus_mb"), "does not apply to --task vit")
         if config.data:
-            raise ConfigError("data", "--task vit trains on Fashion-MNIST; --data is for the text tasks")
+            raise flag_error("data", "--task vit trains on Fashion-MNIST; --data is for the text tasks")
         if IMAGE_SIZE % config.patch_size:
-            raise ConfigError("patch_size", f"must divide the image size {IMAGE_SIZE}, got {config.patch_size}")
+            raise flag_error("patch_size", f"must divide the image size {IMAGE_SIZE}, got {config.patch_size}")
 
     @staticmethod
     def seq_len_for(patch_size: int) -> int:
@@ -81,7 +81,7 @@ class ViTTask(Task):
         needed = self.config.eval_batches * self.config.batch_size
         self.val_images, self.val_labels = test_images[:needed], test_labels[:needed]
         if len(self.train_labels) < self.config.batch_size:
-            raise ConfigError("batch_size", f"{self.config.batch_size} is more than the {len(self.train_labels)} training images")
+            raise flag_error("batch_size", f"{self.config.batch_size} is more than the {len(self.train_labels)} training images")
         self._samplers: dict[int, EpochSampler] = {}
 
     def describe_data(self) -> dict:
