@@ -90,7 +90,7 @@ def _capture_calls(model, handle):
     return calls
 
 
-def _take(value, name, adapter, b, idx, seq_len):
+def _take(value, name, adapter, b, idx, seq_len, batch):
     """Independent per-sequence reference gather (plain indexing, one sequence at a time)."""
     if value is None or name in adapter.caches:
         return None
@@ -100,6 +100,9 @@ def _take(value, name, adapter, b, idx, seq_len):
         return tuple(part[min(b, part.shape[0] - 1)][idx].unsqueeze(0) for part in value)
     if not isinstance(value, torch.Tensor):
         return value
+    if name in adapter.key_biases:  # (B*heads, 1, s)
+        heads = value.shape[0] // batch
+        return value[b * heads : (b + 1) * heads][..., idx]
     if name == "src_mask":
         return value[idx][:, idx]
     if name in adapter.masks:
@@ -110,7 +113,7 @@ def _take(value, name, adapter, b, idx, seq_len):
     return value
 
 
-def _reference(call, b, idx, seq_len, batch_first):
+def _reference(call, b, idx, seq_len, batch_first, batch):
     layer = call["layer"]
     state = layer_state(layer)
     bound = state.signature.bind(*call["args"], **call["kwargs"])
@@ -120,9 +123,9 @@ def _reference(call, b, idx, seq_len, batch_first):
         if name == hidden_name:
             bound.arguments[name] = value[b : b + 1, idx] if batch_first else value[idx, b : b + 1]
         elif var_kw and name == var_kw[0]:
-            bound.arguments[name] = {k: _take(v, k, state.adapter, b, idx, seq_len) for k, v in value.items()}
+            bound.arguments[name] = {k: _take(v, k, state.adapter, b, idx, seq_len, batch) for k, v in value.items()}
         else:
-            bound.arguments[name] = _take(value, name, state.adapter, b, idx, seq_len)
+            bound.arguments[name] = _take(value, name, state.adapter, b, idx, seq_len, batch)
     out = state.original_class.forward(layer, *bound.args, **bound.kwargs)
     out = out if isinstance(out, torch.Tensor) else out[0]
     return out[0] if batch_first else out[:, 0]
@@ -152,7 +155,7 @@ def test_dropping_matches_reference_on_subsequence(case, monkeypatch):
             dropped = torch.ones(case.seq_len, dtype=torch.bool)
             dropped[idx] = False
             assert torch.equal(output[b, dropped], hidden[b, dropped]), "dropped tokens must pass unchanged"
-            expected = _reference(call, b, idx, case.seq_len, batch_first)
+            expected = _reference(call, b, idx, case.seq_len, batch_first, hidden.shape[0])
             rows = torch.ones(keep, dtype=torch.bool) if valid is None else valid[b, idx].bool()
             torch.testing.assert_close(output[b, idx][rows], expected[rows], rtol=1e-5, atol=1e-5)
 
@@ -212,7 +215,8 @@ def test_tiny_model_trains_at_half_keep(case):
     assert handle.keep == case.seq_len // 2
 
 
-CAUSAL = [case for case in CASES if case.family in ("gpt2", "llama", "Block") or "causal" in case.name]
+DECODERS = ("gpt2", "llama", "Block", "gpt_neox", "gptj", "opt", "gpt_bigcode", "gpt_neo", "falcon", "bloom")
+CAUSAL = [case for case in CASES if case.family in DECODERS or "causal" in case.name]
 
 
 @pytest.mark.parametrize("case", CAUSAL, ids=str)

@@ -121,6 +121,92 @@ def qwen2(impl="sdpa"):
     return T.Qwen2ForCausalLM(_decoder_config(T.Qwen2Config, impl))
 
 
+def _rotary_config(cls, impl="sdpa", **extra):
+    return cls(num_hidden_layers=4, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,
+               max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0, attn_implementation=impl,
+               **extra)
+
+
+def phi(impl="sdpa"):
+    return T.PhiForCausalLM(_rotary_config(T.PhiConfig, impl, resid_pdrop=0.0, embd_pdrop=0.0))
+
+
+def gemma(impl="sdpa"):
+    return T.GemmaForCausalLM(_rotary_config(T.GemmaConfig, impl, head_dim=8, num_key_value_heads=2))
+
+
+def gemma2(impl="eager"):  # no sdpa path in transformers; sliding-window (6) and full layers alternate
+    return T.Gemma2ForCausalLM(_rotary_config(T.Gemma2Config, impl, head_dim=8, num_key_value_heads=2,
+                                              sliding_window=6))
+
+
+def qwen3(impl="sdpa"):
+    return T.Qwen3ForCausalLM(_rotary_config(T.Qwen3Config, impl, head_dim=8, num_key_value_heads=2))
+
+
+def gpt_neox(impl="sdpa"):
+    return T.GPTNeoXForCausalLM(_rotary_config(T.GPTNeoXConfig, impl, hidden_dropout=0.0, attention_dropout=0.0))
+
+
+def gptj(impl="sdpa"):
+    config = T.GPTJConfig(n_layer=4, n_embd=32, n_head=4, rotary_dim=4, vocab_size=VOCAB, n_positions=64,
+                          bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                          attn_implementation=impl)
+    return T.GPTJForCausalLM(config)
+
+
+def opt(impl="sdpa"):
+    config = T.OPTConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=2, ffn_dim=64,
+                         word_embed_proj_dim=32, vocab_size=VOCAB, max_position_embeddings=64, pad_token_id=1,
+                         bos_token_id=0, eos_token_id=0, dropout=0.0, attention_dropout=0.0,
+                         attn_implementation=impl)
+    return T.OPTForCausalLM(config)
+
+
+def gpt_bigcode(impl="sdpa"):
+    config = T.GPTBigCodeConfig(n_layer=4, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64, bos_token_id=0,
+                                eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                attn_implementation=impl)
+    return T.GPTBigCodeForCausalLM(config)
+
+
+def gpt_neo(impl="eager"):  # no sdpa path in transformers; alternating global and local (window 6) attention
+    config = T.GPTNeoConfig(num_layers=4, hidden_size=32, num_heads=2, vocab_size=VOCAB, max_position_embeddings=64,
+                            attention_types=[[["global", "local"], 2]], window_size=6, bos_token_id=0,
+                            eos_token_id=0, resid_dropout=0.0, embed_dropout=0.0, attention_dropout=0.0,
+                            attn_implementation=impl)
+    return T.GPTNeoForCausalLM(config)
+
+
+def falcon(impl="sdpa", alibi=False):
+    config = T.FalconConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=4, vocab_size=VOCAB,
+                            alibi=alibi, new_decoder_architecture=False, multi_query=False, bos_token_id=0,
+                            eos_token_id=0, hidden_dropout=0.0, attention_dropout=0.0, attn_implementation=impl)
+    return T.FalconForCausalLM(config)
+
+
+def bloom(impl="eager"):
+    config = T.BloomConfig(n_layer=4, hidden_size=32, n_head=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0,
+                           hidden_dropout=0.0, attention_dropout=0.0, attn_implementation=impl)
+    return T.BloomForCausalLM(config)
+
+
+def distilbert(impl="sdpa"):
+    config = T.DistilBertConfig(n_layers=4, dim=32, n_heads=2, hidden_dim=64, vocab_size=VOCAB,
+                                max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+                                attn_implementation=impl)
+    return T.DistilBertForMaskedLM(config)
+
+
+def modernbert(impl="sdpa"):  # global attention every 2nd layer, local (window 6) in between
+    config = T.ModernBertConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                vocab_size=VOCAB, max_position_embeddings=64, global_attn_every_n_layers=2,
+                                local_attention=6, pad_token_id=0, bos_token_id=0, eos_token_id=0, cls_token_id=0,
+                                sep_token_id=0, attention_dropout=0.0, mlp_dropout=0.0, embedding_dropout=0.0,
+                                attn_implementation=impl)
+    return T.ModernBertForMaskedLM(config)
+
+
 class TorchEncoderLM(nn.Module):
     """Embedding + ``nn.TransformerEncoder`` + head; causal or bidirectional, with padding."""
 
@@ -234,6 +320,29 @@ CASES = [
     _case("llama-sdpa-pad", "llama", lambda: llama("sdpa"), padded=True),
     _case("mistral-sdpa", "llama", lambda: mistral("sdpa")),
     _case("qwen2-eager-pad", "llama", lambda: qwen2("eager"), padded=True),
+    _case("phi-sdpa-pad", "llama", lambda: phi("sdpa"), padded=True),
+    _case("gemma-eager", "llama", lambda: gemma("eager")),
+    _case("gemma2-sliding-eager-pad", "llama", lambda: gemma2("eager"), padded=True),
+    _case("gemma2-sliding-eager", "llama", lambda: gemma2("eager")),
+    _case("qwen3-sdpa-leftpad", "llama", lambda: qwen3("sdpa"), padded=True, left=True),
+    _case("gpt-neox-sdpa", "gpt_neox", lambda: gpt_neox("sdpa")),
+    _case("gpt-neox-eager-pad", "gpt_neox", lambda: gpt_neox("eager"), padded=True),
+    _case("gptj-sdpa-pad", "gptj", lambda: gptj("sdpa"), padded=True),
+    _case("gptj-eager", "gptj", lambda: gptj("eager")),
+    _case("opt-sdpa", "opt", lambda: opt("sdpa")),
+    _case("opt-eager-pad", "opt", lambda: opt("eager"), padded=True),
+    _case("gpt-bigcode-sdpa-pad", "gpt_bigcode", lambda: gpt_bigcode("sdpa"), padded=True),
+    _case("gpt-bigcode-eager", "gpt_bigcode", lambda: gpt_bigcode("eager")),
+    _case("gpt-neo-local-eager-pad", "gpt_neo", lambda: gpt_neo("eager"), padded=True),
+    _case("gpt-neo-local-eager", "gpt_neo", lambda: gpt_neo("eager")),
+    _case("falcon-rotary-sdpa-pad", "falcon", lambda: falcon("sdpa"), padded=True),
+    _case("falcon-alibi-eager-pad", "falcon", lambda: falcon("eager", alibi=True), padded=True),
+    _case("falcon-alibi-sdpa", "falcon", lambda: falcon("sdpa", alibi=True)),
+    _case("bloom-alibi-eager-pad", "bloom", lambda: bloom("eager"), padded=True),
+    _case("distilbert-sdpa-pad", "distilbert", lambda: distilbert("sdpa"), padded=True),
+    _case("distilbert-eager-pad", "distilbert", lambda: distilbert("eager"), padded=True),
+    _case("modernbert-sdpa-pad", "modernbert", lambda: modernbert("sdpa"), padded=True),
+    _case("modernbert-eager", "modernbert", lambda: modernbert("eager")),
     _case("torch-encoder-pad", "torch.nn.TransformerEncoderLayer", lambda: TorchEncoderLM(), padded=True),
     _case("torch-encoder-causal-seqfirst", "torch.nn.TransformerEncoderLayer",
           lambda: TorchEncoderLM(batch_first=False, causal=True), padded=True),

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from random_ltd import ops
 from random_ltd.adapters.base import LayerAdapter
+from random_ltd.attention import inputs as attention_inputs
 from random_ltd.errors import RandomLTDError
 from random_ltd.rng import GeneratorPool, derive_seed
 
@@ -55,9 +56,10 @@ def _forward_signature(cls: type) -> inspect.Signature:
 
 def _find_layer_idx(layer: nn.Module) -> int | None:
     for module in layer.modules():
-        layer_idx = getattr(module, "layer_idx", None)
-        if isinstance(layer_idx, int):
-            return layer_idx
+        for attribute in ("layer_idx", "layer_id"):  # GPT-Neo names it layer_id
+            layer_idx = getattr(module, attribute, None)
+            if isinstance(layer_idx, int):
+                return layer_idx
     return None
 
 
@@ -77,6 +79,9 @@ class _Arguments:
 
     def get(self, name: str):
         return self._home(name).get(name)
+
+    def set(self, name: str, value) -> None:
+        self._home(name)[name] = value
 
     def set_if_present(self, name: str, value) -> None:
         home = self._home(name)
@@ -149,9 +154,10 @@ def _sample_outside_graphs(layer: RandomLTDLayerMixin, *args) -> torch.Tensor:
 def _gather_inputs(
     layer: nn.Module, adapter: LayerAdapter, arguments: _Arguments, indices: torch.Tensor, seq_len: int
 ) -> None:
+    attention_inputs.gather_inputs(layer, adapter, arguments, indices, seq_len)  # before positions are gathered
     for name in adapter.masks:
         mask = arguments.get(name)
-        if mask is not None:
+        if mask is not None and not attention_inputs.is_block_mask(mask):
             _check_tensor_mask(name, mask)
             gathered = ops.gather_mask(mask, indices)
             arguments.set_if_present(name, ops.attend_somewhere(gathered, adapter.bool_means_keep))
@@ -182,8 +188,8 @@ def _gather_inputs(
 def _check_tensor_mask(name: str, mask) -> None:
     if not isinstance(mask, torch.Tensor):
         raise RandomLTDError(
-            f"{name} is a {type(mask).__name__}, not a tensor: this attention implementation (e.g. flex "
-            "attention's BlockMask) is not supported; use attn_implementation='sdpa' or 'eager'"
+            f"{name} is a {type(mask).__name__}, neither a tensor nor a FlexAttention BlockMask: this attention "
+            "implementation is not supported; use attn_implementation='sdpa', 'eager' or 'flex_attention'"
         )
 
 

@@ -1,0 +1,78 @@
+"""Inputs of a dropping layer that dense-mask gathering does not cover.
+
+``gather_inputs`` runs before the wrapper gathers dense masks and positions (it reads the
+original ``position_ids``): FlexAttention ``BlockMask``s, per-key biases (ALiBi), flash
+attention's varlen boundaries of packed documents; then it checks that no other per-token
+tensor would reach the short layer at full length.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from random_ltd.adapters.base import LayerAdapter, known_parameters
+from random_ltd.attention.flex import gather_block_mask, is_block_mask
+
+__all__ = ["gather_inputs", "gather_key_bias", "is_block_mask", "check_no_full_length_inputs"]
+from random_ltd.attention.varlen import VARLEN_KWARGS, kept_varlen_kwargs
+from random_ltd.errors import RandomLTDError
+
+
+def gather_inputs(layer: nn.Module, adapter: LayerAdapter, arguments, indices: torch.Tensor, seq_len: int) -> None:
+    """Edit ``arguments`` (the wrapper's named view: ``get``, ``set``, ``set_if_present``) in place."""
+    for name in adapter.masks:
+        mask = arguments.get(name)
+        if is_block_mask(mask):
+            arguments.set_if_present(name, gather_block_mask(mask, indices, seq_len))
+    for name in adapter.key_biases:
+        bias = arguments.get(name)
+        if bias is not None:
+            arguments.set_if_present(name, gather_key_bias(bias, indices))
+    _gather_varlen(layer, adapter, arguments, indices, seq_len)
+    check_no_full_length_inputs(adapter, arguments, indices.shape[0], seq_len)
+
+
+def gather_key_bias(bias: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """``(B*heads, 1, s)`` per-key biases -> ``(B*heads, 1, k)`` for the kept keys.
+
+    ALiBi's bias is the key's original position times a per-head slope; kept keys keep their
+    original positions, so the bias between any two kept tokens is unchanged.
+    """
+    batch, keep = indices.shape
+    grouped = bias.reshape(batch, -1, bias.shape[-1])
+    kept = grouped.gather(2, indices[:, None, :].expand(batch, grouped.shape[1], keep))
+    return kept.reshape(*bias.shape[:-1], keep)
+
+
+def attention_implementation(layer: nn.Module) -> str | None:
+    for module in layer.modules():
+        implementation = getattr(getattr(module, "config", None), "_attn_implementation", None)
+        if implementation is not None:
+            return implementation
+    return None
+
+
+def _gather_varlen(layer, adapter: LayerAdapter, arguments, indices: torch.Tensor, seq_len: int) -> None:
+    """Boundaries of the kept tokens when the caller gave some, or when flash reads them from positions."""
+    cu_seq_lens = arguments.get("cu_seq_lens_q")
+    if cu_seq_lens is None and "flash" not in (attention_implementation(layer) or ""):
+        return
+    position_ids = next((arguments.get(name) for name in adapter.positions if arguments.get(name) is not None), None)
+    varlen = kept_varlen_kwargs(indices, seq_len, cu_seq_lens, position_ids)
+    for name, value in (varlen or {}).items():
+        arguments.set(name, value)
+
+
+def check_no_full_length_inputs(adapter: LayerAdapter, arguments, batch: int, seq_len: int) -> None:
+    """Refuse a per-token tensor among the layer's ``**kwargs`` that no field of the adapter names."""
+    known = known_parameters(adapter) | set(VARLEN_KWARGS)
+    extra = arguments.bound.arguments.get(arguments.var_keyword, {}) if arguments.var_keyword else {}
+    for name, value in extra.items():
+        if name in known or not isinstance(value, torch.Tensor) or value.dim() < 2:
+            continue
+        if value.shape[1] == seq_len and value.shape[0] in (1, batch):
+            raise RandomLTDError(
+                f"{adapter.name} layers receive {name!r} of shape "
+                f"{tuple(value.shape)}, a per-token input random-LTD does not know how to gather; register the layer "
+                f"with random_ltd.register_layer(..., positions=({name!r},)) or the field that fits"
+            )
