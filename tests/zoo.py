@@ -57,6 +57,26 @@ def _lm_loss(model, inputs):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
+def packed_positions(gen: torch.Generator, seq_len: int = SEQ) -> torch.Tensor:
+    """``(1, seq_len)`` positions of 3-5 documents packed into one row (each restarts at 0)."""
+    cuts = torch.randperm(seq_len - 1, generator=gen)[: int(torch.randint(2, 5, (1,), generator=gen))] + 1
+    starts = torch.zeros(seq_len, dtype=torch.bool)
+    starts[0], starts[cuts] = True, True
+    document = starts.cumsum(0) - 1
+    first = torch.nonzero(starts).flatten()
+    return (torch.arange(seq_len) - first[document]).unsqueeze(0)
+
+
+def _packed_inputs(gen):
+    """transformers' padding-free form: one row, document boundaries where the position is 0.
+
+    Without ``use_cache=False`` a causal LM builds a cache in training too, and transformers then
+    ignores the packing (documents attend to each other) with or without random-LTD.
+    """
+    ids = torch.randint(0, VOCAB, (1, SEQ), generator=gen)
+    return {"input_ids": ids, "position_ids": packed_positions(gen), "use_cache": False}
+
+
 def _image_inputs(gen):
     return {"pixel_values": torch.randn(BATCH, 1, 8, 8, generator=gen), "labels": torch.randint(0, 3, (BATCH,), generator=gen)}
 
@@ -297,7 +317,9 @@ random_ltd.register_layer(Block)
 random_ltd.register_layer(MaskedBlock, masks=("attention_mask",))
 
 
-def _case(name, family, build, padded=False, left=False, image=0):
+def _case(name, family, build, padded=False, left=False, image=0, packed=False):
+    if packed:
+        return Case(name, family, build, _packed_inputs, _lm_loss)
     if image:
         return Case(name, family, build, _image_inputs, _hf_loss, seq_len=16 + image)
     return Case(name, family, build, lambda g: _lm_inputs(g, padded, left), _lm_loss, padded=padded)
@@ -319,6 +341,9 @@ CASES = [
     _case("llama-eager-leftpad", "llama", lambda: llama("eager"), padded=True, left=True),
     _case("llama-sdpa-pad", "llama", lambda: llama("sdpa"), padded=True),
     _case("mistral-sdpa", "llama", lambda: mistral("sdpa")),
+    _case("llama-sdpa-packed", "llama", lambda: llama("sdpa"), packed=True),
+    _case("llama-eager-packed", "llama", lambda: llama("eager"), packed=True),
+    _case("qwen3-sdpa-packed", "llama", lambda: qwen3("sdpa"), packed=True),
     _case("qwen2-eager-pad", "llama", lambda: qwen2("eager"), padded=True),
     _case("phi-sdpa-pad", "llama", lambda: phi("sdpa"), padded=True),
     _case("gemma-eager", "llama", lambda: gemma("eager")),
