@@ -215,7 +215,7 @@ def test_tiny_model_trains_at_half_keep(case):
     assert handle.keep == case.seq_len // 2
 
 
-DECODERS = ("gpt2", "llama", "Block", "gpt_neox", "gptj", "opt", "gpt_bigcode", "gpt_neo", "falcon", "bloom")
+DECODERS = ("gpt2", "llama", "moe", "Block", "gpt_neox", "gptj", "opt", "gpt_bigcode", "gpt_neo", "falcon", "bloom")
 CAUSAL = [case for case in CASES if case.family in DECODERS or "causal" in case.name]
 
 

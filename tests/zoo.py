@@ -227,6 +227,29 @@ def modernbert(impl="sdpa"):  # global attention every 2nd layer, local (window 
     return T.ModernBertForMaskedLM(config)
 
 
+def _moe_config(cls, impl, **extra):
+    return _rotary_config(cls, impl, num_key_value_heads=2, output_router_logits=True, router_aux_loss_coef=0.5,
+                          num_experts_per_tok=2, **extra)
+
+
+def mixtral(impl="sdpa"):
+    return T.MixtralForCausalLM(_moe_config(T.MixtralConfig, impl, num_local_experts=4))
+
+
+def qwen2_moe(impl="sdpa"):  # with a shared expert
+    return T.Qwen2MoeForCausalLM(_moe_config(T.Qwen2MoeConfig, impl, num_experts=4, moe_intermediate_size=32,
+                                             shared_expert_intermediate_size=32))
+
+
+def qwen3_moe(impl="sdpa"):
+    return T.Qwen3MoeForCausalLM(_moe_config(T.Qwen3MoeConfig, impl, num_experts=4, moe_intermediate_size=32,
+                                             head_dim=8))
+
+
+def olmoe(impl="sdpa"):
+    return T.OlmoeForCausalLM(_moe_config(T.OlmoeConfig, impl, num_experts=4))
+
+
 class TorchEncoderLM(nn.Module):
     """Embedding + ``nn.TransformerEncoder`` + head; causal or bidirectional, with padding."""
 
@@ -350,6 +373,10 @@ CASES = [
     _case("gemma2-sliding-eager-pad", "llama", lambda: gemma2("eager"), padded=True),
     _case("gemma2-sliding-eager", "llama", lambda: gemma2("eager")),
     _case("qwen3-sdpa-leftpad", "llama", lambda: qwen3("sdpa"), padded=True, left=True),
+    _case("mixtral-sdpa-pad", "moe", lambda: mixtral("sdpa"), padded=True),
+    _case("qwen2-moe-eager-pad", "moe", lambda: qwen2_moe("eager"), padded=True),
+    _case("qwen3-moe-sdpa", "moe", lambda: qwen3_moe("sdpa")),
+    _case("olmoe-sdpa-leftpad", "moe", lambda: olmoe("sdpa"), padded=True, left=True),
     _case("gpt-neox-sdpa", "gpt_neox", lambda: gpt_neox("sdpa")),
     _case("gpt-neox-eager-pad", "gpt_neox", lambda: gpt_neox("eager"), padded=True),
     _case("gptj-sdpa-pad", "gptj", lambda: gptj("sdpa"), padded=True),

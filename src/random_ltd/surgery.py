@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from random_ltd import adapters
+from random_ltd.adapters import moe
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer import DropControl, check_unwrappable, is_wrapped, layer_state, unwrap_layer, wrap_layer
 
@@ -101,6 +102,7 @@ class RandomLTDHandle:
         self.num_layers = num_layers
         self._control = control
         self._hook = model.register_forward_pre_hook(self._count_forward)
+        self.router_loss: moe.RouterLoss | None = None
 
     def _count_forward(self, module, args) -> None:
         if module.training:
@@ -177,6 +179,8 @@ def apply(
         wrapped.append(WrappedLayer(index=index, name=name, family=adapter.name))
     handle = RandomLTDHandle(model, stack_name, wrapped, len(members), control)
     handle.set_keep(keep)
+    # MoE models: the router load-balancing loss over the tokens each layer routed (None otherwise).
+    handle.router_loss = moe.attach(model, [members[i][1] for i in chosen], lambda: control.keep is not None)
     model.__dict__[_HANDLE_ATTR] = handle
     if len(wrapped) == len(members) and len(members) > 2:
         warnings.warn("random-LTD drops tokens in every layer; the paper keeps the first and last layers full")
@@ -199,4 +203,6 @@ def remove(model: nn.Module) -> None:
     for module in wrapped:
         unwrap_layer(module)
     handle._hook.remove()
+    if handle.router_loss is not None:
+        handle.router_loss.remove()
     del model.__dict__[_HANDLE_ATTR]

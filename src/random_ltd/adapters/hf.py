@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 
 from random_ltd.adapters.base import LayerAdapter, known_parameters, register_family, register_layer
+from random_ltd.adapters.moe import remember_kept
 from random_ltd.errors import RandomLTDError
 
 _CACHES = ("cache", "past_key_values", "past_key_value", "layer_past")
@@ -33,6 +35,10 @@ VIT = LayerAdapter(name="vit", hidden="hidden_states", masks=("attention_mask",)
 # Rotary decoders: cos/sin computed once for all layers, gathered with the tokens.
 LLAMA = dataclasses.replace(BLOCK, name="llama", query_masks=(), position_pairs=("position_embeddings",),
                             passthrough=_FLAGS)
+
+
+# Mixture-of-experts decoders: as Llama, and the router loss needs each layer's kept tokens.
+MOE = dataclasses.replace(LLAMA, name="moe", prepare=remember_kept)
 
 
 def _named(name: str, base: LayerAdapter = BLOCK, **fields) -> LayerAdapter:
@@ -85,7 +91,14 @@ def is_llama_style_decoder(layer_class: type) -> bool:
     return True
 
 
+def is_moe_decoder(layer_class: type) -> bool:
+    """A Llama-style decoder layer of a transformers model with a router load-balancing loss (Mixtral, Qwen-MoE, ...)."""
+    module = sys.modules.get(layer_class.__module__)
+    return hasattr(module, "load_balancing_loss_func") and is_llama_style_decoder(layer_class)
+
+
 def register_all() -> None:
     for dotted_name, adapter in _NAMED.items():
         register_layer(dotted_name, adapter)
+    register_family(is_moe_decoder, MOE)
     register_family(is_llama_style_decoder, LLAMA)
