@@ -235,3 +235,25 @@ def test_dropping_keeps_causal_models_causal(case):
     after = model(**{**inputs, "input_ids": changed}).logits
     torch.testing.assert_close(after[:, :10], before[:, :10], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(after[:, 10:], before[:, 10:])
+
+
+BATCHED = [case for case in CASES if "packed" not in case.name]
+
+
+@pytest.mark.parametrize("case", BATCHED, ids=str)
+def test_dropping_stays_inside_each_sequence(case):
+    """With the same draws, changing one sequence of the batch changes nothing in the others
+    (ModernBERT, MoE routers and every other family see the batch at once)."""
+    torch.manual_seed(0)
+    model = case.build().train()
+    handle = random_ltd.apply(model, keep=case.seq_len // 2, seed=11)
+    inputs = case.inputs(torch.Generator().manual_seed(6))
+    state = handle.state_dict()
+    before = model(**inputs).logits
+    name = "pixel_values" if "pixel_values" in inputs else "input_ids"
+    changed = inputs[name].clone()
+    changed[1] = torch.randn_like(changed[1].float()) if name == "pixel_values" else (changed[1] + 1) % 97
+    handle.load_state_dict(state)
+    after = model(**{**inputs, name: changed}).logits
+    assert torch.equal(after[[0, 2]], before[[0, 2]])
+    assert not torch.equal(after[1], before[1])
