@@ -171,6 +171,9 @@ def apply(
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
     control = DropControl(seed=seed, keep_prefix_tokens=keep_prefix_tokens)
+    # MoE models: the router load-balancing loss over the tokens each layer routed (None otherwise).
+    selected = {members[index][1]: adapters.adapter_for(type(members[index][1])) for index in chosen}
+    router_loss = moe.attach(model, selected, lambda: control.keep is not None)
     wrapped = []
     for index in chosen:
         name, layer = members[index]
@@ -179,8 +182,7 @@ def apply(
         wrapped.append(WrappedLayer(index=index, name=name, family=adapter.name))
     handle = RandomLTDHandle(model, stack_name, wrapped, len(members), control)
     handle.set_keep(keep)
-    # MoE models: the router load-balancing loss over the tokens each layer routed (None otherwise).
-    handle.router_loss = moe.attach(model, [members[i][1] for i in chosen], lambda: control.keep is not None)
+    handle.router_loss = router_loss
     model.__dict__[_HANDLE_ATTR] = handle
     if len(wrapped) == len(members) and len(members) > 2:
         warnings.warn("random-LTD drops tokens in every layer; the paper keeps the first and last layers full")

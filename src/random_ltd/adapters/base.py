@@ -7,6 +7,7 @@ A family with inputs that names alone cannot describe supplies a ``prepare`` hoo
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Callable
 
 import torch.nn as nn
@@ -86,6 +87,13 @@ def known_parameters(adapter: LayerAdapter) -> set[str]:
     named = (adapter.masks, adapter.query_masks, adapter.padding_masks, adapter.positions, adapter.key_biases,
              adapter.position_pairs, adapter.caches, adapter.passthrough)
     return {name for names in named for name in names} | {adapter.hidden, adapter.use_cache} - {None}
+
+
+def unknown_parameters(adapter: LayerAdapter, layer_class: type) -> list[str]:
+    """Parameters of ``layer_class.forward`` (bar ``self`` and ``**kwargs``) that ``adapter`` does not know."""
+    parameters = list(inspect.signature(layer_class.forward).parameters.values())[1:]
+    known = known_parameters(adapter)
+    return [p.name for p in parameters if p.kind is not p.VAR_KEYWORD and p.name not in known]
 
 
 def register_family(predicate: Callable[[type], bool], adapter: LayerAdapter) -> None:

@@ -10,12 +10,12 @@ import dataclasses
 import inspect
 import sys
 
-from random_ltd.adapters.base import LayerAdapter, known_parameters, register_family, register_layer
+from random_ltd.adapters.base import LayerAdapter, register_family, register_layer, unknown_parameters
 from random_ltd.adapters.moe import remember_kept
 from random_ltd.errors import RandomLTDError
 
 _CACHES = ("cache", "past_key_values", "past_key_value", "layer_past")
-_FLAGS = ("output_attentions", "kwargs")
+_FLAGS = ("output_attentions",)
 
 # GPT-2 and BERT-style blocks: one mask, learned positions, optional cross-attention.
 BLOCK = LayerAdapter(
@@ -76,12 +76,12 @@ def is_llama_style_decoder(layer_class: type) -> bool:
     if not layer_class.__module__.startswith("transformers.") or not layer_class.__name__.endswith("DecoderLayer"):
         return False
     try:
-        parameters = list(inspect.signature(layer_class.forward).parameters)[1:]
+        parameters = inspect.signature(layer_class.forward).parameters
     except (TypeError, ValueError):
         return False
     if "hidden_states" not in parameters or "position_embeddings" not in parameters:
         return False
-    unknown = [name for name in parameters if name not in known_parameters(LLAMA)]
+    unknown = unknown_parameters(LLAMA, layer_class)
     if unknown:
         raise RandomLTDError(
             f"{layer_class.__name__}.forward takes {', '.join(map(repr, unknown))}, which the Llama-style family "

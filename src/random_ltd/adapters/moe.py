@@ -73,6 +73,7 @@ class RouterLoss:
         self.routed_tokens: list[int] = []
         self._recording: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._mask: torch.Tensor | None = None
+        self._in_forward = False
         self._signature = inspect.signature(type(model).forward)
         self._hooks = [model.register_forward_pre_hook(self._before, with_kwargs=True),
                        model.register_forward_hook(self._after, with_kwargs=True)]
@@ -83,7 +84,7 @@ class RouterLoss:
             hook.remove()
 
     def _before(self, model, args, kwargs):
-        self.routed_tokens, self._recording = [], None
+        self.routed_tokens, self._recording, self._in_forward = [], None, True
         if not model.training:
             return None
         bound = self._signature.bind(model, *args, **kwargs)
@@ -97,7 +98,7 @@ class RouterLoss:
         return bound.args[1:], bound.kwargs
 
     def _routed(self, router, args, output):
-        if not router.training:
+        if not (router.training and self._in_forward):  # not in eval, nor when checkpointing recomputes
             return
         logits = output[0] if isinstance(output, tuple) else output
         self.routed_tokens.append(logits.shape[0])
@@ -115,7 +116,7 @@ class RouterLoss:
     def _after(self, model, args, kwargs, output):
         for layer in set(self.routers.values()) - {None}:
             layer.__dict__.pop(_KEPT_ATTR, None)
-        recording, self._recording, self._mask = self._recording, None, None
+        recording, self._recording, self._mask, self._in_forward = self._recording, None, None, False
         if recording is None:
             return None
         logits = [rows for rows, _ in recording]
@@ -128,24 +129,23 @@ class RouterLoss:
         return type(output)(**values)
 
 
-def attach(model: nn.Module, wrapped_layers: list[nn.Module], drop_active) -> RouterLoss | None:
+def attach(model: nn.Module, layers: dict[nn.Module, object], drop_active) -> RouterLoss | None:
     """Install ``RouterLoss`` on a transformers MoE causal LM; ``None`` for any other model.
 
-    ``drop_active()`` says whether dropping layers may drop (a kept length is set). Refuses a
-    MoE model whose dropping layers do not remember their kept tokens (``remember_kept``).
+    ``layers`` maps the layers that will drop to their adapters; ``drop_active()`` says whether
+    they may drop (a kept length is set). Refuses a MoE model whose dropping layers' adapter
+    does not remember their kept tokens (``remember_kept``): its router loss would be wrong.
     """
     routing = router_class(model)
     if routing is None or not all(hasattr(model, name) for name in ("router_aux_loss_coef", "num_experts",
                                                                     "num_experts_per_tok")):
         return None
-    enclosing = {id(module): layer for layer in wrapped_layers for module in layer.modules()}
+    enclosing = {id(module): layer for layer in layers for module in layer.modules()}
     routers = {module: enclosing.get(id(module)) for module in model.modules() if isinstance(module, routing)}
-    from random_ltd.layer import layer_state  # the wrapper imports the adapters
-
     for layer in set(routers.values()) - {None}:
-        if layer_state(layer).adapter.prepare is not remember_kept:
+        if layers[layer].prepare is not remember_kept:
             raise RandomLTDError(
-                f"{type(layer).__name__} routes tokens to experts, but its adapter does not remember the kept tokens: "
-                "its load-balancing loss would be wrong; register it with random_ltd.adapters.hf.MOE"
+                f"{type(layer).__name__} routes tokens to experts, but its adapter does not remember the kept tokens, "
+                "so the router load-balancing loss would be wrong; register it with random_ltd.adapters.hf.MOE"
             )
     return RouterLoss(model, routers, drop_active)
