@@ -97,7 +97,7 @@ def _record(model, handle):
     layers = dict(model.named_modules())
     for wrapped in handle.layers:
         layers[wrapped.name].self_attn.register_forward_pre_hook(lambda m, a, k: received.append(k), with_kwargs=True)
-    original = ops.sample_indices
+    original = ops.keep_top
 
     def spy(*args, **kwargs):
         drawn.append(original(*args, **kwargs))
@@ -112,7 +112,7 @@ def test_boundaries_describe_the_mask_sdpa_layers_receive(seed, monkeypatch):
     model = zoo.llama("sdpa").train()
     handle = random_ltd.apply(model, keep=7, seed=seed)
     drawn, received, spy = _record(model, handle)
-    monkeypatch.setattr(ops, "sample_indices", spy)
+    monkeypatch.setattr(ops, "keep_top", spy)
     inputs = zoo._packed_inputs(torch.Generator().manual_seed(seed))
     model(**inputs)
     assert len(drawn) == len(received) == len(handle.layers)
@@ -126,7 +126,7 @@ def test_a_dropping_layer_receives_the_kept_tokens_boundaries(monkeypatch):
     model = zoo.llama("sdpa").train()
     handle = random_ltd.apply(model, keep=6, seed=3)
     drawn, received, spy = _record(model, handle)
-    monkeypatch.setattr(ops, "sample_indices", spy)
+    monkeypatch.setattr(ops, "keep_top", spy)
     inputs = zoo._packed_inputs(torch.Generator().manual_seed(4))
     cu_seq_lens = kept_varlen_kwargs(torch.arange(zoo.SEQ)[None], zoo.SEQ, None, inputs["position_ids"])["cu_seq_lens_q"]
     model(**inputs, cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=16, max_length_k=16)

@@ -28,7 +28,7 @@ from random_ltd.errors import RandomLTDError
 _KEPT_ATTR = "_random_ltd_kept_indices"
 
 
-def remember_kept(layer: nn.Module, arguments: dict, indices: torch.Tensor) -> None:
+def remember_kept(layer: nn.Module, call, indices: torch.Tensor) -> None:
     """``LayerAdapter.prepare`` of MoE decoder layers: the router hook reads the kept indices."""
     layer.__dict__[_KEPT_ATTR] = indices
 
@@ -68,8 +68,8 @@ class RouterLoss:
     routed (``B*k`` in a dropping layer, ``B*s`` elsewhere), in layer order.
     """
 
-    def __init__(self, model: nn.Module, routers: dict[nn.Module, nn.Module | None], drop_active):
-        self.model, self.routers, self.drop_active = model, routers, drop_active
+    def __init__(self, model: nn.Module, routers: dict[nn.Module, nn.Module | None], control):
+        self.model, self.routers, self.control = model, routers, control
         self.routed_tokens: list[int] = []
         self._recording: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._mask: torch.Tensor | None = None
@@ -91,7 +91,7 @@ class RouterLoss:
         wanted = bound.arguments.get("output_router_logits")
         wanted = model.config.output_router_logits if wanted is None else wanted
         mask = bound.arguments.get("attention_mask")
-        if not (wanted and isinstance(mask, torch.Tensor) and mask.dim() == 2 and self.drop_active()):
+        if not (wanted and isinstance(mask, torch.Tensor) and mask.dim() == 2 and self.control.keep is not None):
             return None
         self._recording, self._mask = [], mask
         bound.arguments["output_router_logits"] = False
@@ -129,11 +129,11 @@ class RouterLoss:
         return type(output)(**values)
 
 
-def attach(model: nn.Module, layers: dict[nn.Module, object], drop_active) -> RouterLoss | None:
+def attach(model: nn.Module, layers: dict[nn.Module, object], control) -> RouterLoss | None:
     """Install ``RouterLoss`` on a transformers MoE causal LM; ``None`` for any other model.
 
-    ``layers`` maps the layers that will drop to their adapters; ``drop_active()`` says whether
-    they may drop (a kept length is set). Refuses a MoE model whose dropping layers' adapter
+    ``layers`` maps the layers that will drop to their adapters; they may drop while
+    ``control.keep`` (the handle's ``DropControl``) is set. Refuses a MoE model whose dropping layers' adapter
     does not remember their kept tokens (``remember_kept``): its router loss would be wrong.
     """
     routing = router_class(model)
@@ -148,4 +148,4 @@ def attach(model: nn.Module, layers: dict[nn.Module, object], drop_active) -> Ro
                 f"{type(layer).__name__} routes tokens to experts, but its adapter does not remember the kept tokens, "
                 "so the router load-balancing loss would be wrong; register it with random_ltd.adapters.hf.MOE"
             )
-    return RouterLoss(model, routers, drop_active)
+    return RouterLoss(model, routers, control)

@@ -1,6 +1,6 @@
 """Inputs of a dropping layer that dense-mask gathering does not cover.
 
-``gather_inputs`` runs before the wrapper gathers dense masks and positions (it reads the
+``gather_attention_inputs`` runs before the wrapper gathers dense masks and positions (it reads the
 original ``position_ids``): FlexAttention ``BlockMask``s, per-key biases (ALiBi), flash
 attention's varlen boundaries of packed documents; then it checks that no other per-token
 tensor would reach the short layer at full length.
@@ -13,23 +13,23 @@ import torch.nn as nn
 from random_ltd.adapters.base import LayerAdapter, known_parameters
 from random_ltd.attention.flex import gather_block_mask, is_block_mask
 
-__all__ = ["gather_inputs", "gather_key_bias", "is_block_mask", "check_no_full_length_inputs"]
+__all__ = ["gather_attention_inputs", "gather_key_bias", "is_block_mask", "check_no_full_length_inputs"]
 from random_ltd.attention.varlen import VARLEN_KWARGS, kept_varlen_kwargs
 from random_ltd.errors import RandomLTDError
 
 
-def gather_inputs(layer: nn.Module, adapter: LayerAdapter, arguments, indices: torch.Tensor, seq_len: int) -> None:
-    """Edit ``arguments`` (the wrapper's named view: ``get``, ``set``, ``set_if_present``) in place."""
+def gather_attention_inputs(layer: nn.Module, adapter: LayerAdapter, call, indices: torch.Tensor, seq_len: int) -> None:
+    """Edit ``call`` (a ``random_ltd.calls.LayerCall``, the call's arguments by name) in place."""
     for name in adapter.masks:
-        mask = arguments.get(name)
+        mask = call.get(name)
         if is_block_mask(mask):
-            arguments.set_if_present(name, gather_block_mask(mask, indices, seq_len))
+            call[name] = gather_block_mask(mask, indices, seq_len)
     for name in adapter.key_biases:
-        bias = arguments.get(name)
+        bias = call.get(name)
         if bias is not None:
-            arguments.set_if_present(name, gather_key_bias(bias, indices))
-    _gather_varlen(layer, adapter, arguments, indices, seq_len)
-    check_no_full_length_inputs(adapter, arguments, indices.shape[0], seq_len)
+            call[name] = gather_key_bias(bias, indices)
+    _gather_varlen(layer, adapter, call, indices, seq_len)
+    check_no_full_length_inputs(adapter, call, indices.shape[0], seq_len)
 
 
 def gather_key_bias(bias: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -52,23 +52,22 @@ def attention_implementation(layer: nn.Module) -> str | None:
     return None
 
 
-def _gather_varlen(layer, adapter: LayerAdapter, arguments, indices: torch.Tensor, seq_len: int) -> None:
+def _gather_varlen(layer, adapter: LayerAdapter, call, indices: torch.Tensor, seq_len: int) -> None:
     """Boundaries of the kept tokens when the caller gave some, or when flash reads them from positions."""
-    cu_seq_lens = arguments.get("cu_seq_lens_q")
+    cu_seq_lens = call.get("cu_seq_lens_q")
     if cu_seq_lens is None and "flash" not in (attention_implementation(layer) or ""):
         return
-    position_ids = next((arguments.get(name) for name in adapter.positions if arguments.get(name) is not None), None)
+    position_ids = next((call.get(name) for name in adapter.positions if call.get(name) is not None), None)
     varlen = kept_varlen_kwargs(indices, seq_len, cu_seq_lens, position_ids)
     for name, value in (varlen or {}).items():
-        arguments.set(name, value)
+        call[name] = value
 
 
-def check_no_full_length_inputs(adapter: LayerAdapter, arguments, batch: int, seq_len: int) -> None:
+def check_no_full_length_inputs(adapter: LayerAdapter, call, batch: int, seq_len: int) -> None:
     """Refuse a per-token tensor among the layer's ``**kwargs`` that no field of the adapter names."""
     known = known_parameters(adapter) | set(VARLEN_KWARGS)
-    extra = arguments.bound.arguments.get(arguments.var_keyword, {}) if arguments.var_keyword else {}
-    for name, value in extra.items():
-        if name in known or not isinstance(value, torch.Tensor) or value.dim() < 2:
+    for name, value in call.kwargs.items():
+        if name in call.plan.names or name in known or not isinstance(value, torch.Tensor) or value.dim() < 2:
             continue
         if value.shape[1] == seq_len and value.shape[0] in (1, batch):
             raise RandomLTDError(
