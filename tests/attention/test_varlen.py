@@ -128,7 +128,8 @@ def test_a_dropping_layer_receives_the_kept_tokens_boundaries(monkeypatch):
     drawn, received, spy = _record(model, handle)
     monkeypatch.setattr(ops, "keep_top", spy)
     inputs = zoo._packed_inputs(torch.Generator().manual_seed(4))
-    cu_seq_lens = kept_varlen_kwargs(torch.arange(zoo.SEQ)[None], zoo.SEQ, None, inputs["position_ids"])["cu_seq_lens_q"]
+    everything = torch.arange(zoo.SEQ)[None]
+    cu_seq_lens = kept_varlen_kwargs(everything, zoo.SEQ, None, inputs["position_ids"])["cu_seq_lens_q"]
     model(**inputs, cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=16, max_length_k=16)
     assert len(drawn) == len(received) == len(handle.layers)
     documents = _documents_from_positions(inputs["position_ids"][0].tolist())

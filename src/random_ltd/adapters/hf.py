@@ -92,7 +92,7 @@ def is_llama_style_decoder(layer_class: type) -> bool:
 
 
 def is_moe_decoder(layer_class: type) -> bool:
-    """A Llama-style decoder layer of a transformers model with a router load-balancing loss (Mixtral, Qwen-MoE, ...)."""
+    """A Llama-style decoder layer of a model with a router load-balancing loss (Mixtral, Qwen-MoE, ...)."""
     module = sys.modules.get(layer_class.__module__)
     return hasattr(module, "load_balancing_loss_func") and is_llama_style_decoder(layer_class)
 

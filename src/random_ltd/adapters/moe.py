@@ -45,7 +45,8 @@ def load_balancing_loss(router_logits: list[torch.Tensor], valid: list[torch.Ten
         probabilities = torch.softmax(logits.to(device), dim=-1)
         _, chosen = torch.topk(probabilities, top_k, dim=-1)
         counts = torch.zeros(num_experts, dtype=torch.float32, device=device)
-        tokens_per_expert = tokens_per_expert + counts.scatter_add_(0, chosen.reshape(-1), weights.repeat_interleave(top_k))
+        counts = counts.scatter_add_(0, chosen.reshape(-1), weights.repeat_interleave(top_k))
+        tokens_per_expert = tokens_per_expert + counts
         probability_per_expert = probability_per_expert + (probabilities.float() * weights.unsqueeze(-1)).sum(dim=0)
         rows = rows + weights.sum()
     return torch.sum((tokens_per_expert / rows) * (probability_per_expert / rows).unsqueeze(0)) * num_experts

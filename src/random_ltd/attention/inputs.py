@@ -12,10 +12,10 @@ import torch.nn as nn
 
 from random_ltd.adapters.base import LayerAdapter, known_parameters
 from random_ltd.attention.flex import gather_block_mask, is_block_mask
-
-__all__ = ["gather_attention_inputs", "gather_key_bias", "is_block_mask", "check_no_full_length_inputs"]
 from random_ltd.attention.varlen import VARLEN_KWARGS, kept_varlen_kwargs
 from random_ltd.errors import RandomLTDError
+
+__all__ = ["gather_attention_inputs", "gather_key_bias", "is_block_mask", "check_no_full_length_inputs"]
 
 
 def gather_attention_inputs(layer: nn.Module, adapter: LayerAdapter, call, indices: torch.Tensor, seq_len: int) -> None:
@@ -71,7 +71,7 @@ def check_no_full_length_inputs(adapter: LayerAdapter, call, batch: int, seq_len
             continue
         if value.shape[1] == seq_len and value.shape[0] in (1, batch):
             raise RandomLTDError(
-                f"{adapter.name} layers receive {name!r} of shape "
-                f"{tuple(value.shape)}, a per-token input random-LTD does not know how to gather; register the layer "
-                f"with random_ltd.register_layer(..., positions=({name!r},)) or the field that fits"
+                f"{adapter.name} layers receive {name!r} of shape {tuple(value.shape)}, a per-token input random-LTD "
+                f"does not know how to gather; register the layer with random_ltd.register_layer(..., "
+                f"positions=({name!r},)) or the field that fits"
             )
