@@ -4,6 +4,7 @@
 - ``random_ltd.integrations.distributed``: per-rank seeds, kept-length agreement checks and
   FSDP2 sharding of the same layers random-LTD wraps (DDP needs nothing else).
 - ``random_ltd.integrations.deepspeed``: DeepSpeed JSON configs and engines.
+- ``random_ltd.integrations.lightning``: ``RandomLTDCallback`` for the PyTorch Lightning 2.x ``Trainer``.
 
 Each module imports its engine lazily, so importing one never requires the others.
 See docs/integrations.md.
