@@ -91,7 +91,7 @@ def _capture_calls(model, handle):
     return calls
 
 
-def _take(value, name, adapter, b, idx, seq_len):
+def _take(value, name, adapter, b, idx, seq_len, batch):
     """Independent per-sequence reference gather (plain indexing, one sequence at a time)."""
     if value is None or name in adapter.caches:
         return None
@@ -101,6 +101,9 @@ def _take(value, name, adapter, b, idx, seq_len):
         return tuple(part[min(b, part.shape[0] - 1)][idx].unsqueeze(0) for part in value)
     if not isinstance(value, torch.Tensor):
         return value
+    if name in adapter.key_biases:  # (B*heads, 1, s)
+        heads = value.shape[0] // batch
+        return value[b * heads : (b + 1) * heads][..., idx]
     if name == "src_mask":
         return value[idx][:, idx]
     if name in adapter.masks:
@@ -111,7 +114,7 @@ def _take(value, name, adapter, b, idx, seq_len):
     return value
 
 
-def _reference(call, b, idx, seq_len, batch_first):
+def _reference(call, b, idx, seq_len, batch_first, batch):
     layer = call["layer"]
     state = layer_state(layer)
     signature = inspect.signature(state.original_class.forward)
@@ -123,9 +126,9 @@ def _reference(call, b, idx, seq_len, batch_first):
         if name == hidden_name:
             bound.arguments[name] = value[b : b + 1, idx] if batch_first else value[idx, b : b + 1]
         elif var_kw and name == var_kw[0]:
-            bound.arguments[name] = {k: _take(v, k, state.adapter, b, idx, seq_len) for k, v in value.items()}
+            bound.arguments[name] = {k: _take(v, k, state.adapter, b, idx, seq_len, batch) for k, v in value.items()}
         else:
-            bound.arguments[name] = _take(value, name, state.adapter, b, idx, seq_len)
+            bound.arguments[name] = _take(value, name, state.adapter, b, idx, seq_len, batch)
     out = state.original_class.forward(layer, *bound.args, **bound.kwargs)
     out = out if isinstance(out, torch.Tensor) else out[0]
     return out[0] if batch_first else out[:, 0]
@@ -155,7 +158,7 @@ def test_dropping_matches_reference_on_subsequence(case, monkeypatch):
             dropped = torch.ones(case.seq_len, dtype=torch.bool)
             dropped[idx] = False
             assert torch.equal(output[b, dropped], hidden[b, dropped]), "dropped tokens must pass unchanged"
-            expected = _reference(call, b, idx, case.seq_len, batch_first)
+            expected = _reference(call, b, idx, case.seq_len, batch_first, hidden.shape[0])
             rows = torch.ones(keep, dtype=torch.bool) if valid is None else valid[b, idx].bool()
             torch.testing.assert_close(output[b, idx][rows], expected[rows], rtol=1e-5, atol=1e-5)
 
@@ -215,7 +218,8 @@ def test_tiny_model_trains_at_half_keep(case):
     assert handle.keep == case.seq_len // 2
 
 
-CAUSAL = [case for case in CASES if case.family in ("gpt2", "llama", "Block") or "causal" in case.name]
+DECODERS = ("gpt2", "llama", "moe", "Block", "gpt_neox", "gptj", "opt", "gpt_bigcode", "gpt_neo", "falcon", "bloom")
+CAUSAL = [case for case in CASES if case.family in DECODERS or "causal" in case.name]
 
 
 @pytest.mark.parametrize("case", CAUSAL, ids=str)
@@ -231,6 +235,28 @@ def test_dropping_keeps_causal_models_causal(case):
     changed = inputs["input_ids"].clone()
     changed[:, 10:] = (changed[:, 10:] + 1) % 97
     torch.set_rng_state(rng_state)  # the same draws
-    after = model(input_ids=changed).logits
+    after = model(**{**inputs, "input_ids": changed}).logits
     torch.testing.assert_close(after[:, :10], before[:, :10], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(after[:, 10:], before[:, 10:])
+
+
+BATCHED = [case for case in CASES if "packed" not in case.name]
+
+
+@pytest.mark.parametrize("case", BATCHED, ids=str)
+def test_dropping_stays_inside_each_sequence(case):
+    """With the same draws, changing one sequence of the batch changes nothing in the others
+    (ModernBERT, MoE routers and every other family see the batch at once)."""
+    torch.manual_seed(0)
+    model = case.build().train()
+    random_ltd.apply(model, keep=case.seq_len // 2, seed=11)
+    inputs = case.inputs(torch.Generator().manual_seed(6))
+    rng_state = torch.get_rng_state()
+    before = model(**inputs).logits
+    name = "pixel_values" if "pixel_values" in inputs else "input_ids"
+    changed = inputs[name].clone()
+    changed[1] = torch.randn_like(changed[1].float()) if name == "pixel_values" else (changed[1] + 1) % 97
+    torch.set_rng_state(rng_state)  # the same draws
+    after = model(**{**inputs, name: changed}).logits
+    assert torch.equal(after[[0, 2]], before[[0, 2]])
+    assert not torch.equal(after[1], before[1])

@@ -57,6 +57,26 @@ def _lm_loss(model, inputs):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
+def packed_positions(gen: torch.Generator, seq_len: int = SEQ) -> torch.Tensor:
+    """``(1, seq_len)`` positions of 3-5 documents packed into one row (each restarts at 0)."""
+    cuts = torch.randperm(seq_len - 1, generator=gen)[: int(torch.randint(2, 5, (1,), generator=gen))] + 1
+    starts = torch.zeros(seq_len, dtype=torch.bool)
+    starts[0], starts[cuts] = True, True
+    document = starts.cumsum(0) - 1
+    first = torch.nonzero(starts).flatten()
+    return (torch.arange(seq_len) - first[document]).unsqueeze(0)
+
+
+def _packed_inputs(gen):
+    """transformers' padding-free form: one row, document boundaries where the position is 0.
+
+    Without ``use_cache=False`` a causal LM builds a cache in training too, and transformers then
+    ignores the packing (documents attend to each other) with or without random-LTD.
+    """
+    ids = torch.randint(0, VOCAB, (1, SEQ), generator=gen)
+    return {"input_ids": ids, "position_ids": packed_positions(gen), "use_cache": False}
+
+
 def _image_inputs(gen):
     return {"pixel_values": torch.randn(BATCH, 1, 8, 8, generator=gen), "labels": torch.randint(0, 3, (BATCH,), generator=gen)}
 
@@ -119,6 +139,115 @@ def mistral(impl="sdpa"):
 
 def qwen2(impl="sdpa"):
     return T.Qwen2ForCausalLM(_decoder_config(T.Qwen2Config, impl))
+
+
+def _rotary_config(cls, impl="sdpa", **extra):
+    return cls(num_hidden_layers=4, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,
+               max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0, attn_implementation=impl,
+               **extra)
+
+
+def phi(impl="sdpa"):
+    return T.PhiForCausalLM(_rotary_config(T.PhiConfig, impl, resid_pdrop=0.0, embd_pdrop=0.0))
+
+
+def gemma(impl="sdpa"):
+    return T.GemmaForCausalLM(_rotary_config(T.GemmaConfig, impl, head_dim=8, num_key_value_heads=2))
+
+
+def gemma2(impl="eager"):  # no sdpa path in transformers; sliding-window (6) and full layers alternate
+    return T.Gemma2ForCausalLM(_rotary_config(T.Gemma2Config, impl, head_dim=8, num_key_value_heads=2,
+                                              sliding_window=6))
+
+
+def qwen3(impl="sdpa"):
+    return T.Qwen3ForCausalLM(_rotary_config(T.Qwen3Config, impl, head_dim=8, num_key_value_heads=2))
+
+
+def gpt_neox(impl="sdpa"):
+    return T.GPTNeoXForCausalLM(_rotary_config(T.GPTNeoXConfig, impl, hidden_dropout=0.0, attention_dropout=0.0))
+
+
+def gptj(impl="sdpa"):
+    config = T.GPTJConfig(n_layer=4, n_embd=32, n_head=4, rotary_dim=4, vocab_size=VOCAB, n_positions=64,
+                          bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                          attn_implementation=impl)
+    return T.GPTJForCausalLM(config)
+
+
+def opt(impl="sdpa"):
+    config = T.OPTConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=2, ffn_dim=64,
+                         word_embed_proj_dim=32, vocab_size=VOCAB, max_position_embeddings=64, pad_token_id=1,
+                         bos_token_id=0, eos_token_id=0, dropout=0.0, attention_dropout=0.0,
+                         attn_implementation=impl)
+    return T.OPTForCausalLM(config)
+
+
+def gpt_bigcode(impl="sdpa"):
+    config = T.GPTBigCodeConfig(n_layer=4, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64, bos_token_id=0,
+                                eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                attn_implementation=impl)
+    return T.GPTBigCodeForCausalLM(config)
+
+
+def gpt_neo(impl="eager"):  # no sdpa path in transformers; alternating global and local (window 6) attention
+    config = T.GPTNeoConfig(num_layers=4, hidden_size=32, num_heads=2, vocab_size=VOCAB, max_position_embeddings=64,
+                            attention_types=[[["global", "local"], 2]], window_size=6, bos_token_id=0,
+                            eos_token_id=0, resid_dropout=0.0, embed_dropout=0.0, attention_dropout=0.0,
+                            attn_implementation=impl)
+    return T.GPTNeoForCausalLM(config)
+
+
+def falcon(impl="sdpa", alibi=False):
+    config = T.FalconConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=4, vocab_size=VOCAB,
+                            alibi=alibi, new_decoder_architecture=False, multi_query=False, bos_token_id=0,
+                            eos_token_id=0, hidden_dropout=0.0, attention_dropout=0.0, attn_implementation=impl)
+    return T.FalconForCausalLM(config)
+
+
+def bloom(impl="eager"):
+    config = T.BloomConfig(n_layer=4, hidden_size=32, n_head=4, vocab_size=VOCAB, bos_token_id=0, eos_token_id=0,
+                           hidden_dropout=0.0, attention_dropout=0.0, attn_implementation=impl)
+    return T.BloomForCausalLM(config)
+
+
+def distilbert(impl="sdpa"):
+    config = T.DistilBertConfig(n_layers=4, dim=32, n_heads=2, hidden_dim=64, vocab_size=VOCAB,
+                                max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
+                                attn_implementation=impl)
+    return T.DistilBertForMaskedLM(config)
+
+
+def modernbert(impl="sdpa"):  # global attention every 2nd layer, local (window 6) in between
+    config = T.ModernBertConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                                vocab_size=VOCAB, max_position_embeddings=64, global_attn_every_n_layers=2,
+                                local_attention=6, pad_token_id=0, bos_token_id=0, eos_token_id=0, cls_token_id=0,
+                                sep_token_id=0, attention_dropout=0.0, mlp_dropout=0.0, embedding_dropout=0.0,
+                                attn_implementation=impl)
+    return T.ModernBertForMaskedLM(config)
+
+
+def _moe_config(cls, impl, **extra):
+    return _rotary_config(cls, impl, num_key_value_heads=2, output_router_logits=True, router_aux_loss_coef=0.5,
+                          num_experts_per_tok=2, **extra)
+
+
+def mixtral(impl="sdpa"):
+    return T.MixtralForCausalLM(_moe_config(T.MixtralConfig, impl, num_local_experts=4))
+
+
+def qwen2_moe(impl="sdpa"):  # with a shared expert
+    return T.Qwen2MoeForCausalLM(_moe_config(T.Qwen2MoeConfig, impl, num_experts=4, moe_intermediate_size=32,
+                                             shared_expert_intermediate_size=32))
+
+
+def qwen3_moe(impl="sdpa"):
+    return T.Qwen3MoeForCausalLM(_moe_config(T.Qwen3MoeConfig, impl, num_experts=4, moe_intermediate_size=32,
+                                             head_dim=8))
+
+
+def olmoe(impl="sdpa"):
+    return T.OlmoeForCausalLM(_moe_config(T.OlmoeConfig, impl, num_experts=4))
 
 
 class TorchEncoderLM(nn.Module):
@@ -211,7 +340,9 @@ random_ltd.register_layer(Block)
 random_ltd.register_layer(MaskedBlock, masks=("attention_mask",))
 
 
-def _case(name, family, build, padded=False, left=False, image=0):
+def _case(name, family, build, padded=False, left=False, image=0, packed=False):
+    if packed:
+        return Case(name, family, build, _packed_inputs, _lm_loss)
     if image:
         return Case(name, family, build, _image_inputs, _hf_loss, seq_len=16 + image)
     return Case(name, family, build, lambda g: _lm_inputs(g, padded, left), _lm_loss, padded=padded)
@@ -233,7 +364,37 @@ CASES = [
     _case("llama-eager-leftpad", "llama", lambda: llama("eager"), padded=True, left=True),
     _case("llama-sdpa-pad", "llama", lambda: llama("sdpa"), padded=True),
     _case("mistral-sdpa", "llama", lambda: mistral("sdpa")),
+    _case("llama-sdpa-packed", "llama", lambda: llama("sdpa"), packed=True),
+    _case("llama-eager-packed", "llama", lambda: llama("eager"), packed=True),
+    _case("qwen3-sdpa-packed", "llama", lambda: qwen3("sdpa"), packed=True),
     _case("qwen2-eager-pad", "llama", lambda: qwen2("eager"), padded=True),
+    _case("phi-sdpa-pad", "llama", lambda: phi("sdpa"), padded=True),
+    _case("gemma-eager", "llama", lambda: gemma("eager")),
+    _case("gemma2-sliding-eager-pad", "llama", lambda: gemma2("eager"), padded=True),
+    _case("gemma2-sliding-eager", "llama", lambda: gemma2("eager")),
+    _case("qwen3-sdpa-leftpad", "llama", lambda: qwen3("sdpa"), padded=True, left=True),
+    _case("mixtral-sdpa-pad", "moe", lambda: mixtral("sdpa"), padded=True),
+    _case("qwen2-moe-eager-pad", "moe", lambda: qwen2_moe("eager"), padded=True),
+    _case("qwen3-moe-sdpa", "moe", lambda: qwen3_moe("sdpa")),
+    _case("olmoe-sdpa-leftpad", "moe", lambda: olmoe("sdpa"), padded=True, left=True),
+    _case("gpt-neox-sdpa", "gpt_neox", lambda: gpt_neox("sdpa")),
+    _case("gpt-neox-eager-pad", "gpt_neox", lambda: gpt_neox("eager"), padded=True),
+    _case("gptj-sdpa-pad", "gptj", lambda: gptj("sdpa"), padded=True),
+    _case("gptj-eager", "gptj", lambda: gptj("eager")),
+    _case("opt-sdpa", "opt", lambda: opt("sdpa")),
+    _case("opt-eager-pad", "opt", lambda: opt("eager"), padded=True),
+    _case("gpt-bigcode-sdpa-pad", "gpt_bigcode", lambda: gpt_bigcode("sdpa"), padded=True),
+    _case("gpt-bigcode-eager", "gpt_bigcode", lambda: gpt_bigcode("eager")),
+    _case("gpt-neo-local-eager-pad", "gpt_neo", lambda: gpt_neo("eager"), padded=True),
+    _case("gpt-neo-local-eager", "gpt_neo", lambda: gpt_neo("eager")),
+    _case("falcon-rotary-sdpa-pad", "falcon", lambda: falcon("sdpa"), padded=True),
+    _case("falcon-alibi-eager-pad", "falcon", lambda: falcon("eager", alibi=True), padded=True),
+    _case("falcon-alibi-sdpa", "falcon", lambda: falcon("sdpa", alibi=True)),
+    _case("bloom-alibi-eager-pad", "bloom", lambda: bloom("eager"), padded=True),
+    _case("distilbert-sdpa-pad", "distilbert", lambda: distilbert("sdpa"), padded=True),
+    _case("distilbert-eager-pad", "distilbert", lambda: distilbert("eager"), padded=True),
+    _case("modernbert-sdpa-pad", "modernbert", lambda: modernbert("sdpa"), padded=True),
+    _case("modernbert-eager", "modernbert", lambda: modernbert("eager")),
     _case("torch-encoder-pad", "torch.nn.TransformerEncoderLayer", lambda: TorchEncoderLM(), padded=True),
     _case("torch-encoder-causal-seqfirst", "torch.nn.TransformerEncoderLayer",
           lambda: TorchEncoderLM(batch_first=False, causal=True), padded=True),

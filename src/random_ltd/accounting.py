@@ -43,6 +43,17 @@ def layer_tokens_per_step(seq_len: int, batch_size: int, num_layers: int, drop_l
     return batch_size * (dropping * _kept(seq_len, kept) + (num_layers - dropping) * seq_len)
 
 
+def routed_tokens_per_step(seq_len: int, batch_size: int, moe_layers: int, drop_layers: DropLayers,
+                           kept: int | None, top_k: int = 1) -> int:
+    """Token-to-expert assignments of one step in a stack of ``moe_layers`` mixture-of-experts layers.
+
+    Each layer's router sends every token it sees to ``top_k`` experts: a dropping layer routes
+    ``batch * kept`` tokens, the others ``batch * seq_len``, so the experts' work shrinks with
+    the layer-tokens (``top_k=1`` counts routed tokens, as ``RouterLoss.routed_tokens`` does).
+    """
+    return check_int("top_k", top_k) * layer_tokens_per_step(seq_len, batch_size, moe_layers, drop_layers, kept)
+
+
 class LayerTokenCounter:
     """Accumulates layer-tokens step by step; ``add(kept)`` once per optimizer step."""
 

@@ -11,11 +11,13 @@ import torch.nn as nn
 
 from random_ltd import ops
 from random_ltd.adapters.base import LayerAdapter
+from random_ltd.attention.inputs import gather_attention_inputs, is_block_mask
 from random_ltd.calls import LayerCall
 from random_ltd.errors import RandomLTDError
 
 
 def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor, seq_len: int) -> None:
+    gather_attention_inputs(layer, adapter, call, indices, seq_len)  # reads positions before they are gathered
     _gather_masks(adapter, call, indices, seq_len)
     for name in adapter.positions:
         positions = call.get(name)
@@ -36,7 +38,7 @@ def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indi
 def _gather_masks(adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor, seq_len: int) -> None:
     for name in adapter.masks:
         mask = call.get(name)
-        if mask is not None:
+        if mask is not None and not is_block_mask(mask):  # block masks: gathered by gather_attention_inputs
             check_tensor_mask(name, mask)
             call[name] = ops.attend_somewhere(ops.gather_mask(mask, indices), adapter.bool_means_keep)
     for name in adapter.query_masks:
@@ -52,6 +54,6 @@ def _gather_masks(adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor,
 def check_tensor_mask(name: str, mask) -> None:
     if not isinstance(mask, torch.Tensor):
         raise RandomLTDError(
-            f"{name} is a {type(mask).__name__}, not a tensor: this attention implementation (e.g. flex "
-            "attention's BlockMask) is not supported; use attn_implementation='sdpa' or 'eager'"
+            f"{name} is a {type(mask).__name__}, neither a tensor nor a FlexAttention BlockMask: this attention "
+            "implementation is not supported; use attn_implementation='sdpa', 'eager' or 'flex_attention'"
         )

@@ -51,9 +51,10 @@ class LayerState:
 
 def _find_layer_idx(layer: nn.Module) -> int | None:
     for module in layer.modules():
-        layer_idx = getattr(module, "layer_idx", None)
-        if isinstance(layer_idx, int):
-            return layer_idx
+        for attribute in ("layer_idx", "layer_id"):  # GPT-Neo names it layer_id
+            layer_idx = getattr(module, attribute, None)
+            if isinstance(layer_idx, int):
+                return layer_idx
     return None
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from random_ltd import adapters
+from random_ltd.adapters import moe
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer import DropControl, check_unwrappable, is_wrapped, layer_state, unwrap_layer, wrap_layer
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
@@ -75,6 +76,7 @@ class RandomLTDHandle:
         self._selection = selection
         self._hook = model.register_forward_pre_hook(_IdsContext(control), with_kwargs=True) \
             if selection.needs_context else None
+        self.router_loss: moe.RouterLoss | None = None  # MoE models: see random_ltd.adapters.moe
 
     @property
     def keep(self) -> int | None:
@@ -210,8 +212,11 @@ def apply(
         positions = tuple(range(prefix)) + positions
     selection = UniformSelection(seed, positions, ids)
     control = DropControl(selection=selection, keep=keep)
+    selected = {layer: adapters.adapter_for(type(layer)) for _, _, layer in chosen}
+    router_loss = moe.attach(model, selected, control)
     wrapped = [_wrap(index, name, layer, control) for index, name, layer in chosen]
     handle = RandomLTDHandle(model, stack_name, wrapped, len(members), control, selection)
+    handle.router_loss = router_loss
     model.__dict__[_HANDLE_ATTR] = handle
     if len(wrapped) == len(members) and len(members) > 2:
         warnings.warn("random-LTD drops tokens in every layer; the paper keeps the first and last layers full")
@@ -248,4 +253,6 @@ def remove(model: nn.Module) -> None:
         unwrap_layer(module)
     if handle._hook is not None:
         handle._hook.remove()
+    if handle.router_loss is not None:
+        handle.router_loss.remove()
     del model.__dict__[_HANDLE_ATTR]

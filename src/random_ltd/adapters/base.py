@@ -7,6 +7,7 @@ A family with inputs that names alone cannot describe supplies a ``prepare`` hoo
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Callable
 
 import torch.nn as nn
@@ -25,10 +26,13 @@ class LayerAdapter:
         padding_masks: parameters holding ``(B, s)`` key-padding masks.
         bool_means_keep: boolean masks say True = attend (Hugging Face) or True = blocked (PyTorch).
         positions: per-token tensors ``(B or 1, s)``, e.g. ``position_ids``.
+        key_biases: per-key attention biases ``(B*heads, 1, s)``, e.g. ALiBi's ``alibi``.
         position_pairs: tuples of per-token tensors ``(B or 1, s, d)``, e.g. rotary ``(cos, sin)``.
         caches: key/value cache parameters; a dropping call passes ``None`` (nothing to cache),
             and a call whose cache already holds tokens for this layer never drops.
         use_cache: a boolean flag switched off in a dropping call.
+        passthrough: parameters that hold no per-token values (flags, other sequences) and pass
+            unchanged; with the fields above they are the parameters a family predicate knows.
         num_prefix_tokens: prefix tokens (a ViT's CLS) kept when the user asks to keep them.
         batch_first: ``layer -> bool``; ``None`` means batch first (all Hugging Face layers).
         prepare: ``(layer, arguments, indices) -> None`` for inputs the fields above cannot
@@ -42,9 +46,11 @@ class LayerAdapter:
     padding_masks: tuple[str, ...] = ()
     bool_means_keep: bool = True
     positions: tuple[str, ...] = ()
+    key_biases: tuple[str, ...] = ()
     position_pairs: tuple[str, ...] = ()
     caches: tuple[str, ...] = ()
     use_cache: str | None = None
+    passthrough: tuple[str, ...] = ()
     num_prefix_tokens: int = 0
     batch_first: Callable[[nn.Module], bool] | None = None
     prepare: Callable[[nn.Module, dict, object], None] | None = None
@@ -74,6 +80,20 @@ def register_layer(layer_class: type | str, adapter: LayerAdapter | None = None,
         adapter = dataclasses.replace(adapter, **fields)
     _BY_KEY[key] = adapter
     return adapter
+
+
+def known_parameters(adapter: LayerAdapter) -> set[str]:
+    """The ``forward`` parameters ``adapter`` gathers, resets or passes on knowingly."""
+    named = (adapter.masks, adapter.query_masks, adapter.padding_masks, adapter.positions, adapter.key_biases,
+             adapter.position_pairs, adapter.caches, adapter.passthrough)
+    return {name for names in named for name in names} | {adapter.hidden, adapter.use_cache} - {None}
+
+
+def unknown_parameters(adapter: LayerAdapter, layer_class: type) -> list[str]:
+    """Parameters of ``layer_class.forward`` (bar ``self`` and ``**kwargs``) that ``adapter`` does not know."""
+    parameters = list(inspect.signature(layer_class.forward).parameters.values())[1:]
+    known = known_parameters(adapter)
+    return [p.name for p in parameters if p.kind is not p.VAR_KEYWORD and p.name not in known]
 
 
 def register_family(predicate: Callable[[type], bool], adapter: LayerAdapter) -> None:

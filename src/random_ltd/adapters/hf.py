@@ -1,16 +1,24 @@
-"""Hugging Face transformers (5.x) layer families: GPT-2, BERT/RoBERTa, ViT, Llama-style decoders.
+"""Hugging Face transformers (5.x) layer families.
 
 Classes are registered by dotted name, so transformers is imported only by users who have it.
+Any other transformers ``*DecoderLayer`` taking rotary ``position_embeddings`` joins the
+Llama-style family, provided its ``forward`` takes nothing that family does not know.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import sys
 
-from random_ltd.adapters.base import LayerAdapter, register_family, register_layer
+from random_ltd.adapters.base import LayerAdapter, register_family, register_layer, unknown_parameters
+from random_ltd.adapters.moe import remember_kept
+from random_ltd.errors import RandomLTDError
 
 _CACHES = ("cache", "past_key_values", "past_key_value", "layer_past")
+_FLAGS = ("output_attentions",)
 
-GPT2 = LayerAdapter(
+# GPT-2 and BERT-style blocks: one mask, learned positions, optional cross-attention.
+BLOCK = LayerAdapter(
     name="gpt2",
     hidden="hidden_states",
     masks=("attention_mask",),
@@ -18,56 +26,79 @@ GPT2 = LayerAdapter(
     positions=("position_ids",),
     caches=_CACHES,
     use_cache="use_cache",
+    passthrough=("encoder_hidden_states", *_FLAGS),
 )
 
-BERT = LayerAdapter(
-    name="bert",
-    hidden="hidden_states",
-    masks=("attention_mask",),
-    query_masks=("encoder_attention_mask",),
-    positions=("position_ids",),
-    caches=_CACHES,
-    use_cache="use_cache",
-)
+VIT = LayerAdapter(name="vit", hidden="hidden_states", masks=("attention_mask",), num_prefix_tokens=1,
+                   passthrough=_FLAGS)
 
-VIT = LayerAdapter(name="vit", hidden="hidden_states", masks=("attention_mask",), num_prefix_tokens=1)
+# Rotary decoders: cos/sin computed once for all layers, gathered with the tokens.
+LLAMA = dataclasses.replace(BLOCK, name="llama", query_masks=(), position_pairs=("position_embeddings",),
+                            passthrough=_FLAGS)
 
-LLAMA = LayerAdapter(
-    name="llama",
-    hidden="hidden_states",
-    masks=("attention_mask",),
-    positions=("position_ids",),
-    position_pairs=("position_embeddings",),
-    caches=_CACHES,
-    use_cache="use_cache",
-)
 
-_MODELS = "transformers.models"
+# Mixture-of-experts decoders: as Llama, and the router loss needs each layer's kept tokens.
+MOE = dataclasses.replace(LLAMA, name="moe", prepare=remember_kept)
+
+
+def _named(name: str, base: LayerAdapter = BLOCK, **fields) -> LayerAdapter:
+    return dataclasses.replace(base, name=name, **fields)
+
+
+_M = "transformers.models"
 _NAMED = {
-    f"{_MODELS}.gpt2.modeling_gpt2.GPT2Block": GPT2,
-    f"{_MODELS}.bert.modeling_bert.BertLayer": BERT,
-    f"{_MODELS}.roberta.modeling_roberta.RobertaLayer": BERT,
-    f"{_MODELS}.xlm_roberta.modeling_xlm_roberta.XLMRobertaLayer": BERT,
-    f"{_MODELS}.vit.modeling_vit.ViTLayer": VIT,
-    f"{_MODELS}.deit.modeling_deit.DeiTLayer": LayerAdapter(
-        name="deit", hidden="hidden_states", masks=("attention_mask",), num_prefix_tokens=2
-    ),
-    f"{_MODELS}.llama.modeling_llama.LlamaDecoderLayer": LLAMA,
+    f"{_M}.gpt2.modeling_gpt2.GPT2Block": BLOCK,
+    f"{_M}.bert.modeling_bert.BertLayer": _named("bert"),
+    f"{_M}.roberta.modeling_roberta.RobertaLayer": _named("bert"),
+    f"{_M}.xlm_roberta.modeling_xlm_roberta.XLMRobertaLayer": _named("bert"),
+    f"{_M}.vit.modeling_vit.ViTLayer": VIT,
+    f"{_M}.deit.modeling_deit.DeiTLayer": _named("deit", VIT, num_prefix_tokens=2),
+    f"{_M}.llama.modeling_llama.LlamaDecoderLayer": LLAMA,
+    f"{_M}.gpt_neox.modeling_gpt_neox.GPTNeoXLayer": _named("gpt_neox", LLAMA),
+    f"{_M}.gptj.modeling_gptj.GPTJBlock": _named("gptj", LLAMA),
+    f"{_M}.opt.modeling_opt.OPTDecoderLayer": _named("opt", query_masks=()),
+    f"{_M}.distilbert.modeling_distilbert.TransformerBlock": _named("distilbert", query_masks=()),
+    f"{_M}.modernbert.modeling_modernbert.ModernBertEncoderLayer": _named("modernbert", LLAMA),
+    f"{_M}.gpt_bigcode.modeling_gpt_bigcode.GPTBigCodeBlock": _named("gpt_bigcode"),
+    f"{_M}.gpt_neo.modeling_gpt_neo.GPTNeoBlock": _named("gpt_neo"),
+    f"{_M}.falcon.modeling_falcon.FalconDecoderLayer": _named("falcon", LLAMA, key_biases=("alibi",)),
+    f"{_M}.bloom.modeling_bloom.BloomBlock": _named("bloom", key_biases=("alibi",)),
 }
 
 
 def is_llama_style_decoder(layer_class: type) -> bool:
-    """Any transformers decoder layer that takes rotary ``position_embeddings`` (Mistral, Qwen, ...)."""
+    """Any transformers decoder layer that takes rotary ``position_embeddings`` (Mistral, Qwen, ...).
+
+    Raises ``RandomLTDError`` for such a layer whose ``forward`` takes a parameter the family
+    does not know (it could hold per-token values that would reach the short layer at full
+    length, as Falcon's ``alibi`` would).
+    """
     if not layer_class.__module__.startswith("transformers.") or not layer_class.__name__.endswith("DecoderLayer"):
         return False
     try:
         parameters = inspect.signature(layer_class.forward).parameters
     except (TypeError, ValueError):
         return False
-    return "hidden_states" in parameters and "position_embeddings" in parameters
+    if "hidden_states" not in parameters or "position_embeddings" not in parameters:
+        return False
+    unknown = unknown_parameters(LLAMA, layer_class)
+    if unknown:
+        raise RandomLTDError(
+            f"{layer_class.__name__}.forward takes {', '.join(map(repr, unknown))}, which the Llama-style family "
+            "does not know how to gather with the kept tokens; register the class with random_ltd.register_layer("
+            f"{layer_class.__name__}, ...) naming how each is gathered (masks=, positions=, key_biases=, passthrough=)"
+        )
+    return True
+
+
+def is_moe_decoder(layer_class: type) -> bool:
+    """A Llama-style decoder layer of a model with a router load-balancing loss (Mixtral, Qwen-MoE, ...)."""
+    module = sys.modules.get(layer_class.__module__)
+    return hasattr(module, "load_balancing_loss_func") and is_llama_style_decoder(layer_class)
 
 
 def register_all() -> None:
     for dotted_name, adapter in _NAMED.items():
         register_layer(dotted_name, adapter)
+    register_family(is_moe_decoder, MOE)
     register_family(is_llama_style_decoder, LLAMA)

@@ -1,0 +1,125 @@
+"""FlexAttention: the kept tokens' BlockMask, and dropping layers of a flex model against references.
+
+Flex attention has no backward on CPU: CPU tests compare training-mode forwards under
+``torch.no_grad()`` with ``use_cache=False``; the backward runs in the CUDA test.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.nn.attention.flex_attention import create_block_mask, create_mask
+
+import random_ltd
+from random_ltd import ops
+from random_ltd.attention.flex import gather_block_mask
+
+import zoo
+
+torch.set_num_threads(1)
+SEQ, BATCH, KEEP = 40, 3, 17
+
+
+def _document_padding_causal(valid: torch.Tensor, documents: torch.Tensor):
+    def mask_mod(b, h, q, kv):
+        return (kv <= q) & valid[b, kv] & (documents[b, q] == documents[b, kv])
+
+    return mask_mod
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(0)
+    valid = torch.arange(SEQ) < torch.tensor([SEQ, 9, 30])[:, None]
+    documents = torch.randint(0, 3, (BATCH, SEQ), generator=gen).sort(dim=1).values
+    indices = ops.sample_indices(BATCH, SEQ, KEEP, generator=gen)
+    return valid, documents, indices
+
+
+def test_kept_block_mask_is_the_original_mask_at_the_kept_indices():
+    valid, documents, indices = _inputs()
+    mask_mod = _document_padding_causal(valid, documents)
+    full = create_block_mask(mask_mod, BATCH, 1, SEQ, SEQ, device="cpu", BLOCK_SIZE=16)
+    kept = gather_block_mask(full, indices, SEQ)
+    assert kept.shape == (BATCH, 1, KEEP, KEEP) and kept.BLOCK_SIZE == full.BLOCK_SIZE
+    dense = create_mask(mask_mod, BATCH, 1, SEQ, SEQ, device="cpu")
+    kept_dense = create_mask(kept.mask_mod, BATCH, 1, KEEP, KEEP, device="cpu")
+    for b in range(BATCH):
+        idx = indices[b]
+        assert torch.equal(kept_dense[b, 0], dense[b, 0][idx][:, idx]), b
+
+
+def test_a_mask_shared_by_the_batch_becomes_one_per_sequence():
+    _, _, indices = _inputs()
+    causal = create_block_mask(lambda b, h, q, kv: kv <= q, 1, 1, SEQ, SEQ, device="cpu")
+    kept = gather_block_mask(causal, indices, SEQ)
+    assert kept.shape[0] == BATCH
+    kept_dense = create_mask(kept.mask_mod, BATCH, 1, KEEP, KEEP, device="cpu")
+    expected = indices[:, None, :, None] >= indices[:, None, None, :]
+    assert torch.equal(kept_dense, expected)
+
+
+def _forward(model, inputs):
+    torch.manual_seed(7)  # the same draws for models with the same apply seed
+    with torch.no_grad():
+        return model(**inputs, use_cache=False).logits
+
+
+def _kind_of_inputs(kind: str) -> dict:
+    gen = torch.Generator().manual_seed(1)
+    if kind == "packed":  # documents packed in one row: the block mask carries the document boundaries
+        inputs = zoo._packed_inputs(gen)
+        inputs.pop("use_cache")
+        return inputs
+    return zoo._lm_inputs(gen, padded=kind == "padded")
+
+
+@pytest.mark.parametrize("kind", ["plain", "padded", "packed"])
+@pytest.mark.parametrize("build", [zoo.llama, zoo.qwen3, zoo.gpt_neox], ids=lambda f: f.__name__)
+def test_flex_dropping_matches_sdpa_dropping_with_the_same_draws(build, kind):
+    torch.manual_seed(0)
+    flex = build("flex_attention").train()
+    sdpa = build("sdpa").train()
+    sdpa.load_state_dict(flex.state_dict())
+    inputs = _kind_of_inputs(kind)
+    for model in (flex, sdpa):
+        random_ltd.apply(model, keep=zoo.SEQ // 2, seed=5)
+    flex_logits, sdpa_logits = _forward(flex, inputs), _forward(sdpa, inputs)
+    rows = inputs.get("attention_mask", torch.ones(flex_logits.shape[:2])).bool()
+    torch.testing.assert_close(flex_logits[rows], sdpa_logits[rows], rtol=1e-5, atol=1e-5)
+
+
+def test_flex_at_full_keep_equals_the_unwrapped_model():
+    torch.manual_seed(0)
+    model = zoo.llama("flex_attention").train()
+    reference = copy.deepcopy(model)
+    random_ltd.apply(model, keep=zoo.SEQ)
+    inputs = zoo._lm_inputs(torch.Generator().manual_seed(2), padded=True)
+    assert torch.equal(_forward(model, inputs), _forward(reference, inputs))
+
+
+def test_flex_with_heavy_padding_and_few_kept_tokens_stays_finite():
+    torch.manual_seed(0)
+    model = zoo.llama("flex_attention").train()
+    random_ltd.apply(model, keep=3, seed=1)
+    inputs = zoo._lm_inputs(torch.Generator().manual_seed(3), padded=True)
+    inputs["attention_mask"][:, :-2] = 0
+    assert torch.isfinite(_forward(model, inputs)).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flex attention's backward needs CUDA")
+def test_flex_backward_matches_sdpa_on_cuda():
+    torch.manual_seed(0)
+    flex = zoo.llama("flex_attention").cuda().train()
+    sdpa = zoo.llama("sdpa").cuda().train()
+    sdpa.load_state_dict(flex.state_dict())
+    inputs = {k: v.cuda() for k, v in zoo._lm_inputs(torch.Generator().manual_seed(1), padded=True).items()}
+    grads = []
+    for model in (flex, sdpa):
+        random_ltd.apply(model, keep=zoo.SEQ // 2, seed=5)
+        torch.manual_seed(1)
+        zoo._lm_loss(model, inputs).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5)
