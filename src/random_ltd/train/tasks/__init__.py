@@ -37,7 +37,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         resolved = dataclasses.replace(resolved, checkpoint_every=resolved.eval_every)
     _check_kept(resolved)
     if resolved.task != "finetune" and (resolved.lora or resolved.lora_rank or resolved.lora_targets):
-        raise ConfigError("lora", "applies only to --task finetune (a pretrained model)")
+        raise flag_error("lora", "applies only to --task finetune (a pretrained model)")
     task_class.check(resolved)
     return resolved
 
