@@ -96,10 +96,12 @@ class RandomLTDLayerMixin:
         hidden_name = state.adapter.hidden or next(iter(state.signature.parameters))
         hidden = arguments.get(hidden_name)
         batch_first = state.adapter.batch_first is None or state.adapter.batch_first(self)
-        tokens = hidden if batch_first else hidden.transpose(0, 1)
-        batch, seq_len = tokens.shape[:2]
+        batch, seq_len = hidden.shape[:2] if batch_first else hidden.shape[1::-1]
         if keep >= seq_len or self._cache_holds_tokens(state, arguments):
             return super().forward(*args, **kwargs)
+        layout = _sharded_layout(hidden, batch_first)  # sequence parallel: DTensor hidden states
+        hidden = hidden if layout is None else layout.to_full(hidden)
+        tokens = hidden if batch_first else hidden.transpose(0, 1)
 
         if torch.compiler.is_compiling():
             indices = _sample_outside_graphs(self, state, batch, seq_len, keep, tokens.device)
@@ -107,10 +109,11 @@ class RandomLTDLayerMixin:
             indices = self._sample(state, batch, seq_len, keep, tokens.device)
         flat = ops.flat_indices(indices, seq_len)
         kept, passthrough = ops.split_tokens(tokens, flat, keep)
-        arguments.set_if_present(hidden_name, kept if batch_first else kept.transpose(0, 1))
+        kept = kept if batch_first else kept.transpose(0, 1)
+        arguments.set_if_present(hidden_name, kept if layout is None else layout.to_sharded(kept))
         _gather_inputs(self, state.adapter, arguments, indices, seq_len)
         output = super().forward(*arguments.bound.args, **arguments.bound.kwargs)
-        return _replace_hidden(output, passthrough, flat, batch_first, merge=ops.merge_tokens)
+        return _replace_hidden(output, passthrough, flat, batch_first, merge=ops.merge_tokens, layout=layout)
 
     def _sample(self, state: LayerState, batch: int, seq_len: int, keep: int, device) -> torch.Tensor:
         control = state.control
@@ -132,6 +135,15 @@ class RandomLTDLayerMixin:
             if held > 0:
                 return True
         return False
+
+
+def _sharded_layout(hidden: torch.Tensor, batch_first: bool):
+    """A ``DTensor``'s layout (sequence parallel), else ``None``; see integrations/tensor_parallel.py."""
+    if type(hidden) is torch.Tensor:
+        return None
+    from random_ltd.integrations.tensor_parallel import ShardedLayout  # noqa: PLC0415  (import cycle)
+
+    return ShardedLayout.of(hidden, sequence_dim=1 if batch_first else 0)
 
 
 # torch.compiler.disable, but importing torch._dynamo only when the function is first called
@@ -187,16 +199,18 @@ def _check_tensor_mask(name: str, mask) -> None:
         )
 
 
-def _replace_hidden(output, tokens: torch.Tensor, flat: torch.Tensor, batch_first: bool, merge=None):
+def _replace_hidden(output, tokens: torch.Tensor, flat: torch.Tensor, batch_first: bool, merge=None, layout=None):
     """Scatter the layer's short output into the full sequence, keeping the output's structure.
 
     ``merge`` is ``ops.merge_tokens`` when ``tokens`` is the passthrough of ``ops.split_tokens``;
-    by default ``ops.scatter_tokens``.
+    by default ``ops.scatter_tokens``. ``layout``: the input's sequence-parallel layout, if any.
     """
     short = output if isinstance(output, torch.Tensor) else output[0]
+    short = short if layout is None else layout.to_full(short)
     short = short if batch_first else short.transpose(0, 1)
     full = (merge or ops.scatter_tokens)(tokens, short, flat)
     full = full if batch_first else full.transpose(0, 1)
+    full = full if layout is None else layout.to_sharded(full)
     if isinstance(output, torch.Tensor):
         return full
     return type(output)((full, *output[1:])) if isinstance(output, tuple) else [full, *output[1:]]
