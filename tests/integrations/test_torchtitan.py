@@ -187,3 +187,23 @@ def test_converter_validates_its_schedule_and_selection():
     converter = ltd_titan.RandomLTDConverter.Config(seq_len=32, start=8, increment=8, every_steps=1, layers="9").build()
     with pytest.raises(random_ltd.RandomLTDError, match="out of range"):
         converter.convert(debug_model_config(None))
+
+
+class Optimizers(list):
+    """torchtitan's optimizer container as the LR container sees it: a list of optimizers with attributes."""
+
+
+def test_resume_restores_the_kept_length_and_the_learning_rate_of_the_saved_step(sdpa_model):
+    ltd = ltd_titan.RandomLTDConverter.Config(seq_len=32, start=8, increment=8, every_steps=1)
+    handle = random_ltd.get_handle(sdpa_model)
+    optimizers = Optimizers([torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)])
+    optimizers.register_step_post_hook = lambda hook: None
+    parallel_dims = type("ParallelDims", (), {"dp_enabled": False})()
+    stepper = ltd_titan.post_optimizer_build(optimizers, [sdpa_model], parallel_dims, ltd=ltd)
+    lr_config = ltd_titan.LayerTokenLRSchedulers.Config(warmup_steps=0, decay_type="linear", ltd=ltd, num_layers=6)
+    schedulers = lr_config.build(optimizers=optimizers, training_steps=4)
+    assert handle.keep == 8 and stepper.step == 0
+    schedulers.load_state_dict({"last_epoch": 2})
+    assert stepper.step == 2 and handle.keep == 24
+    expected = ltd_titan.layer_token_lr_lambda(ltd, 6, 4, 0, "linear", 0.0)(2)
+    assert schedulers.schedulers[0].get_last_lr()[0] == pytest.approx(expected) and 0 < expected < 1

@@ -18,7 +18,8 @@
   microbatch and gradient-accumulation pass of a step uses the same length), and gives each
   data-parallel group its own seed (torchtitan seeds every DP and TP rank alike).
 - **LR**: ``LayerTokenLRSchedulers`` replaces the trainer's LR schedule by the LayerToken one
-  (paper Section 3.3): warmup then decay over the layer-tokens the schedule will consume.
+  (paper Section 3.3): warmup then decay over the layer-tokens the schedule will consume. On
+  resume from a torchtitan checkpoint it restores the step, hence the LR and the kept length.
 
 Attention: torchtitan's language models build a FlexAttention ``BlockMask`` from the token
 positions; a dropping block rebuilds it for its kept tokens (``mask_mod`` on the kept positions).
@@ -134,6 +135,10 @@ class KeptLengthStepper:
         self.handles, self.schedule, self.step = handles, schedule, 0
         self._apply()
 
+    def resume(self, step: int) -> None:
+        self.step = step
+        self._apply()
+
     def _apply(self) -> None:
         kept = self.schedule(self.step)
         for handle in self.handles:
@@ -157,6 +162,7 @@ def post_optimizer_build(optimizers: Any, model_parts: list, parallel_dims: Any,
         handle.load_state_dict({**handle.state_dict(), "seed": rank_seed(ltd.seed, dp_index)})
     stepper = KeptLengthStepper(handles, ltd.schedule())
     optimizers.register_step_post_hook(stepper.advance)
+    optimizers.random_ltd_stepper = stepper  # LayerTokenLRSchedulers restores its step on resume
     return stepper
 
 
@@ -182,6 +188,16 @@ class LayerTokenLRSchedulers(LRSchedulersContainer):
             factor = layer_token_lr_lambda(self.ltd, self.num_layers, total_steps, self.warmup_steps,
                                            self.decay_type, self.min_lr_factor)
             return LayerTokenLRSchedulers(optimizers, factor)
+
+    def __init__(self, optimizers: Any, lr_lambda: Callable) -> None:
+        super().__init__(optimizers, lr_lambda)
+        self.stepper = getattr(optimizers, "random_ltd_stepper", None)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torchtitan's resume: the LR from the saved step, and the kept length of that step."""
+        super().load_state_dict(state_dict)
+        if self.stepper is not None:
+            self.stepper.resume(state_dict["last_epoch"])
 
 
 def layer_token_lr_lambda(ltd: RandomLTDConverter.Config, num_layers: int, total_steps: int, warmup_steps: int,
