@@ -19,13 +19,13 @@ torch.set_num_threads(1)
 @pytest.fixture
 def drawn(monkeypatch):
     record = []
-    original = ops.sample_indices
+    original = ops.keep_top
 
     def spy(*args, **kwargs):
         record.append(original(*args, **kwargs))
         return record[-1]
 
-    monkeypatch.setattr(ops, "sample_indices", spy)
+    monkeypatch.setattr(ops, "keep_top", spy)
     return record
 
 
@@ -110,11 +110,15 @@ def test_state_dict_round_trip_and_dtype_move():
 
 
 def test_same_seed_same_indices_different_layers_differ(drawn):
+    """Draws are a function of the seed and torch's default stream (seeded alike before each run)."""
     first = random_ltd.apply(zoo.gpt2().train(), keep=5, seed=42)
+    torch.manual_seed(0)
     first.model(_ids())
     second = random_ltd.apply(zoo.gpt2().train(), keep=5, seed=42)
+    torch.manual_seed(0)
     second.model(_ids())
     third = random_ltd.apply(zoo.gpt2().train(), keep=5, seed=43)
+    torch.manual_seed(0)
     third.model(_ids())
     assert torch.equal(drawn[0], drawn[2]) and torch.equal(drawn[1], drawn[3])
     assert not torch.equal(drawn[0], drawn[1]), "layers must draw independently"
@@ -128,10 +132,11 @@ def test_handle_state_resumes_the_index_stream(drawn):
     handle = random_ltd.apply(model, keep=5, seed=1)
     for _ in range(3):
         model(_ids())
-    saved = handle.state_dict()
+    saved, saved_rng = handle.state_dict(), torch.get_rng_state()
     model(_ids())
     resumed = random_ltd.apply(zoo.gpt2().train(), keep=None, seed=999)
     resumed.load_state_dict(saved)
+    torch.set_rng_state(saved_rng)
     resumed.model(_ids())
     assert resumed.keep == 5
     assert torch.equal(drawn[6], drawn[8]) and torch.equal(drawn[7], drawn[9])
@@ -146,6 +151,7 @@ def test_gradient_checkpointing_replays_the_same_indices(reentrant):
     for m in (model, checkpointed):
         random_ltd.apply(m, keep=5, seed=3)
         m.zero_grad()
+        torch.manual_seed(1)  # the same default stream, hence the same draws, in both models
         m(_ids(), labels=_ids()).loss.backward()
     for (name, p), q in zip(model.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
@@ -165,7 +171,9 @@ def test_positional_and_keyword_calls_agree():
     hidden = torch.randn(2, zoo.SEQ, 32)
     positions = torch.arange(zoo.SEQ).unsqueeze(0)
     rotary = model.model.rotary_emb(hidden, positions)
+    torch.manual_seed(1)
     by_keyword = layer(hidden_states=hidden, position_embeddings=rotary, position_ids=positions)
+    torch.manual_seed(1)
     by_position = layer(hidden, None, positions, None, False, rotary)
     assert torch.equal(by_keyword, by_position)
     assert handle.keep == 6
@@ -217,3 +225,64 @@ def test_remove_refuses_to_undo_a_class_swapped_in_after_apply():
         random_ltd.remove(model)
     assert random_ltd.get_handle(model) is not None, "a refused remove leaves the model as it was"
     assert type(model.transformer.h[2]).__qualname__.startswith("RandomLTD[")
+
+
+def _snapshot(model):
+    return [type(m) for m in model.modules()], dict(model._forward_pre_hooks), set(vars(model))
+
+
+@pytest.mark.parametrize("arguments", [
+    {"keep": 0}, {"keep": -3}, {"keep": 2.5}, {"keep": True}, {"seed": "abc"}, {"seed": 1.0}, {"seed": True},
+    {"layers": "1:x"}, {"layers": [9]}, {"stack": "nowhere"}, {"protect_positions": "0"},
+    {"protect_ids": [1.5]}, {"keep_prefix_tokens": "yes"},
+])
+def test_a_refused_apply_leaves_the_model_exactly_as_it_was(arguments):
+    model = zoo.llama().train()
+    before = _snapshot(model)
+    with pytest.raises(random_ltd.RandomLTDError):
+        random_ltd.apply(model, **arguments)
+    assert _snapshot(model) == before
+    assert random_ltd.get_handle(model) is None
+    with pytest.raises(random_ltd.RandomLTDError, match="not applied"):
+        random_ltd.remove(model)
+    handle = random_ltd.apply(model, keep=4)  # and a valid apply still works
+    model(_ids()).logits.sum().backward()
+    assert handle.keep == 4
+
+
+@pytest.mark.parametrize("not_a_model", ["not a model", None, 3, torch.zeros(2)])
+def test_apply_to_a_non_module_is_a_clear_error(not_a_model):
+    with pytest.raises(random_ltd.RandomLTDError, match="torch.nn.Module"):
+        random_ltd.apply(not_a_model)
+
+
+def test_apply_refuses_layers_already_wrapped_by_tokenbypass():
+    from random_ltd import tokenbypass
+
+    model = zoo.gpt2()
+    tokenbypass.apply(model, layers="1:3")
+    before = _snapshot(model)
+    with pytest.raises(random_ltd.RandomLTDError, match="already wrapped"):
+        random_ltd.apply(model)
+    assert _snapshot(model) == before
+
+
+def test_protected_positions_and_ids_are_always_kept(drawn):
+    model = zoo.gpt2().train()
+    random_ltd.apply(model, keep=5, protect_positions=(0, -1), protect_ids=(7,), seed=2)
+    ids = _ids()
+    ids[0, 3] = ids[1, 9] = 7
+    ids[ids == 7] = 7
+    model(ids)
+    last = zoo.SEQ - 1
+    for indices in drawn:
+        for row in range(2):
+            protected = {0, last} | set((ids[row] == 7).nonzero().flatten().tolist())
+            assert protected <= set(indices[row].tolist()), (row, indices[row])
+
+
+def test_keep_prefix_tokens_is_protecting_the_prefix_positions(drawn):
+    model = zoo.vit().train()
+    random_ltd.apply(model, keep=3, keep_prefix_tokens=True, seed=4)
+    model(pixel_values=torch.randn(2, 1, 8, 8))
+    assert drawn and all((indices[:, 0] == 0).all() for indices in drawn)

@@ -1,36 +1,42 @@
-"""The dropping layer: a subclass swapped in for the original layer class (no new module).
+"""The dropping layer: the layer's own class with a ``forward`` that runs it on the kept tokens.
 
-``wrap_layer`` sets ``layer.__class__`` to a subclass of the layer's own class whose ``forward``
-gathers the kept tokens (with masks and positions), calls the original ``forward`` on them and
-scatters the result back. Parameters, buffers, ``state_dict`` keys, hooks matched by
-``isinstance`` (Hugging Face's ``output_hidden_states``) and gradient checkpointing all stay.
+``wrap_layer`` swaps the layer's class (``random_ltd.swap``) for one whose ``forward``
+1. binds the call's arguments by name (``random_ltd.calls``),
+2. asks the model's selection strategy which tokens to keep (``random_ltd.selection``),
+3. splits the hidden states into kept tokens and the rest (``ops.split_tokens``),
+4. gathers masks, positions and caches to the kept tokens (``random_ltd.inputs``),
+5. calls the original ``forward`` on them and merges its output back (``ops.merge_tokens``):
+   dropped tokens pass through unchanged.
+Random-LTD, protected tokens and TokenBypass differ only in the strategy of step 2.
 """
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import torch
 import torch.nn as nn
 
-from random_ltd import ops
+from random_ltd import ops, swap
 from random_ltd.adapters.base import LayerAdapter
-from random_ltd.errors import RandomLTDError
-from random_ltd.rng import GeneratorPool, derive_seed
+from random_ltd.calls import CallPlan, LayerCall
+from random_ltd.inputs import gather_inputs
+from random_ltd.selection import ForwardContext, Selection
+
+_STATE_ATTR = "_random_ltd_state"
 
 
 @dataclasses.dataclass
 class DropControl:
-    """State shared by every wrapped layer of one model; owned by its ``RandomLTDHandle``.
+    """Shared by every wrapped layer of one model; owned by its handle.
 
-    ``keep`` is the kept length (``None``: no dropping). ``forward_count`` counts forward passes
-    of the root model; with ``seed`` and a layer's position it determines the layer's indices.
+    ``keep`` is the kept length (``None``: no dropping), ``selection`` the strategy choosing the
+    kept tokens, ``context`` what the model's inputs told the strategy about this forward pass
+    (only for strategies with ``needs_context``).
     """
 
-    seed: int
+    selection: Selection
     keep: int | None = None
-    forward_count: int = 0
-    keep_prefix_tokens: bool = False
+    context: ForwardContext = dataclasses.field(default_factory=ForwardContext)
 
 
 @dataclasses.dataclass
@@ -39,18 +45,8 @@ class LayerState:
     position: int
     control: DropControl
     original_class: type
-    signature: inspect.Signature
-    generators: GeneratorPool = dataclasses.field(default_factory=GeneratorPool)
+    plan: CallPlan
     cache_layer_idx: int | None = None
-
-
-_SUBCLASSES: dict[type, type] = {}
-_STATE_ATTR = "_random_ltd_state"
-
-
-def _forward_signature(cls: type) -> inspect.Signature:
-    signature = inspect.signature(cls.forward)
-    return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
 def _find_layer_idx(layer: nn.Module) -> int | None:
@@ -61,80 +57,36 @@ def _find_layer_idx(layer: nn.Module) -> int | None:
     return None
 
 
-class _Arguments:
-    """Named view over bound call arguments, including names that travel in ``**kwargs``."""
-
-    def __init__(self, bound: inspect.BoundArguments) -> None:
-        self.bound = bound
-        self.var_keyword = next(
-            (p.name for p in bound.signature.parameters.values() if p.kind is p.VAR_KEYWORD), None
-        )
-
-    def _home(self, name: str) -> dict:
-        if name in self.bound.arguments or self.var_keyword is None:
-            return self.bound.arguments
-        return self.bound.arguments.setdefault(self.var_keyword, {})
-
-    def get(self, name: str):
-        return self._home(name).get(name)
-
-    def set_if_present(self, name: str, value) -> None:
-        home = self._home(name)
-        if name in home:
-            home[name] = value
-
-
-class RandomLTDLayerMixin:
+class RandomLTDLayerMixin(swap.SwappedModule):
     """Placed first in the MRO of the swapped-in class; see the module docstring."""
+
+    _swap_label = "RandomLTD"
 
     def forward(self, *args, **kwargs):
         state: LayerState = self.__dict__[_STATE_ATTR]
-        keep = state.control.keep
+        control = state.control
+        keep = control.keep
         if not self.training or keep is None:
             return super().forward(*args, **kwargs)
-        arguments = _Arguments(state.signature.bind(*args, **kwargs))
-        hidden_name = state.adapter.hidden or next(iter(state.signature.parameters))
-        hidden = arguments.get(hidden_name)
-        batch_first = state.adapter.batch_first is None or state.adapter.batch_first(self)
-        batch, seq_len = hidden.shape[:2] if batch_first else hidden.shape[1::-1]
-        if keep >= seq_len or self._cache_holds_tokens(state, arguments):
+        call = LayerCall(state.plan, args, kwargs)
+        hidden_name = state.adapter.hidden or state.plan.first()
+        hidden = call.get(hidden_name)
+        batch_first = _batch_first(self, state.adapter)
+        seq_len = hidden.shape[1] if batch_first else hidden.shape[0]
+        if keep >= seq_len or _cache_holds_tokens(state, call):
             return super().forward(*args, **kwargs)
         layout = _sharded_layout(hidden, batch_first)  # sequence parallel: DTensor hidden states
         hidden = hidden if layout is None else layout.to_full(hidden)
         tokens = hidden if batch_first else hidden.transpose(0, 1)
+        context = control.context.for_layer(state.position, hidden) if control.selection.needs_context else None
+        indices = control.selection(state.position, tokens, keep, context)
+        if indices is None or indices.shape[1] >= tokens.shape[1]:
+            return super().forward(*args, **kwargs)
+        return _forward_on_kept(self, state, call, hidden_name, tokens, indices, batch_first, layout)
 
-        if torch.compiler.is_compiling():
-            indices = _sample_outside_graphs(self, state, batch, seq_len, keep, tokens.device)
-        else:
-            indices = self._sample(state, batch, seq_len, keep, tokens.device)
-        flat = ops.flat_indices(indices, seq_len)
-        kept, passthrough = ops.split_tokens(tokens, flat, keep)
-        kept = kept if batch_first else kept.transpose(0, 1)
-        arguments.set_if_present(hidden_name, kept if layout is None else layout.to_sharded(kept))
-        _gather_inputs(self, state.adapter, arguments, indices, seq_len)
-        output = super().forward(*arguments.bound.args, **arguments.bound.kwargs)
-        return _replace_hidden(output, passthrough, flat, batch_first, merge=ops.merge_tokens, layout=layout)
 
-    def _sample(self, state: LayerState, batch: int, seq_len: int, keep: int, device) -> torch.Tensor:
-        control = state.control
-        seed = derive_seed(control.seed, state.position, control.forward_count)
-        generator = state.generators.seeded(device, seed)
-        prefix = state.adapter.num_prefix_tokens if control.keep_prefix_tokens else 0
-        return ops.sample_indices(batch, seq_len, keep, generator=generator, device=device, num_prefix=min(prefix, keep))
-
-    def _cache_holds_tokens(self, state: LayerState, arguments: _Arguments) -> bool:
-        """True while generating: the cache already holds this layer's keys and values."""
-        for name in state.adapter.caches:
-            cache = arguments.get(name)
-            if cache is None or not hasattr(cache, "get_seq_length"):
-                continue
-            if not torch.is_grad_enabled():
-                return True
-            layer_idx = state.cache_layer_idx
-            held = cache.get_seq_length(layer_idx) if layer_idx is not None else cache.get_seq_length()
-            if held > 0:
-                return True
-        return False
+def _batch_first(layer: nn.Module, adapter: LayerAdapter) -> bool:
+    return adapter.batch_first is None or adapter.batch_first(layer)
 
 
 def _sharded_layout(hidden: torch.Tensor, batch_first: bool):
@@ -146,69 +98,28 @@ def _sharded_layout(hidden: torch.Tensor, batch_first: bool):
     return ShardedLayout.of(hidden, sequence_dim=1 if batch_first else 0)
 
 
-# torch.compiler.disable, but importing torch._dynamo only when the function is first called
-# (under torch.compile): at import time it would cost every ``import random_ltd`` seconds.
-_disable_dynamo = getattr(torch, "_disable_dynamo", None) or torch.compiler.disable
+def _forward_on_kept(layer, state: LayerState, call: LayerCall, hidden_name: str, tokens: torch.Tensor,
+                     indices: torch.Tensor, batch_first: bool, layout=None):
+    seq_len = tokens.shape[1]
+    flat = ops.flat_indices(indices, seq_len)
+    kept, passthrough = ops.split_tokens(tokens, flat, indices.shape[1])
+    kept = kept if batch_first else kept.transpose(0, 1)
+    call[hidden_name] = kept if layout is None else layout.to_sharded(kept)
+    gather_inputs(layer, state.adapter, call, indices, seq_len)
+    output = call.call(state.original_class.forward, layer)
+    return replace_hidden(output, passthrough, flat, batch_first, layout)
 
 
-@_disable_dynamo
-def _sample_outside_graphs(layer: RandomLTDLayerMixin, *args) -> torch.Tensor:
-    """``layer._sample`` run eagerly under torch.compile: seeding a generator cannot be traced,
-    and tracing the seed arithmetic would guard on the forward count (a recompile per step)."""
-    return layer._sample(*args)
+def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_first: bool, layout=None):
+    """Merge the layer's short output into the full sequence, keeping the output's structure.
 
-
-def _gather_inputs(
-    layer: nn.Module, adapter: LayerAdapter, arguments: _Arguments, indices: torch.Tensor, seq_len: int
-) -> None:
-    for name in adapter.masks:
-        mask = arguments.get(name)
-        if mask is not None:
-            _check_tensor_mask(name, mask)
-            gathered = ops.gather_mask(mask, indices)
-            arguments.set_if_present(name, ops.attend_somewhere(gathered, adapter.bool_means_keep))
-    for name in adapter.query_masks:
-        mask = arguments.get(name)
-        if mask is not None and mask.shape[-2] == seq_len:
-            arguments.set_if_present(name, ops.gather_sequence(mask, indices, dim=mask.dim() - 2))
-    for name in adapter.padding_masks:
-        mask = arguments.get(name)
-        if mask is not None:
-            arguments.set_if_present(name, ops.attend_somewhere(ops.gather_sequence(mask, indices), adapter.bool_means_keep))
-    for name in adapter.positions:
-        positions = arguments.get(name)
-        if positions is not None:
-            arguments.set_if_present(name, ops.gather_sequence(positions, indices))
-    for name in adapter.position_pairs:
-        pair = arguments.get(name)
-        if pair is not None:
-            arguments.set_if_present(name, tuple(ops.gather_sequence(part, indices) for part in pair))
-    for name in adapter.caches:
-        arguments.set_if_present(name, None)
-    if adapter.use_cache:
-        arguments.set_if_present(adapter.use_cache, False)
-    if adapter.prepare is not None:
-        adapter.prepare(layer, arguments.bound.arguments, indices)
-
-
-def _check_tensor_mask(name: str, mask) -> None:
-    if not isinstance(mask, torch.Tensor):
-        raise RandomLTDError(
-            f"{name} is a {type(mask).__name__}, not a tensor: this attention implementation (e.g. flex "
-            "attention's BlockMask) is not supported; use attn_implementation='sdpa' or 'eager'"
-        )
-
-
-def _replace_hidden(output, tokens: torch.Tensor, flat: torch.Tensor, batch_first: bool, merge=None, layout=None):
-    """Scatter the layer's short output into the full sequence, keeping the output's structure.
-
-    ``merge`` is ``ops.merge_tokens`` when ``tokens`` is the passthrough of ``ops.split_tokens``;
-    by default ``ops.scatter_tokens``. ``layout``: the input's sequence-parallel layout, if any.
+    ``layout``: the input's sequence-parallel layout, if any (the output is gathered, merged and
+    sharded back like the input).
     """
     short = output if isinstance(output, torch.Tensor) else output[0]
     short = short if layout is None else layout.to_full(short)
     short = short if batch_first else short.transpose(0, 1)
-    full = (merge or ops.scatter_tokens)(tokens, short, flat)
+    full = ops.merge_tokens(passthrough, short, flat)
     full = full if batch_first else full.transpose(0, 1)
     full = full if layout is None else layout.to_sharded(full)
     if isinstance(output, torch.Tensor):
@@ -216,48 +127,38 @@ def _replace_hidden(output, tokens: torch.Tensor, flat: torch.Tensor, batch_firs
     return type(output)((full, *output[1:])) if isinstance(output, tuple) else [full, *output[1:]]
 
 
-def dropping_class(original: type) -> type:
-    """The (cached) subclass of ``original`` that drops tokens; same name, so reprs read alike."""
-    subclass = _SUBCLASSES.get(original)
-    if subclass is None:
-        subclass = type(original.__name__, (RandomLTDLayerMixin, original), {"__module__": __name__})
-        subclass.__qualname__ = f"RandomLTD[{original.__qualname__}]"
-        _SUBCLASSES[original] = subclass
-    return subclass
+def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
+    """True while generating: a cache is passed and it already holds (or, with gradients off,
+    is about to receive) this layer's keys and values. See the README's no-grad rule."""
+    for name in state.adapter.caches:
+        cache = call.get(name)
+        if cache is None or not hasattr(cache, "get_seq_length"):
+            continue
+        if not torch.is_grad_enabled():
+            return True
+        layer_idx = state.cache_layer_idx
+        held = cache.get_seq_length(layer_idx) if layer_idx is not None else cache.get_seq_length()
+        if held > 0:
+            return True
+    return False
 
 
 def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: DropControl) -> None:
-    original = type(layer)
-    state = LayerState(
-        adapter=adapter,
-        position=position,
-        control=control,
-        original_class=original,
-        signature=_forward_signature(original),
-        cache_layer_idx=_find_layer_idx(layer),
-    )
-    layer.__dict__[_STATE_ATTR] = state
-    layer.__class__ = dropping_class(original)
+    state = LayerState(adapter, position, control, original_class=type(layer), plan=CallPlan.of(type(layer)),
+                       cache_layer_idx=_find_layer_idx(layer))
+    swap.swap(layer, RandomLTDLayerMixin, _STATE_ATTR, state)
 
 
 def unwrap_layer(layer: nn.Module) -> None:
-    check_unwrappable(layer)
-    state: LayerState = layer.__dict__.pop(_STATE_ATTR)
-    layer.__class__ = state.original_class
+    swap.restore(layer, RandomLTDLayerMixin, _STATE_ATTR)
 
 
 def check_unwrappable(layer: nn.Module) -> None:
-    state: LayerState = layer.__dict__[_STATE_ATTR]
-    if type(layer) is not dropping_class(state.original_class):
-        raise RandomLTDError(
-            f"the class of this {state.original_class.__name__} was changed after random-LTD was applied "
-            f"(now {type(layer).__name__}, e.g. by fully_shard): restoring it would undo that change. "
-            "Apply random-LTD after such wrapping (see random_ltd.integrations.distributed.shard_layers)"
-        )
+    swap.check_restorable(layer, RandomLTDLayerMixin)
 
 
 def is_wrapped(layer: nn.Module) -> bool:
-    return _STATE_ATTR in layer.__dict__
+    return swap.swapped_by(layer, _STATE_ATTR)
 
 
 def layer_state(layer: nn.Module) -> LayerState:

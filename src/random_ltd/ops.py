@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "keep_top",
     "sample_indices",
     "flat_indices",
     "gather_tokens",
@@ -20,6 +21,15 @@ __all__ = [
     "gather_mask",
     "attend_somewhere",
 ]
+
+
+def keep_top(keys: torch.Tensor, keep: int) -> torch.Tensor:
+    """The positions of the ``keep`` largest of ``(B, s)`` keys, sorted ascending: ``(B, keep)`` int64.
+
+    With i.i.d. keys this is a uniform ``keep``-subset. Sorting keeps the relative order of
+    tokens, which is what makes a causal layer on the subsequence causal again.
+    """
+    return keys.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values
 
 
 def sample_indices(
@@ -33,20 +43,14 @@ def sample_indices(
 ) -> torch.Tensor:
     """A uniformly random ``keep``-subset of ``range(seq_len)`` per sequence, sorted ascending.
 
-    The top-``k`` of i.i.d. uniform keys is a uniform ``k``-subset. Sorting keeps the relative
-    order of tokens, which is what makes a causal layer on the subsequence causal again.
     With ``num_prefix > 0`` the first ``num_prefix`` positions (e.g. a ViT's CLS token) are
     always kept and the rest is drawn from the remaining positions. Returns ``(B, keep)`` int64.
     """
     if not (0 <= num_prefix <= keep <= seq_len and keep >= 1):
         raise ValueError(f"need 0 <= num_prefix ({num_prefix}) <= keep ({keep}) <= seq_len ({seq_len}) and keep >= 1")
-    keys = torch.rand(batch, seq_len - num_prefix, generator=generator, device=device)
-    drawn = keys.topk(keep - num_prefix, dim=1, sorted=False).indices
-    drawn = drawn.sort(dim=1).values
-    if num_prefix == 0:
-        return drawn
-    prefix = torch.arange(num_prefix, device=drawn.device).expand(batch, num_prefix)
-    return torch.cat([prefix, drawn + num_prefix], dim=1)
+    keys = torch.rand(batch, seq_len, generator=generator, device=device)
+    keys[:, :num_prefix] = 2.0  # above every uniform key: chosen first
+    return keep_top(keys, keep)
 
 
 def flat_indices(indices: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -165,16 +169,10 @@ def attend_somewhere(mask: torch.Tensor, bool_means_keep: bool = True) -> torch.
     True = attend; PyTorch ``nn.MultiheadAttention``: True = blocked); float masks are additive,
     a value at or below half the dtype's minimum counting as blocked. No host sync.
     """
-    if mask.dtype == torch.bool:
-        blocked = ~mask if bool_means_keep else mask
-        allowed = torch.tensor(bool_means_keep, device=mask.device)
-    else:
-        blocked = mask <= torch.finfo(mask.dtype).min / 2
-        allowed = torch.zeros((), dtype=mask.dtype, device=mask.device)
-    empty = blocked.all(dim=-1, keepdim=True)
+    blocked = (~mask if bool_means_keep else mask) if mask.dtype == torch.bool else mask <= torch.finfo(mask.dtype).min / 2
+    release = blocked.all(dim=-1, keepdim=True)
     if mask.dim() >= 3 and mask.shape[-1] == mask.shape[-2]:
-        eye = torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
-        release = empty & eye
-    else:
-        release = empty
-    return torch.where(release, allowed, mask)
+        release = release & torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
+    if mask.dtype == torch.bool:  # Python scalars, not tensors made on the host: no copy to the device
+        return mask | release if bool_means_keep else mask & ~release
+    return mask.masked_fill(release, 0.0)

@@ -1,16 +1,27 @@
-"""Counter-based seeding: each layer's indices are a pure function of (seed, layer, forward count).
+"""Where random-LTD's randomness comes from: torch's default generator, mixed with a seed.
 
-Why not one stateful generator per layer: gradient checkpointing runs a layer's forward twice
-(once more during backward) and restores only the global RNG; a stateful generator would draw
-different indices on the replay and silently corrupt the gradients. Deriving the seed from
-explicit counters makes the replay draw the same indices, keeps layers independent of the
-order they run in, and makes resume a matter of restoring two integers.
+Each dropping layer draws its sort keys from torch's *default* generator of the hidden states'
+device, the stream dropout uses, and hashes them with the layer's seed (``apply``'s seed and
+the layer's position). Why the default generator: gradient checkpointing saves and restores it
+around a replayed forward (as it must for dropout), so a recomputed layer draws exactly the keys
+of the forward it replays, whatever the order of forwards and backwards (several forwards, then
+one backward of their sum; forward A, forward B, backward B, backward A). A private counter or
+generator moves on between the forward and its replay and would silently change the draw.
+Why the seed on top: ranks that share a default stream (data-parallel ranks are usually seeded
+alike) still draw different tokens when their seeds differ, and ranks of a tensor-parallel group
+draw alike when their seeds agree.
+
+The hash is integer tensor arithmetic on the device (no host sync, traceable by
+``torch.compile``): 32-bit words held in int64, multiplied by constants below 2**31 so that no
+product overflows.
 """
 from __future__ import annotations
 
 import torch
 
 _MASK64 = (1 << 64) - 1
+_MASK32 = 0xFFFFFFFF
+KEY_LIMIT = 1 << 32  # every key is below this; a key equal to it is chosen before any drawn key
 
 
 def _splitmix64(value: int) -> int:
@@ -28,16 +39,21 @@ def derive_seed(*counters: int) -> int:
     return state >> 1
 
 
-class GeneratorPool:
-    """One ``torch.Generator`` per device, reseeded on every use (allocation happens once)."""
+def mix32(words: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash (xorshift-multiply rounds) of int64 tensors in [0, 2**32)."""
+    words = words ^ (words >> 16)
+    words = (words * 0x7FEB352D) & _MASK32
+    words = words ^ (words >> 15)
+    words = (words * 0x2C1B3C6D) & _MASK32
+    return words ^ (words >> 16)
 
-    def __init__(self) -> None:
-        self._by_device: dict[torch.device, torch.Generator] = {}
 
-    def seeded(self, device: torch.device, seed: int) -> torch.Generator:
-        generator = self._by_device.get(device)
-        if generator is None:
-            generator = torch.Generator(device=device)
-            self._by_device[device] = generator
-        generator.manual_seed(seed)
-        return generator
+def uniform_keys(seed: int, stream: int, batch: int, seq_len: int, device: torch.device) -> torch.Tensor:
+    """``(batch, seq_len)`` int64 sort keys in ``[0, KEY_LIMIT)``, i.i.d. uniform in effect.
+
+    Consumes ``batch * seq_len`` values of torch's default generator of ``device``; ``seed``
+    and ``stream`` (a layer's position) select a per-position hash table mixed into them.
+    """
+    table = mix32(torch.arange(seq_len, device=device) ^ (derive_seed(seed, stream) & _MASK32))
+    drawn = torch.randint(0, KEY_LIMIT, (batch, seq_len), device=device)
+    return mix32(drawn ^ table)

@@ -11,6 +11,8 @@ import torch.nn as nn
 from random_ltd import adapters
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer import DropControl, check_unwrappable, is_wrapped, layer_state, unwrap_layer, wrap_layer
+from random_ltd.selection import UniformSelection
+from random_ltd.swap import original_class
 
 _HANDLE_ATTR = "_random_ltd_handle"
 LayerSelection = str | Sequence[int]
@@ -90,21 +92,21 @@ class RandomLTDHandle:
     """What ``apply`` returns: sets the kept length and reports what was wrapped.
 
     ``set_keep(k)`` applies to every wrapped layer; ``None`` or ``k >= s`` disables dropping.
-    Indices depend on ``seed``, the layer's position and the number of forward passes of the
-    model, which ``state_dict`` carries so that a resumed run draws the same indices.
+    A layer's kept tokens are a hash of ``seed``, the layer's position and values drawn from
+    torch's default generator (``random_ltd.rng``): gradient checkpointing replays them exactly,
+    and a resumed run draws the same tokens once torch's RNG state is restored with the model.
     """
 
-    def __init__(self, model: nn.Module, stack_name: str, layers: list[WrappedLayer], num_layers: int, control: DropControl):
+    def __init__(self, model: nn.Module, stack_name: str, layers: list[WrappedLayer], num_layers: int,
+                 control: DropControl, selection: UniformSelection):
         self.model = model
         self.stack_name = stack_name
         self.layers = layers
         self.num_layers = num_layers
         self._control = control
-        self._hook = model.register_forward_pre_hook(self._count_forward)
-
-    def _count_forward(self, module, args) -> None:
-        if module.training:
-            self._control.forward_count += 1
+        self._selection = selection
+        self._hook = model.register_forward_pre_hook(_IdsContext(control), with_kwargs=True) \
+            if selection.needs_context else None
 
     @property
     def keep(self) -> int | None:
@@ -112,23 +114,21 @@ class RandomLTDHandle:
 
     @property
     def seed(self) -> int:
-        return self._control.seed
+        return self._selection.seed
 
     @property
     def drop_layers(self) -> list[int]:
         return [layer.index for layer in self.layers]
 
     def set_keep(self, keep: int | None) -> None:
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep <= 0):
-            raise RandomLTDError(f"kept length must be a positive integer or None, got {keep!r}")
-        self._control.keep = keep
+        self._control.keep = check_keep(keep)
 
     def state_dict(self) -> dict:
-        return {"seed": self._control.seed, "forward_count": self._control.forward_count, "keep": self._control.keep}
+        return {"seed": self.seed, "keep": self.keep}
 
     def load_state_dict(self, state: dict) -> None:
-        self._control.seed = int(state["seed"])
-        self._control.forward_count = int(state["forward_count"])
+        """Restore ``state_dict()`` (a ``forward_count`` saved by version 0.1 is ignored)."""
+        self._selection.seed = check_seed(state["seed"])
         self.set_keep(state.get("keep"))
 
     def remove(self) -> None:
@@ -142,6 +142,42 @@ class RandomLTDHandle:
         )
 
 
+class _IdsContext:
+    """Forward pre-hook: where the model's ``input_ids`` hold a protected id, for this forward."""
+
+    def __init__(self, control: DropControl):
+        self.control = control
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not module.training or self.control.keep is None:
+            return
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if not isinstance(input_ids, torch.Tensor):
+            raise RandomLTDError("protect_ids finds protected tokens by id: call the model with input_ids")
+        self.control.context.set(self.control.selection.ids_mask(input_ids))
+
+
+def check_keep(keep) -> int | None:
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep <= 0):
+        raise RandomLTDError(f"kept length must be a positive integer or None, got {keep!r}")
+    return keep
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise RandomLTDError(f"seed must be an integer, got {seed!r}")
+    return seed
+
+
+def _check_ints(name: str, values) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise RandomLTDError(f"{name} must be a sequence of integers, got {values!r}")
+    values = tuple(values)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise RandomLTDError(f"{name} must hold integers only, got {values!r}")
+    return values
+
+
 def apply(
     model: nn.Module,
     layers: LayerSelection = "1:-1",
@@ -149,48 +185,75 @@ def apply(
     keep: int | None = None,
     seed: int | None = None,
     keep_prefix_tokens: bool = False,
+    protect_positions: Sequence[int] = (),
+    protect_ids: Sequence[int] = (),
     stack: str | None = None,
 ) -> RandomLTDHandle:
     """Apply random-LTD to ``model`` in place and return its handle.
+
+    Every argument is checked before the model is touched: on any error the model is left
+    exactly as it was.
 
     Args:
         layers: which layers of the stack drop tokens: a slice string (``"1:-1"``, the paper's
             default: all but the first and the last), ``"::2"``, or a list of indices.
         keep: initial kept length (``None``: no dropping until ``set_keep``).
-        seed: base seed of the index draws; ``None`` draws one from ``torch``'s global RNG, so
-            ``torch.manual_seed`` makes runs reproducible. Use a different seed per rank in DDP.
+        seed: seed of the index draws, hashed with torch's default random stream (so
+            ``torch.manual_seed`` makes runs reproducible); ``None`` draws one from that stream.
+            Under data parallelism give each rank its own
+            (``random_ltd.integrations.distributed.rank_seed``).
         keep_prefix_tokens: always keep prefix tokens such as a ViT's CLS (the paper does not).
+        protect_positions: positions always kept (negative: from the end), e.g. ``(0,)``.
+        protect_ids: token ids always kept, found in the model's ``input_ids`` at each forward
+            (the special-tokens variant the paper tests and rejects, Section 5.2).
         stack: name of the layer container when the model has several (encoder-decoder).
     """
+    if not isinstance(model, nn.Module):
+        raise RandomLTDError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
     if get_handle(model) is not None:
         raise RandomLTDError("random-LTD is already applied to this model; random_ltd.remove(model) first")
+    keep = check_keep(keep)
+    if not isinstance(keep_prefix_tokens, bool):
+        raise RandomLTDError(f"keep_prefix_tokens must be True or False, got {keep_prefix_tokens!r}")
+    positions, ids = _check_ints("protect_positions", protect_positions), _check_ints("protect_ids", protect_ids)
+    seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else check_seed(seed)
     stack_name, members = find_layer_stack(model, stack)
-    chosen = parse_layer_selection(layers, len(members))
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-    control = DropControl(seed=seed, keep_prefix_tokens=keep_prefix_tokens)
-    wrapped = []
-    for index in chosen:
-        name, layer = members[index]
-        adapter = adapters.adapter_for(type(layer))
-        wrap_layer(layer, adapter, index, control)
-        wrapped.append(WrappedLayer(index=index, name=name, family=adapter.name))
-    handle = RandomLTDHandle(model, stack_name, wrapped, len(members), control)
-    handle.set_keep(keep)
+    chosen = [(index, *members[index]) for index in parse_layer_selection(layers, len(members))]
+    _check_free(chosen)
+    if keep_prefix_tokens:
+        prefix = max(adapters.adapter_for(type(layer)).num_prefix_tokens for _, _, layer in chosen)
+        positions = tuple(range(prefix)) + positions
+    selection = UniformSelection(seed, positions, ids)
+    control = DropControl(selection=selection, keep=keep)
+    wrapped = [_wrap(index, name, layer, control) for index, name, layer in chosen]
+    handle = RandomLTDHandle(model, stack_name, wrapped, len(members), control, selection)
     model.__dict__[_HANDLE_ATTR] = handle
     if len(wrapped) == len(members) and len(members) > 2:
         warnings.warn("random-LTD drops tokens in every layer; the paper keeps the first and last layers full")
     return handle
 
 
+def _check_free(chosen: list[tuple[int, str, nn.Module]]) -> None:
+    for _, name, layer in chosen:
+        if original_class(layer) is not type(layer):
+            raise RandomLTDError(f"layer {name} ({type(layer).__qualname__}) is already wrapped "
+                                 "(by random-LTD or TokenBypass): remove that first")
+
+
+def _wrap(index: int, name: str, layer: nn.Module, control: DropControl) -> WrappedLayer:
+    adapter = adapters.adapter_for(type(layer))
+    wrap_layer(layer, adapter, index, control)
+    return WrappedLayer(index=index, name=name, family=adapter.name)
+
+
 def get_handle(model: nn.Module) -> RandomLTDHandle | None:
     """The handle of a model that random-LTD was applied to, else ``None``."""
-    return model.__dict__.get(_HANDLE_ATTR)
+    return model.__dict__.get(_HANDLE_ATTR) if isinstance(model, nn.Module) else None
 
 
 def remove(model: nn.Module) -> None:
     """Undo ``apply``: original layer classes, no hook, nothing left behind."""
-    handle = model.__dict__.get(_HANDLE_ATTR)
+    handle = get_handle(model)
     if handle is None:
         raise RandomLTDError("random-LTD is not applied to this model")
     wrapped = [m for m in model.modules() if is_wrapped(m) and layer_state(m).control is handle._control]
@@ -198,5 +261,6 @@ def remove(model: nn.Module) -> None:
         check_unwrappable(module)  # all or nothing: never leave a half-restored model
     for module in wrapped:
         unwrap_layer(module)
-    handle._hook.remove()
+    if handle._hook is not None:
+        handle._hook.remove()
     del model.__dict__[_HANDLE_ATTR]

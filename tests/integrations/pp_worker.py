@@ -56,7 +56,8 @@ class Stage(nn.Module):
         rotary = self.rotary(hidden, positions)
         for layer in self.layers:
             if self.use_checkpoint:
-                hidden = checkpoint(layer, hidden, position_ids=positions, position_embeddings=rotary, use_reentrant=False)
+                hidden = checkpoint(layer, hidden, position_ids=positions, position_embeddings=rotary,
+                                    use_reentrant=False)
             else:
                 hidden = layer(hidden, position_ids=positions, position_embeddings=rotary)
         return hidden if self.head is None else self.head(hidden)

@@ -29,8 +29,9 @@ def test_tensor_parallel_run_equals_the_single_process_run(runs, mode):
     assert run["max_grad"] > 1e-2 and run["max_grad_diff"] < 1e-6
 
 
-def test_ranks_of_a_tensor_parallel_group_keep_the_same_tokens(runs):
-    assert runs["tp"]["kept_same_on_tp_ranks"] and runs["sp"]["kept_same_on_tp_ranks"]
+@pytest.mark.parametrize("mode", MODES)
+def test_ranks_of_a_tensor_parallel_group_keep_the_same_tokens(runs, mode):
+    assert runs[mode]["kept_same_on_tp_ranks"]
 
 
 def test_sequence_parallel_layers_receive_dtensors(runs):

@@ -18,6 +18,13 @@ from titan_worker import BATCH, SCHEDULE, SEQ, STEPS  # noqa: E402
 BASE_LR, WARMUP = 8e-4, 2  # llama3_debugmodel's AdamW LR and warmup steps
 
 
+@pytest.fixture(autouse=True, scope="module")
+def registry_left_as_found():
+    """Converting a config registers torchtitan's block class; other modules' tests see the registry as it was."""
+    yield
+    random_ltd.unregister_layer(ltd_titan.BLOCK_CLASS)
+
+
 @pytest.fixture(scope="module")
 def titan_runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("titan")
@@ -102,7 +109,8 @@ def kept_positions(block):
 def test_converter_makes_the_middle_blocks_drop(sdpa_model):
     handle = random_ltd.get_handle(sdpa_model)
     assert handle.drop_layers == [1, 2, 3, 4] and handle.num_layers == 6 and handle.seed == 3
-    assert [random_ltd.layer.is_wrapped(block) for block in sdpa_model.layers.values()] == [False] + [True] * 4 + [False]
+    wrapped = [random_ltd.layer.is_wrapped(block) for block in sdpa_model.layers.values()]
+    assert wrapped == [False] + [True] * 4 + [False]
 
 
 def test_dropping_block_equals_the_original_block_on_the_kept_tokens(sdpa_model):
@@ -207,3 +215,16 @@ def test_resume_restores_the_kept_length_and_the_learning_rate_of_the_saved_step
     assert stepper.step == 2 and handle.keep == 24
     expected = ltd_titan.layer_token_lr_lambda(ltd, 6, 4, 0, "linear", 0.0)(2)
     assert schedulers.schedulers[0].get_last_lr()[0] == pytest.approx(expected) and 0 < expected < 1
+
+
+def test_the_documented_config_function_builds_a_random_ltd_config():
+    from launching import REPO
+
+    text = (REPO / "docs" / "scale.md").read_text().split("## torchtitan")[1]
+    code = text.split("```python\n")[1].split("```")[0]
+    namespace: dict = {}
+    exec(compile(code, "docs/scale.md torchtitan example", "exec"), namespace)
+    config = namespace["llama3_8b_random_ltd"]()
+    assert type(config.model_spec.model).random_ltd.start == 256
+    assert isinstance(config.lr_scheduler, ltd_titan.LayerTokenLRSchedulers.Config)
+    assert config.model_spec.post_optimizer_build_fn is not None

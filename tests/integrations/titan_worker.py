@@ -150,9 +150,9 @@ def main() -> None:
     degrees = {"fsdp": ["--parallelism.data_parallel_shard_degree", "2"],
                "tp": ["--parallelism.tensor_parallel_degree", "2", "--parallelism.data_parallel_shard_degree", "1"],
                "none": []}[args.parallel]
-    config = ConfigManager().parse_args([
+    config = ConfigManager().parse_args([  # partial_dtensor: gloo lacks PREMUL_SUM (with the shim's forced sums)
         "--module", "titan_worker", "--config", "llama3_debugmodel_random_ltd", "--dump_folder", args.dump,
-        "--parallelism.spmd_backend", "partial_dtensor", "--debug.seed", "0", *degrees])  # gloo has no PREMUL_SUM (FSDP's default)
+        "--parallelism.spmd_backend", "partial_dtensor", "--debug.seed", "0", *degrees])
     trainer = config.build()
     seen = observe(trainer)
     trainer.train()

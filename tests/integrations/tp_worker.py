@@ -99,6 +99,7 @@ def train(model: torch.nn.Module, handle, steps: int = len(KEPT)) -> dict:
     record_kept_indices(model, log, hidden_types)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     losses, grads = [], []
+    torch.manual_seed(1)  # the draws hash torch's default stream: alike on a TP group and in the reference
     positions = torch.arange(SEQ).expand(BATCH, SEQ)
     for step in range(steps):
         handle.set_keep(KEPT[step])
@@ -156,13 +157,15 @@ def run_hf_tp_plan(reference: dict, folder: str) -> dict:
     handle = random_ltd.apply(model, seed=rank_seed(BASE_SEED, 0))  # both ranks: one TP group, DP index 0
     result = compare(train(model, handle), reference)
     result["sharded"] = any(hasattr(p, "device_mesh") for p in model.parameters())
+    result["kept_same_on_tp_ranks"] = len({json.dumps(k) for k in gather(result["kept"])}) == 1
     return result
 
 
 def seeds_on_meshes() -> dict:
     by_dp = init_device_mesh("cpu", (2, 1), mesh_dim_names=("dp", "tp"))
     by_tp = init_device_mesh("cpu", (1, 2), mesh_dim_names=("dp", "tp"))
-    return {"dp2": gather(mesh_rank_seed(BASE_SEED, by_dp, "dp")), "tp2": gather(mesh_rank_seed(BASE_SEED, by_tp, "dp"))}
+    return {"dp2": gather(mesh_rank_seed(BASE_SEED, by_dp, "dp")),
+            "tp2": gather(mesh_rank_seed(BASE_SEED, by_tp, "dp"))}
 
 
 def reference_run() -> dict:

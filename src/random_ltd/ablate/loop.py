@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 
 from random_ltd import tokenbypass
-from random_ltd.ablate.protect import protect_special_tokens
 from random_ltd.driver import Driver
 from random_ltd.rng import derive_seed
 from random_ltd.surgery import apply
@@ -49,10 +48,8 @@ def prepare(method: str, model: nn.Module, task: Task, plan: ArmPlan, shape: Mod
     if method == "tokenbypass":
         return tokenbypass.apply(model, list(plan.drop_layers), special_ids=special_ids(task),
                                  vocab_size=shape.vocab_size)
-    handle = apply(model, list(plan.drop_layers), seed=derive_seed(seed, 1))
-    if method == "random_ltd_protected":
-        protect_special_tokens(model, protected_ids(task))
-    return handle
+    protect_ids = protected_ids(task) if method == "random_ltd_protected" else ()
+    return apply(model, list(plan.drop_layers), seed=derive_seed(seed, 1), protect_ids=protect_ids)
 
 
 def learn_importance(handle, task: Task, batch: dict, logits: torch.Tensor) -> None:

@@ -77,8 +77,12 @@ def kept_block_mask(mask: Any, indices: torch.Tensor) -> Any:
                              BLOCK_SIZE=mask.BLOCK_SIZE)
 
 
-ADAPTER = register_layer(BLOCK_CLASS, LayerAdapter(name="torchtitan", hidden="x", positions=("positions",),
-                                                    prepare=_gather_attention_inputs))
+ADAPTER = LayerAdapter(name="torchtitan", hidden="x", positions=("positions",), prepare=_gather_attention_inputs)
+
+
+def register() -> None:
+    """Register torchtitan's ``TransformerBlock`` (and its subclasses) for random-LTD; done on use."""
+    register_layer(BLOCK_CLASS, ADAPTER)
 
 
 class RandomLTDConverter(ModelConfigConverter):
@@ -112,6 +116,7 @@ class RandomLTDConverter(ModelConfigConverter):
         if not isinstance(layers, list) or not layers:
             raise RandomLTDError(f"{type(model_config).__name__} has no list of layer configs to drop tokens in")
         parse_layer_selection(self.config.layers, len(layers))  # validates against this model
+        register()
         return _dropping_config_class(type(model_config), self.config)(
             **{f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config) if f.init})
 
@@ -121,6 +126,7 @@ def _dropping_config_class(config_class: type, ltd: RandomLTDConverter.Config) -
 
     def build(self, **kwargs):
         model = config_class.build(self, **kwargs)
+        register()
         random_ltd.apply(model, ltd.layers, seed=ltd.seed)
         return model
 

@@ -8,10 +8,12 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from random_ltd import adapters
 from random_ltd.errors import RandomLTDError
-from random_ltd.ops import flat_indices
-from random_ltd.surgery import find_layer_stack, parse_layer_selection
-from random_ltd.tokenbypass.bypass import BypassControl, Selector, is_bypassing, unwrap, wrap_range
+from random_ltd.layer import DropControl, is_wrapped, layer_state, unwrap_layer, wrap_layer
+from random_ltd.surgery import check_keep, find_layer_stack, parse_layer_selection
+from random_ltd.swap import original_class
+from random_ltd.tokenbypass.bypass import ChosenIndices, Selector
 from random_ltd.tokenbypass.importance import TokenImportance
 
 _HANDLE_ATTR = "_token_bypass_handle"
@@ -39,14 +41,13 @@ class TokenBypassHandle:
     call ``update(token_ids, per_token_loss)``. Exposes ``num_layers`` / ``drop_layers`` /
     ``state_dict`` like ``RandomLTDHandle``, so ``random_ltd.Driver`` can drive and count it."""
 
-    def __init__(self, model: nn.Module, layers: list[int], num_layers: int, control: BypassControl,
+    def __init__(self, model: nn.Module, layers: list[int], num_layers: int, control: DropControl,
                  selector: Selector):
         self.model = model
         self.drop_layers = layers
         self.num_layers = num_layers
         self.selector = selector
         self._control = control
-        self._keep: int | None = None
         self._signature = inspect.signature(model.forward)
         self._hook = model.register_forward_pre_hook(self._choose, with_kwargs=True)
 
@@ -56,24 +57,22 @@ class TokenBypassHandle:
 
     @property
     def keep(self) -> int | None:
-        return self._keep
+        return self._control.keep
 
     @property
     def indices(self) -> torch.Tensor | None:
         """The kept positions ``(B, k)`` of the latest forward pass (``None``: nothing bypassed)."""
-        return self._control.indices
+        return self._control.context.current
 
     def set_keep(self, keep: int | None) -> None:
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep <= 0):
-            raise RandomLTDError(f"kept length must be a positive integer or None, got {keep!r}")
-        self._keep = keep
+        self._control.keep = check_keep(keep)
 
     def update(self, token_ids: torch.Tensor, per_token_loss: torch.Tensor) -> None:
         self.importance.update(token_ids, per_token_loss)
 
     def _choose(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._control.clear()
-        if not module.training or self._keep is None:
+        self._control.context.set(None)
+        if not module.training or self.keep is None:
             return
         bound = self._signature.bind_partial(*args, **kwargs).arguments
         if _cache_holds_tokens(bound):
@@ -81,13 +80,10 @@ class TokenBypassHandle:
         input_ids = bound.get("input_ids")
         if input_ids is None:
             raise RandomLTDError("TokenBypass ranks tokens by their ids: call the model with input_ids")
-        indices = self.selector(input_ids, self._keep, bound.get("attention_mask"))
-        self._control.seq_len = input_ids.shape[1]
-        self._control.indices = indices
-        self._control.flat = flat_indices(indices, input_ids.shape[1])
+        self._control.context.set(self.selector(input_ids, self.keep, bound.get("attention_mask")))
 
     def state_dict(self) -> dict:
-        return {"keep": self._keep, "importance": self.importance.state_dict()}
+        return {"keep": self.keep, "importance": self.importance.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.set_keep(state.get("keep"))
@@ -143,13 +139,17 @@ def apply(
     """
     if model.__dict__.get(_HANDLE_ATTR) is not None:
         raise RandomLTDError("TokenBypass is already applied to this model; random_ltd.tokenbypass.remove(model) first")
+    keep = check_keep(keep)
     _, members = find_layer_stack(model, stack)
     chosen = bypass_range(layers, len(members))
+    for index in chosen:
+        if original_class(members[index][1]) is not type(members[index][1]):
+            raise RandomLTDError(f"layer {members[index][0]} is already wrapped by random-LTD or TokenBypass")
     importance = TokenImportance(vocab_size or _vocab_size(model), init=init, decay=decay)
-    control = BypassControl()
-    wrap_range([members[i][1] for i in chosen], control)
+    control = DropControl(selection=ChosenIndices(), keep=keep)
+    for index in chosen:
+        wrap_layer(members[index][1], adapters.adapter_for(type(members[index][1])), index, control)
     handle = TokenBypassHandle(model, chosen, len(members), control, Selector(importance, tuple(special_ids), pad_id))
-    handle.set_keep(keep)
     model.__dict__[_HANDLE_ATTR] = handle
     return handle
 
@@ -165,5 +165,5 @@ def remove(model: nn.Module) -> None:
         raise RandomLTDError("TokenBypass is not applied to this model")
     handle._hook.remove()
     for module in model.modules():
-        if is_bypassing(module):
-            unwrap(module)
+        if is_wrapped(module) and layer_state(module).control is handle._control:
+            unwrap_layer(module)

@@ -1,0 +1,127 @@
+"""Selection strategies: uniform draws, protected tokens, and per-forward context under replay."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import random_ltd
+import zoo
+from random_ltd import ops, rng, tokenbypass
+
+torch.set_num_threads(1)
+SPECIAL = (3, 5)
+KEEP_TOP = ops.keep_top
+
+
+def kept_positions(monkeypatch, model, inputs) -> list[torch.Tensor]:
+    """The (B, keep) positions each dropping layer kept in one forward pass."""
+    seen = []
+
+    def spy(keys, keep):
+        seen.append(KEEP_TOP(keys, keep))
+        return seen[-1]
+
+    monkeypatch.setattr(ops, "keep_top", spy)
+    model(**inputs)
+    return seen
+
+
+def special_batch(gen):
+    ids = torch.randint(6, zoo.VOCAB, (zoo.BATCH, zoo.SEQ), generator=gen)
+    ids[:, 0], ids[:, 7], ids[:, 15] = 3, 5, 5
+    return {"input_ids": ids}
+
+
+def test_protected_ids_always_kept_and_the_others_spread_evenly(monkeypatch):
+    torch.manual_seed(0)
+    model = zoo.bert().train()
+    random_ltd.apply(model, "1:-1", keep=5, seed=1, protect_ids=SPECIAL)
+    counts = torch.zeros(zoo.SEQ)
+    for step in range(60):
+        kept_sets = kept_positions(monkeypatch, model, special_batch(torch.Generator().manual_seed(step)))
+        assert len(kept_sets) == 2
+        for kept in kept_sets:
+            assert all({0, 7, 15} <= set(row.tolist()) for row in kept)
+            assert (kept.diff(dim=1) > 0).all()  # sorted, distinct
+            counts += torch.bincount(kept.reshape(-1), minlength=zoo.SEQ)
+    others = torch.tensor([p for p in range(zoo.SEQ) if p not in (0, 7, 15)])
+    expected = counts[others].sum() / len(others)
+    assert ((counts[others] - expected).abs() < 0.25 * expected).all()  # two of 13 each time, evenly
+
+
+def test_without_special_ids_in_the_batch_protection_draws_what_random_ltd_draws(monkeypatch):
+    inputs = {"input_ids": torch.randint(6, zoo.VOCAB, (zoo.BATCH, zoo.SEQ), generator=torch.Generator().manual_seed(3))}
+    runs = []
+    for protect in ((), SPECIAL):
+        torch.manual_seed(0)
+        model = zoo.bert().train()
+        random_ltd.apply(model, "1:-1", keep=5, seed=1, protect_ids=protect)
+        runs.append(kept_positions(monkeypatch, model, inputs))
+    assert len(runs[0]) == 2 and all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_remove_after_protect_ids_leaves_no_hook():
+    model = zoo.bert()
+    classes = [type(m) for m in model.modules()]
+    random_ltd.apply(model, keep=5, protect_ids=SPECIAL)
+    assert len(model._forward_pre_hooks) == 1
+    random_ltd.remove(model)
+    assert [type(m) for m in model.modules()] == classes and not model._forward_pre_hooks
+
+
+def test_uniform_keys_give_every_position_and_pair_its_fair_share():
+    """Inclusion of each position ~ k/s and of each pair ~ k(k-1)/(s(s-1)), over 4000 draws."""
+    seq_len, keep, draws = 12, 4, 4000
+    torch.manual_seed(0)
+    keys = rng.uniform_keys(seed=7, stream=1, batch=draws, seq_len=seq_len, device=torch.device("cpu"))
+    chosen = torch.zeros(draws, seq_len).scatter_(1, ops.keep_top(keys, keep), 1.0)
+    single = chosen.mean(0)
+    pairs = (chosen.T @ chosen / draws)[~torch.eye(seq_len, dtype=torch.bool)]
+    assert (single - keep / seq_len).abs().max() < 0.03
+    assert (pairs - keep * (keep - 1) / (seq_len * (seq_len - 1))).abs().max() < 0.025
+
+
+def test_seeds_sharing_one_default_stream_draw_independently():
+    """Two data-parallel ranks seeded alike by torch but with their own apply seeds."""
+    seq_len, keep, draws = 16, 8, 3000
+    sets = []
+    for seed in (1, 2):
+        torch.manual_seed(0)
+        keys = rng.uniform_keys(seed=seed, stream=1, batch=draws, seq_len=seq_len, device=torch.device("cpu"))
+        sets.append(torch.zeros(draws, seq_len).scatter_(1, ops.keep_top(keys, keep), 1.0))
+    overlap = (sets[0] * sets[1]).sum(1).mean()
+    assert abs(overlap - keep * keep / seq_len) < 0.15  # independent subsets share k^2/s on average
+
+
+def test_mix32_is_a_bijection_on_a_sample_and_stays_in_32_bits():
+    words = torch.arange(0, 1 << 20) * 4093
+    mixed = rng.mix32(words & 0xFFFFFFFF)
+    assert mixed.unique().numel() == words.numel()
+    assert int(mixed.min()) >= 0 and int(mixed.max()) < rng.KEY_LIMIT
+
+
+@pytest.mark.parametrize("method", ["protect_ids", "tokenbypass"])
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+def test_context_of_the_replayed_forward_under_interleaved_checkpointing(method, reentrant):
+    """Forward A, forward B, backward B, backward A: each replay sees its own forward's context."""
+    def grads(checkpointing):
+        torch.manual_seed(0)
+        model = zoo.bert().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        if method == "protect_ids":
+            random_ltd.apply(model, keep=5, seed=2, protect_ids=SPECIAL)
+        else:
+            tokenbypass.apply(model, "1:3", keep=5, special_ids=SPECIAL)
+        torch.manual_seed(1)
+        first = model(**special_batch(torch.Generator().manual_seed(1))).logits.square().mean()
+        batch = special_batch(torch.Generator().manual_seed(2))
+        batch["input_ids"][:, 2] = 3  # other special positions in the second forward
+        second = model(**batch).logits.square().mean()
+        second.backward()
+        first.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    reference, replayed = grads(False), grads(True)
+    for name in reference:
+        torch.testing.assert_close(replayed[name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
