@@ -286,3 +286,18 @@ def test_keep_prefix_tokens_is_protecting_the_prefix_positions(drawn):
     random_ltd.apply(model, keep=3, keep_prefix_tokens=True, seed=4)
     model(pixel_values=torch.randn(2, 1, 8, 8))
     assert drawn and all((indices[:, 0] == 0).all() for indices in drawn)
+
+
+def test_the_no_grad_rule_of_the_readme(drawn):
+    """Training mode under no_grad: a cache passed to the layers means generation (no drop);
+    ``use_cache=False`` (or a model without a cache) drops as in any training forward."""
+    model = zoo.llama().train()
+    random_ltd.apply(model, keep=4)
+    with torch.no_grad():
+        model(_ids())  # Hugging Face's default use_cache=True builds a cache: treated as generation
+        assert drawn == []
+        model(_ids(), use_cache=False)
+        assert len(drawn) == 2
+    with torch.no_grad():
+        random_ltd.apply(zoo.bert().train(), keep=4).model(_ids())  # no cache at all: drops
+    assert len(drawn) == 4

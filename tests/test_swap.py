@@ -23,8 +23,12 @@ def _saved_and_loaded(model):
     return torch.load(buffer, weights_only=False)
 
 
+def _encoder():
+    return zoo.TorchEncoderLM(batch_first=False)
+
+
 @pytest.mark.parametrize("round_trip", [_saved_and_loaded, copy.deepcopy], ids=["torch.save", "deepcopy"])
-@pytest.mark.parametrize("build", [zoo.gpt2, zoo.llama, zoo.bert], ids=["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("build", [zoo.gpt2, zoo.llama, zoo.bert, _encoder], ids=["gpt2", "llama", "bert", "torch"])
 def test_round_trip_gives_an_equal_model_that_still_drops(round_trip, build):
     torch.manual_seed(0)
     model = build().train()

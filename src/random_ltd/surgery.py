@@ -120,6 +120,23 @@ class RandomLTDHandle:
     def drop_layers(self) -> list[int]:
         return [layer.index for layer in self.layers]
 
+    @property
+    def selection(self):
+        """The strategy choosing each dropping layer's kept tokens (``random_ltd.selection``).
+
+        Assign another callable ``(position, tokens, keep, context) -> (B, keep) indices`` with a
+        ``needs_context`` attribute to change how tokens are chosen (e.g. in an experiment).
+        """
+        return self._control.selection
+
+    @selection.setter
+    def selection(self, strategy) -> None:
+        if not callable(strategy) or not hasattr(strategy, "needs_context"):
+            raise RandomLTDError("a selection strategy is a callable with a needs_context attribute")
+        if strategy.needs_context and not self._selection.needs_context:
+            raise RandomLTDError("this handle feeds no per-forward context; apply() with protect_ids for one")
+        self._control.selection = strategy
+
     def set_keep(self, keep: int | None) -> None:
         self._control.keep = check_keep(keep)
 

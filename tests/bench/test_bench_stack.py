@@ -6,7 +6,6 @@ import torch
 
 from random_ltd.bench.config import StackShape
 from random_ltd.bench.stack import StackBench, ideal_forward
-from random_ltd.layer import RandomLTDLayerMixin
 
 SHAPE = StackShape("test", hidden=32, heads=4, layers=4, seq_len=24, batch=3)
 
@@ -20,15 +19,18 @@ def _forward_backward(bench: StackBench, forward):
     return output.detach(), bench.inputs.grad.clone(), grads
 
 
-def _first_tokens(self, state, batch, seq_len, keep, device):
-    return torch.arange(keep, device=device).expand(batch, keep)
+def _first_tokens(position, tokens, keep, context):
+    return torch.arange(keep, device=tokens.device).expand(tokens.shape[0], keep)
+
+
+_first_tokens.needs_context = False
 
 
 @pytest.mark.parametrize("keep", [1, 7, 23])
-def test_ideal_equals_random_ltd_keeping_the_first_tokens(monkeypatch, keep):
+def test_ideal_equals_random_ltd_keeping_the_first_tokens(keep):
     bench = StackBench(SHAPE, torch.device("cpu"), torch.float32)
     ideal = _forward_backward(bench, lambda: ideal_forward(bench.stack.layers, bench.inputs, bench.position_ids, keep))
-    monkeypatch.setattr(RandomLTDLayerMixin, "_sample", _first_tokens)
+    bench.handle.selection = _first_tokens
     bench.handle.set_keep(keep)
     dropped = _forward_backward(bench, lambda: bench.stack(bench.inputs, bench.position_ids))
     torch.testing.assert_close(dropped[0], ideal[0])
@@ -69,7 +71,7 @@ def test_variants_run_with_the_right_kept_length():
     assert bench.inputs.grad is not None and bench.inputs.grad.shape == bench.inputs.shape
 
 
-def test_ideal_lm_loss_is_the_model_loss_with_the_first_tokens_kept(monkeypatch):
+def test_ideal_lm_loss_is_the_model_loss_with_the_first_tokens_kept():
     from random_ltd.bench.config import GptShape
     from random_ltd.bench.gpt import GptBench, ideal_lm_loss
 
@@ -80,7 +82,7 @@ def test_ideal_lm_loss_is_the_model_loss_with_the_first_tokens_kept(monkeypatch)
         bench.handle.set_keep(None)
         full = bench.model(input_ids=ids, labels=ids, use_cache=False).loss
         torch.testing.assert_close(ideal_lm_loss(bench.model, ids, 20), full)
-        monkeypatch.setattr(RandomLTDLayerMixin, "_sample", _first_tokens)
+        bench.handle.selection = _first_tokens
         bench.handle.set_keep(7)
         dropped = bench.model(input_ids=ids, labels=ids, use_cache=False).loss
         bench.handle.set_keep(None)

@@ -84,8 +84,13 @@ def full_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train_reference(world_size: int) -> dict[str, torch.Tensor]:
-    """What data-parallel random-LTD must compute, without torch.distributed."""
+    """What data-parallel random-LTD must compute, without torch.distributed.
+
+    Each replica gets its own copy of torch's default stream (as each rank has its own process),
+    starting where every rank's starts: right after ``build_model``.
+    """
     base = build_model()
+    streams = [torch.get_rng_state() for _ in range(world_size)]
     replicas = [copy.deepcopy(base) for _ in range(world_size)]
     handles = [random_ltd.apply(m, seed=rank_seed(BASE_SEED, r)) for r, m in enumerate(replicas)]
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in replicas]
@@ -93,7 +98,9 @@ def train_reference(world_size: int) -> dict[str, torch.Tensor]:
         for rank, (model, handle) in enumerate(zip(replicas, handles)):
             handle.set_keep(SCHEDULE(step) if SCHEDULE(step) < SEQ else None)
             ids = batch(rank, step)
+            torch.set_rng_state(streams[rank])
             model(ids, labels=ids).loss.backward()
+            streams[rank] = torch.get_rng_state()
         for params in zip(*(m.parameters() for m in replicas)):
             mean = torch.stack([p.grad for p in params]).mean(0)
             for p in params:

@@ -41,11 +41,15 @@ def _merge_masks(layer: nn.TransformerEncoderLayer, arguments: dict, indices: to
     arguments["is_causal"] = False
 
 
+def _batch_first(layer: nn.TransformerEncoderLayer) -> bool:
+    return layer.self_attn.batch_first
+
+
 TRANSFORMER_ENCODER_LAYER = LayerAdapter(
     name="torch.nn.TransformerEncoderLayer",
     hidden="src",
     bool_means_keep=False,
-    batch_first=lambda layer: layer.self_attn.batch_first,
+    batch_first=_batch_first,  # a named function, not a lambda: models under random-LTD pickle
     prepare=_merge_masks,
 )
 

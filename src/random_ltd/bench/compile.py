@@ -1,10 +1,12 @@
-"""How ``torch.compile`` copes with random-LTD: graph breaks and recompiles over an MSLG run.
+"""How ``torch.compile`` copes with random-LTD: recompiles over an MSLG run, and compiled step times.
 
-The kept length changes during training and each new length is a new shape, so a compiled
-model recompiles; rounding the kept length to a multiple (``MSLG(..., multiple_of=m)``) bounds
-the number of distinct lengths. A counting backend records every compilation (first ones and
-recompiles alike). The default backend, ``eager``, runs the captured graphs as they are: it
-counts what Dynamo does without spending minutes in code generation.
+The model is compiled with ``fullgraph=True``: a graph break fails the section instead of being
+counted. The kept length changes during training and each new length is a new shape, so a
+compiled model recompiles; rounding the kept length to a multiple (``MSLG(..., multiple_of=m)``)
+bounds the number of distinct lengths. A counting backend records every compilation (first ones
+and recompiles alike). The default backend, ``eager``, runs the captured graphs as they are: it
+counts what Dynamo does without spending minutes in code generation. Compiled step times put a
+compiled random-LTD step beside the compiled baseline step, interleaved, on the same backend.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 import random_ltd
 from random_ltd.bench.config import BenchConfig
 from random_ltd.bench.gpt import GptBench
+from random_ltd.bench.timing import interleaved
 
 
 def _distinct_kept(schedule, steps: int) -> list[int]:
@@ -42,7 +45,7 @@ def count_compiles(model: torch.nn.Module, train_step: Callable[[int, torch.nn.M
             return graph_module.forward
         return torch._dynamo.lookup_backend(backend)(graph_module, example_inputs)
 
-    compiled = torch.compile(model, backend=counting_backend)
+    compiled = torch.compile(model, backend=counting_backend, fullgraph=True)
     first_length, on_repeat = None, 0
     with _count_limit_hits() as limit_hits:
         for keep in kept_lengths:
@@ -81,8 +84,24 @@ def _count_limit_hits():
         logger.removeHandler(handler)
 
 
+def compiled_step_times(bench: GptBench, keep: int, backend: str, repeats: int, clock: str) -> dict:
+    """Compiled baseline and compiled random-LTD training steps (kept length ``keep``), interleaved."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    compiled = torch.compile(bench.model, backend=backend, fullgraph=True)
+    variants = {"baseline": lambda: bench.step(None, compiled), "random_ltd": lambda: bench.step(keep, compiled)}
+    timings = interleaved(variants, repeats, bench.device, warmup=2, seed=0)
+    torch._dynamo.reset()
+    medians = {name: timing.median(clock) for name, timing in timings.items()}
+    return {"keep": keep, "clock": clock, **{name: timing.to_json() for name, timing in timings.items()},
+            "time_ratio_median": medians["random_ltd"] / medians["baseline"],
+            "flop_ratio": bench.flops(keep) / bench.flops(None)}
+
+
 def compile_section(config: BenchConfig, progress) -> dict:
-    """Compilations over the whole run's kept lengths, unrounded and rounded to ``compile_multiple``."""
+    """Compilations over the whole run's kept lengths, unrounded and rounded to ``compile_multiple``,
+    then compiled step times at half the sequence length."""
     gpt, run = config.gpt, config.run
     bench = GptBench(gpt, torch.device(config.device), config.torch_dtype, config.seed)
     rows = []
@@ -93,4 +112,6 @@ def compile_section(config: BenchConfig, progress) -> dict:
         kept = _distinct_kept(schedule, run.steps)
         rows.append({"multiple_of": multiple or 1, "kept": kept,
                      **count_compiles(bench.model, bench.step, kept, config.compile_backend)})
-    return {"backend": config.compile_backend, "runs": rows}
+    progress("compile: compiled step times, baseline and random-LTD")
+    steps = compiled_step_times(bench, gpt.seq_len // 2, config.compile_backend, config.repeats, config.clock)
+    return {"backend": config.compile_backend, "fullgraph": True, "runs": rows, "steps": steps}

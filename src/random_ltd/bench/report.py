@@ -155,13 +155,20 @@ def _run_lines(run: dict) -> list[str]:
 
 
 def _compile_lines(compiled: dict) -> list[str]:
-    lines = [f"torch.compile (backend {compiled['backend']}) over the run's kept lengths, two steps each:",
+    lines = [f"torch.compile (backend {compiled['backend']}, fullgraph) over the run's kept lengths, two steps each:",
              _aligned(COMPILE_COLUMNS, ("multiple", "lengths", "compiles", "(first)", "on repeat", "breaks",
                                         "limit hits"))]
     for row in compiled["runs"]:
         lines.append(_aligned(COMPILE_COLUMNS, tuple(row[key] for key in (
             "multiple_of", "distinct_kept", "compiles", "compiles_first_length", "compiles_on_repeat", "graph_breaks",
             "recompile_limit_hits"))))
+    steps = compiled.get("steps")
+    if steps:
+        clock = "" if steps["clock"] == "wall" else "cpu_"
+        lines.append(f"  compiled steps at kept {steps['keep']} ({steps['clock']} clock, median): baseline "
+                     f"{steps['baseline'][clock + 'median_s'] * 1e3:.1f} ms, random-LTD "
+                     f"{steps['random_ltd'][clock + 'median_s'] * 1e3:.1f} ms; time ratio "
+                     f"{_number(steps['time_ratio_median'])}, FLOP ratio {_number(steps['flop_ratio'])}")
     return lines
 
 

@@ -53,7 +53,7 @@ def load_rank_state(driver: Any, state: dict) -> None:
     """``driver.load_state_dict(state)`` for a state saved by any rank, keeping this rank's seed.
 
     Checkpoints are usually written by rank 0 only. Its counters (step, layer-tokens, the LR
-    scheduler, the handle's forward count) are the same on every rank and are restored; its
+    scheduler, the handle's kept length) are the same on every rank and are restored; its
     seed is rank 0's, so every rank keeps the seed its handle already has.
     """
     handle = driver.handle

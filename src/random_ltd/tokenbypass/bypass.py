@@ -34,6 +34,12 @@ class Selector:
         self.special_ids = torch.tensor(sorted(set(special_ids)), dtype=torch.long)
         self.pad_id = pad_id
 
+    def special_ids_on(self, device: torch.device) -> torch.Tensor:
+        """The special ids on ``device``, moved there once (not in every forward pass)."""
+        if self.special_ids.device != device:
+            self.special_ids = self.special_ids.to(device)
+        return self.special_ids
+
     def padding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
         padding = None if attention_mask is None else attention_mask == 0
         if self.pad_id is not None:
@@ -44,5 +50,5 @@ class Selector:
     def __call__(self, input_ids: torch.Tensor, keep: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, keep)`` kept positions per sequence, sorted ascending."""
         scores = token_scores(input_ids, self.importance.on(input_ids.device),
-                              special_mask(input_ids, self.special_ids), self.padding(input_ids, attention_mask))
+                              special_mask(input_ids, self.special_ids_on(input_ids.device)), self.padding(input_ids, attention_mask))
         return top_k_indices(scores, min(keep, input_ids.shape[1]))

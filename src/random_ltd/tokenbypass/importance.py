@@ -59,15 +59,15 @@ class TokenImportance:
         ids = token_ids.reshape(-1)
         losses = per_token_loss.detach().reshape(-1).float()
         valid = (ids >= 0) & torch.isfinite(losses)
-        ids, losses = ids[valid], losses[valid]
-        if ids.numel() and int(ids.max()) >= self.vocab_size:
+        if ids.device.type == "cpu" and ids.numel() and int(ids.max()) >= self.vocab_size:  # no device sync
             raise RandomLTDError(f"token id {int(ids.max())} is outside the vocabulary of {self.vocab_size}")
+        # Masks instead of boolean indexing: the same sums, without a device-to-host sync.
+        ids = torch.where(valid, ids, 0)
         scores = self.on(ids.device)
-        totals = torch.zeros_like(scores).index_add_(0, ids, losses)
-        counts = torch.zeros_like(scores).index_add_(0, ids, torch.ones_like(losses))
-        seen = counts > 0
-        means = totals[seen] / counts[seen]
-        scores[seen] = self.decay * scores[seen] + (1.0 - self.decay) * means
+        totals = torch.zeros_like(scores).index_add_(0, ids, torch.where(valid, losses, 0.0))
+        counts = torch.zeros_like(scores).index_add_(0, ids, valid.to(scores.dtype))
+        moved = self.decay * scores + (1.0 - self.decay) * (totals / counts.clamp_min(1.0))
+        scores.copy_(torch.where(counts > 0, moved, scores))
         self.updates += 1
 
     def state_dict(self) -> dict:
