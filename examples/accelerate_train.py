@@ -22,7 +22,7 @@ import transformers
 from accelerate import Accelerator
 
 import random_ltd
-from random_ltd.integrations.distributed import rank_seed
+from random_ltd.integrations.distributed import exit_process, rank_seed
 
 
 def byte_sequences(seq_len: int, count: int, seed: int) -> torch.Tensor:
@@ -78,3 +78,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process()  # destroys the process group; see its docstring for why a worker leaves this way

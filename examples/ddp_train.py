@@ -21,7 +21,7 @@ import transformers
 from torch.nn.parallel import DistributedDataParallel
 
 import random_ltd
-from random_ltd.integrations.distributed import check_kept_lengths_agree, rank_seed, shard_layers
+from random_ltd.integrations.distributed import check_kept_lengths_agree, exit_process, rank_seed, shard_layers
 
 
 def byte_sequences(seq_len: int, count: int, seed: int) -> torch.Tensor:
@@ -80,8 +80,8 @@ def main() -> None:
             metrics = driver.metrics()
             print(f"step {step + 1:3d}  loss {loss.item():.3f}  kept {metrics['random_ltd/kept_len']:3d}  "
                   f"layer-tokens {metrics['random_ltd/layer_tokens']}  lr {metrics['random_ltd/lr']:.2e}", flush=True)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    exit_process()  # destroys the process group; see its docstring for why a worker leaves this way

@@ -20,6 +20,7 @@ import transformers
 
 import random_ltd
 from random_ltd.integrations.deepspeed import EngineClock, apply_from_config, layer_token_lr, split_config
+from random_ltd.integrations.distributed import exit_process
 
 
 def byte_sequences(seq_len: int, count: int, seed: int) -> torch.Tensor:
@@ -68,3 +69,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process()  # destroys the process group; see its docstring for why a worker leaves this way

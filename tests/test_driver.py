@@ -118,11 +118,13 @@ def run_real(steps, resume_at=None):
     log = []
     for step in range(steps):
         if step == resume_at:
-            saved = {"model": model.state_dict(), "opt": opt.state_dict(), "driver": driver.state_dict()}
+            saved = {"model": model.state_dict(), "opt": opt.state_dict(), "driver": driver.state_dict(),
+                     "rng": torch.get_rng_state()}
             model, opt, driver = build()
             model.load_state_dict(saved["model"])
             opt.load_state_dict(saved["opt"])
             driver.load_state_dict(saved["driver"])
+            torch.set_rng_state(saved["rng"])  # the stream random-LTD draws from
         driver.before_step()
         model(data[step]).pow(2).mean().backward()
         opt.step()

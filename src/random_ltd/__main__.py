@@ -1,5 +1,4 @@
-import sys
-
 from random_ltd.cli import main
+from random_ltd.integrations.distributed import exit_process
 
-sys.exit(main())
+exit_process(main())  # sys.exit, except under torchrun: see exit_process

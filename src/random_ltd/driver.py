@@ -12,7 +12,6 @@ from typing import Any
 
 from random_ltd.accounting import count_drop_layers, layer_tokens_per_step
 from random_ltd.lr import LayerTokenLR
-from random_ltd.rng import default_stream_state, set_default_stream_state
 from random_ltd.schedules import ConfigError, KeptLengthSchedule, check_int
 from random_ltd.surgery import RandomLTDError
 
@@ -115,11 +114,12 @@ class Driver:
         return self.schedule(self.step) if self.dropping else self.seq_len
 
     def state_dict(self) -> dict:
-        """Counters plus the schedule's, the LR scheduler's and the handle's state (one object to save),
-        and torch's RNG state, the stream random-LTD draws from: a run resumed from it draws the
-        same tokens as the uninterrupted run."""
+        """Counters plus the schedule's, the LR scheduler's and the handle's state (one object to save).
+
+        Save torch's RNG state beside it (training frameworks do): random-LTD draws from that
+        stream, so a run resumed with both draws the same tokens as the uninterrupted run.
+        """
         return {
-            "rng": default_stream_state(),
             "step": self.step, "layer_tokens": self.layer_tokens, "tokens": self.tokens, "kept": self.kept,
             "schedule": None if self.schedule is None else self.schedule.state_dict(),
             "lr_scheduler": None if self.lr_scheduler is None else self.lr_scheduler.state_dict(),
@@ -139,5 +139,4 @@ class Driver:
                 raise ConfigError(name, "the saved driver state and this driver disagree on whether there is one")
             if target is not None:
                 target.load_state_dict(saved)
-        if "rng" in state:  # absent in states saved by version 0.1
-            set_default_stream_state(state["rng"])
+

@@ -58,17 +58,3 @@ def uniform_keys(seed: int, stream: int, batch: int, seq_len: int, device: torch
     drawn = torch.randint(0, KEY_LIMIT, (batch, seq_len), device=device)
     return mix32(drawn ^ table)
 
-
-def default_stream_state() -> dict:
-    """Torch's default generators' state (CPU, and every CUDA device once CUDA is in use): where
-    the next draws of dropout and of random-LTD come from."""
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_default_stream_state(state: dict) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -26,7 +26,10 @@ class WrappedLayer:
 
 
 def parse_layer_selection(selection: LayerSelection, num_layers: int) -> list[int]:
-    """``"1:-1"``, ``"::2"``, ``"3"`` or a list of indices (negative allowed) -> sorted indices."""
+    """``"1:-1"``, ``"::2"``, ``"3"`` or a list of indices (negative allowed) -> sorted indices.
+
+    Slice bounds must lie in ``-num_layers..num_layers``: Python would clip ``"3:40"`` silently.
+    """
     if isinstance(selection, str):
         text = selection.strip()
         try:
@@ -34,6 +37,12 @@ def parse_layer_selection(selection: LayerSelection, num_layers: int) -> list[in
                 parts = [int(p) if p.strip() else None for p in text.split(":")]
                 if len(parts) > 3:
                     raise ValueError
+                for bound in parts[:2]:
+                    if bound is not None and not -num_layers <= bound <= num_layers:
+                        raise RandomLTDError(f"layers={selection!r}: slice bound {bound} is outside a stack of "
+                                             f"{num_layers} layers (bounds from {-num_layers} to {num_layers})")
+                if len(parts) == 3 and parts[2] == 0:
+                    raise RandomLTDError(f"layers={selection!r}: slice step cannot be zero")
                 chosen = list(range(num_layers))[slice(*parts)]
             else:
                 chosen = [_check_index(int(p), num_layers) for p in text.split(",") if p.strip()]

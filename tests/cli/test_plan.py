@@ -196,3 +196,21 @@ def test_readme_shows_what_the_command_prints(capsys):
     assert code == 0 and out == shown
     saving = re.search(r"LayerToken saving  ([\d.]+%)", out).group(1)
     assert f"The LayerToken saving of this schedule is {saving}" in section
+
+
+TWELVE_LAYERS = ["--seq-len", "512", "--layers", "12", "--batch-size", "4", "--total-steps", "100", "--keep", "128"]
+
+
+@pytest.mark.parametrize("selection, bound", [("3:40", 40), ("-13:", -13), ("1:13", 13)])
+def test_drop_layers_outside_the_stack_is_one_line_exit_2(capsys, selection, bound):
+    code, out, err = invoke(capsys, *TWELVE_LAYERS, f"--drop-layers={selection}")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("random-ltd plan: error: --drop-layers:"), err
+    assert f"slice bound {bound} is outside a stack of 12 layers" in err
+
+
+@pytest.mark.parametrize("selection, expected", [("-4:-1", [8, 9, 10]), ("1:12", list(range(1, 12))),
+                                                 ("-12:2", [0, 1]), ("1:-1", list(range(1, 11)))])
+def test_drop_layers_with_bounds_inside_the_stack_still_work(capsys, selection, expected):
+    code, out, _ = invoke(capsys, *TWELVE_LAYERS, f"--drop-layers={selection}", "--json")
+    assert code == 0 and json.loads(out)["drop_layers"] == expected

@@ -63,6 +63,17 @@ def test_quick_gpt_on_the_default_corpus(tmp_path, cache, capsys):
     assert (out / "baseline" / "seed0" / "metrics.jsonl").exists() and (out / "random_ltd" / "seed0" / "metrics.jsonl").exists()
 
 
+def test_without_out_prints_the_run_folder_it_wrote(tmp_path, corpus, cache, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train("--quick", "--steps", "2", "--data", str(corpus / "*.txt"), "--vocab-size", "300",
+                 "--cache-dir", cache, *TINY) == 0
+    [run] = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("gpt-")
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last_line == f"report: {Path('runs') / run.name}/report.md  summary: {Path('runs') / run.name}/summary.json"
+    assert (run / "report.md").exists() and (run / "summary.json").exists()
+
+
 def test_quick_bert_with_user_text(tmp_path, corpus, cache):
     out = tmp_path / "bert"
     assert train("--task", "bert", "--quick", "--steps", "3", "--data", str(corpus / "*.txt"), "--vocab-size", "300",
@@ -133,12 +144,15 @@ def bad_input_cases(tmp_path: Path, corpus: Path) -> dict[str, tuple[list[str], 
         "bad number": (["--steps", "0"], "--steps: must be at least 1"),
         "both budgets": (["--steps", "3", "--tokens", "100"], "not allowed with"),
         "bad layers": (["--drop-layers", "7", "--quick", "--data", str(corpus), "--vocab-size", "300"], "--drop-layers"),
+        "slice beyond the stack": (["--drop-layers", "1:40", "--quick", "--data", str(corpus), "--vocab-size", "300"],
+                                   "--drop-layers: layers='1:40': slice bound 40 is outside"),
     }
 
 
 @pytest.mark.parametrize("case", ["unknown task", "data matches nothing", "corpus smaller than one batch",
                                   "fashion-mnist missing", "seq len beyond positions", "bert seq len beyond positions",
-                                  "resume without a run", "bad number", "both budgets", "bad layers"])
+                                  "resume without a run", "bad number", "both budgets", "bad layers",
+                                  "slice beyond the stack"])
 def test_bad_input_is_one_line_exit_2_before_training(case, tmp_path, corpus, cache, capsys):
     args, expected = bad_input_cases(tmp_path, corpus)[case]
     out = tmp_path / "out"

@@ -17,7 +17,7 @@ import transformers
 from torch.nn.parallel import DistributedDataParallel
 
 import random_ltd
-from random_ltd.integrations.distributed import check_kept_lengths_agree, rank_seed, shard_layers
+from random_ltd.integrations.distributed import check_kept_lengths_agree, exit_process, rank_seed, shard_layers
 
 SEQ, BATCH, VOCAB, STEPS, BASE_SEED = 32, 2, 101, 4, 1234
 SCHEDULE = random_ltd.MSLG(seq_len=SEQ, start=8, increment=8, every_steps=1)  # 8, 16, 24, 32 (full)
@@ -154,8 +154,8 @@ def main() -> None:
     if rank == 0:
         with open(args.out, "w") as file:
             json.dump(results, file, indent=1)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    exit_process()

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import transformers
 
 import random_ltd
+from random_ltd.integrations.distributed import exit_process
 from random_ltd.integrations.hf import RandomLTDCallback
 
 SEQ, VOCAB = 32, 101
@@ -83,3 +84,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process()

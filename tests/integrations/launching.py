@@ -14,7 +14,11 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]  # rendezvous on a port the OS picks
+
+
 def free_port() -> int:
+    """A port free now (another process may take it before it is used): only for launchers without ``--standalone``."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -30,8 +34,7 @@ def run_command(command: list[str], cwd: Path = REPO, timeout: float = 120) -> s
 
 
 def torchrun(script: Path | str, *args: str, nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-               f"--master-port={free_port()}", str(script), *args]
+    command = [*TORCHRUN, f"--nproc-per-node={nproc}", str(script), *args]
     return run_command(command, timeout=timeout)
 
 

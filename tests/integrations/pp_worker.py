@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 import torch
 import torch.distributed as dist
@@ -24,6 +22,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from torch.utils.checkpoint import checkpoint
 
 import random_ltd
+from random_ltd.integrations.distributed import exit_process
 from random_ltd.integrations.pipeline import apply_to_stage
 
 SEQ, MICRO, N_MICRO, VOCAB, LAYERS, STEPS, SEED = 16, 2, 4, 64, 6, 2, 2024
@@ -206,10 +205,7 @@ def main() -> None:
         with open(args.out, "w") as file:
             json.dump(results, file, indent=1)
     dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # gloo can abort at interpreter exit after destroy_process_group; nothing is left to do
+    exit_process()  # gloo can abort at interpreter exit after destroy_process_group
 
 
 if __name__ == "__main__":

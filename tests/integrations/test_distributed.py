@@ -79,10 +79,8 @@ def test_load_rank_state_restores_the_counters_but_keeps_this_ranks_seed():
         driver0.before_step()
         model0(torch.randint(0, 50, (2, 12)))
         driver0.after_step()
-    saved, after_save = driver0.state_dict(), torch.randn(3)
     _, driver1 = driver_for(1)
-    load_rank_state(driver1, saved)
+    load_rank_state(driver1, driver0.state_dict())
     assert driver1.handle.seed == rank_seed(9, 1)
     assert driver1.handle.keep == driver0.handle.keep
-    assert torch.equal(torch.randn(3), after_save), "the draw stream continues where it was saved"
     assert (driver1.step, driver1.layer_tokens, driver1.before_step()) == (2, driver0.layer_tokens, 12)

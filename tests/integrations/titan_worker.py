@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import sys
 import types
 
 import torch
@@ -56,6 +54,7 @@ from torchtitan.models.llama3.config_registry import llama3_debugmodel  # noqa: 
 
 import random_ltd  # noqa: E402
 from random_ltd.integrations import torchtitan as ltd_titan  # noqa: E402
+from random_ltd.integrations.distributed import exit_process  # noqa: E402
 
 
 class RandomTokens(BaseDataLoader):
@@ -167,10 +166,7 @@ def main() -> None:
             json.dump(gathered, file)
     trainer.close()
     dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # gloo can abort at interpreter exit after destroy_process_group; nothing is left to do
+    exit_process()  # gloo can abort at interpreter exit after destroy_process_group
 
 
 if __name__ == "__main__":

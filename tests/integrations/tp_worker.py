@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 
 import torch
@@ -22,7 +20,7 @@ import transformers
 from torch.distributed.device_mesh import init_device_mesh
 
 import random_ltd
-from random_ltd.integrations.distributed import rank_seed
+from random_ltd.integrations.distributed import exit_process, rank_seed
 from random_ltd.integrations.tensor_parallel import mesh_rank_seed
 
 SEQ, BATCH, VOCAB, BASE_SEED = 32, 2, 96, 77
@@ -194,10 +192,7 @@ def main() -> None:
         with open(args.out, "w") as file:
             json.dump(results, file, indent=1)
     dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # gloo can abort at interpreter exit after destroy_process_group; nothing is left to do
+    exit_process()  # gloo can abort at interpreter exit after destroy_process_group
 
 
 if __name__ == "__main__":

@@ -96,16 +96,20 @@ def test_seeds_give_mean_and_std(tiny, tmp_path):
     assert "±" in (tmp_path / "run" / "report.md").read_text()
 
 
-def test_bert_quick_run_reports_perplexity(tiny):
+def test_bert_quick_run_reports_perplexity(tiny, tmp_path):
     summary = run_training(tiny(task="bert", steps=3, eval_every=3))
-    assert math.isfinite(summary["arms"]["random_ltd"]["final_val_perplexity"])
+    ltd = summary["arms"]["random_ltd"]
+    assert ltd["final_val_loss"] == lines(tmp_path / "run", "random_ltd")[-1]["val_loss"]
+    assert ltd["final_val_perplexity"] == pytest.approx(math.exp(ltd["final_val_loss"]))
 
 
-def test_vit_quick_run_reports_accuracy(tiny, fashion_dir):
+def test_vit_quick_run_reports_accuracy(tiny, fashion_dir, tmp_path):
     summary = run_training(tiny(task="vit", data=(), vocab_size=None, seq_len=None, steps=3, eval_every=3,
                                 kept_start=None, kept_increment=None, fashion_mnist_dir=str(fashion_dir)))
-    assert 0 <= summary["arms"]["random_ltd"]["final_val_accuracy"] <= 1
-    assert "val_accuracy_difference" in summary["comparison"]
+    accuracy = {arm: summary["arms"][arm]["final_val_accuracy"] for arm in ("baseline", "random_ltd")}
+    for arm, value in accuracy.items():
+        assert value == lines(tmp_path / "run", arm)[-1]["val_accuracy"] and 0 <= value <= 1
+    assert summary["comparison"]["val_accuracy_difference"] == accuracy["random_ltd"] - accuracy["baseline"]
 
 
 def test_budget_ratio_changes_the_random_ltd_steps(tiny):

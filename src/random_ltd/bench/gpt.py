@@ -28,7 +28,9 @@ def build_gpt(shape: GptShape, device: torch.device, seed: int = 0) -> nn.Module
         bos_token_id=0, eos_token_id=0,
     )
     torch.manual_seed(seed)
-    return training_model(GPT2LMHeadModel(config)).to(device).train()
+    model = GPT2LMHeadModel(config)
+    model.loss_type = "ForCausalLM"  # what it computes anyway; unset, transformers logs a warning (a graph break)
+    return training_model(model).to(device).train()
 
 
 def ideal_lm_loss(model: nn.Module, input_ids: torch.Tensor, keep: int) -> torch.Tensor:

@@ -73,6 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     optimisation.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
     optimisation.add_argument("--grad-clip", type=float, help="gradient-norm clip, 0 for none (default 1.0)")
     optimisation.add_argument("--dropout", type=float, help="dropout probability of the model")
+    optimisation.add_argument("--lora", action="store_true", default=None,
+                              help="finetune LoRA adapters only (--task finetune; pip install peft)")
+    optimisation.add_argument("--lora-rank", type=int, help="LoRA rank (default 8; alpha is twice the rank)")
+    optimisation.add_argument("--lora-targets", help="modules that get adapters, comma-separated (default q_proj,v_proj)")
     runs = parser.add_argument_group("runs and output")
     runs.add_argument("--seed", type=int, help="first seed (default 0)")
     runs.add_argument("--seeds", type=int, help="number of seeds; the report shows mean ± std")
@@ -85,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runs.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoints")
     runs.add_argument("--cache-dir", help="tokenizers, token files and models (default ~/.cache/random-ltd)")
     runs.add_argument("--fashion-mnist-dir", help="folder of the Fashion-MNIST IDX files")
+    runs.add_argument("--report-to", metavar="TRACKERS",
+                      help="experiment trackers, comma-separated: tensorboard, wandb, mlflow (default: none)")
     runs.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
 
 
@@ -124,6 +130,8 @@ def explicit_options(args: argparse.Namespace) -> dict:
         given["data"] = tuple(given["data"])
     if "arms" in given:
         given["arms"] = parse_arms(given["arms"])
+    if "report_to" in given:
+        given["report_to"] = tuple(part.strip() for part in given["report_to"].split(",") if part.strip())
     return given
 
 
@@ -156,5 +164,5 @@ def print_result(summary: dict) -> None:
     from random_ltd.train.report import table
 
     print(table(summary))
-    out = summary["config"]["out"]
+    out = summary["out"]
     print(f"\nreport: {out}/report.md  summary: {out}/summary.json")

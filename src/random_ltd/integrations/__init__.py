@@ -4,6 +4,7 @@
 - ``random_ltd.integrations.distributed``: per-rank seeds, kept-length agreement checks and
   FSDP2 sharding of the same layers random-LTD wraps (DDP needs nothing else).
 - ``random_ltd.integrations.deepspeed``: DeepSpeed JSON configs and engines.
+- ``random_ltd.integrations.lightning``: ``RandomLTDCallback`` for the PyTorch Lightning 2.x ``Trainer``.
 - ``random_ltd.integrations.tensor_parallel``: seeds on a ``DeviceMesh`` and sequence-parallel DTensors.
 - ``random_ltd.integrations.pipeline``: random-LTD in pipeline stages (``torch.distributed.pipelining``).
 - ``random_ltd.integrations.torchtitan``: a model converter, per-step hook and LayerToken LR for torchtitan.

@@ -19,7 +19,11 @@ in the same state.
 """
 from __future__ import annotations
 
-from typing import Any
+import atexit
+import logging
+import os
+import sys
+from typing import Any, NoReturn
 
 import torch.distributed as dist
 import torch.nn as nn
@@ -28,6 +32,30 @@ from random_ltd.errors import RandomLTDError
 from random_ltd.layer import is_wrapped, layer_state, unwrap_layer, wrap_layer
 from random_ltd.rng import derive_seed
 from random_ltd.surgery import RandomLTDHandle, find_layer_stack, get_handle
+
+
+def exit_process(exit_code: int | None = 0) -> NoReturn:
+    """End this process: destroy the default process group, then, in a launched worker, leave
+    without the interpreter's teardown (``atexit`` handlers still run; close your files first).
+
+    Why: gloo's worker threads outlive ``destroy_process_group`` while anything (DDP's reducer,
+    FSDP's state, a work handle) still holds the group. A worker thread that drops its last work
+    item releases a Python object, so it takes the GIL; if the interpreter is finalizing by then,
+    Python ends that thread with ``pthread_exit``, whose unwinding through a ``noexcept`` C++
+    destructor calls ``std::terminate``: SIGABRT, "terminate called without an active exception".
+    ``os._exit`` skips finalization, so no thread ever meets it. Outside torchrun (no
+    ``WORLD_SIZE`` > 1 and no process group) this is ``sys.exit(exit_code)``.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or (dist.is_available() and dist.is_initialized())
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    if not launched:
+        sys.exit(exit_code)
+    atexit._run_exitfuncs()  # what a normal exit runs before finalizing
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code or 0)
 
 
 def current_rank() -> int:

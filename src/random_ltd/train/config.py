@@ -19,7 +19,8 @@ LR_DECAYS = ("cosine", "linear", "constant")
 
 # Fields that steer how a run is executed or where it writes, not what it computes:
 # a resumed run may change them.
-RUN_CONTROL_FIELDS = ("out", "device", "progress", "cache_dir", "checkpoint_every")
+RUN_CONTROL_FIELDS = ("out", "device", "progress", "cache_dir", "checkpoint_every", "report_to")
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     dropout: float | None = None
+    lora: bool = False  # finetune LoRA adapters (PEFT) instead of every weight
+    lora_rank: int | None = None
+    lora_targets: str | None = None  # comma-separated module names
     # runs
     arms: tuple[str, ...] = ARMS
     seed: int = 0
@@ -77,10 +81,12 @@ class TrainConfig:
     cache_dir: str | None = None
     fashion_mnist_dir: str | None = None
     progress: bool = True
+    report_to: tuple[str, ...] = ()  # experiment trackers, any of TRACKERS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", _as_tuple(self.data))
         object.__setattr__(self, "arms", _as_tuple(self.arms))
+        object.__setattr__(self, "report_to", _as_tuple(self.report_to))
         _check_choice("task", self.task, TASKS)
         _check_choice("model_size", self.model_size, MODEL_SIZES, optional=True)
         _check_choice("schedule", self.schedule, SCHEDULES)
@@ -89,6 +95,8 @@ class TrainConfig:
         self._check_counts()
         self._check_fractions()
         self._check_arms()
+        for tracker in self.report_to:
+            _check_choice("report_to", tracker, TRACKERS)
         if self.steps is not None and self.tokens is not None:
             raise ConfigError("steps", "give a budget in --steps or in --tokens, not both")
         if not isinstance(self.drop_layers, str) or not self.drop_layers.strip():
@@ -97,7 +105,7 @@ class TrainConfig:
     def _check_counts(self) -> None:
         for name in ("steps", "tokens", "batch_size", "seq_len", "patch_size", "layers", "vocab_size",
                      "kept_start", "kept_increment", "kept_every", "eval_every", "eval_batches",
-                     "checkpoint_every", "threads"):
+                     "checkpoint_every", "threads", "lora_rank"):
             _check_int(name, getattr(self, name), minimum=1, optional=True)
         _check_int("seeds", self.seeds, minimum=1)
         _check_int("seed", self.seed, minimum=0)

@@ -22,6 +22,7 @@ from random_ltd.rng import derive_seed
 from random_ltd.surgery import apply
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.train import checkpoint, distributed, report
+from random_ltd.train.trackers import Trackers, check_installed
 from random_ltd.train.arms import ArmPlan, make_lr_scheduler, plan_arms, step_flops
 from random_ltd.train.config import ConfigError, TrainConfig
 from random_ltd.train.rundir import RunDir, arm_dir, pick_device
@@ -38,6 +39,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, command: str | No
     (a one-line message naming the flag) is raised for bad input before any training.
     """
     config = resolve_config(config)
+    check_installed(config.report_to)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
@@ -56,21 +58,27 @@ def run_training(config: TrainConfig, *, resume: bool = False, command: str | No
     if not config.quick:
         warm_up(task, device)
 
+    trackers = Trackers.open(config.report_to if ranks.is_main else (), run_dir.root, config)
     results = {}
-    for seed in range(config.seed, config.seed + config.seeds):
-        for arm, plan in plans.items():
-            results[(arm, seed)] = train_arm(config, task, shape, plan, seed, run_dir.root, device, on_step, ranks)
-    summary = None
-    if ranks.is_main:
-        summary = report.write(run_dir.root, config, plans, results, task.describe_data(), command, str(device),
-                               world_size=ranks.world_size)
+    try:
+        for seed in range(config.seed, config.seed + config.seeds):
+            for arm, plan in plans.items():
+                results[(arm, seed)] = train_arm(config, task, shape, plan, seed, run_dir.root, device, on_step, ranks,
+                                                 trackers)
+        summary = None
+        if ranks.is_main:
+            summary = report.write(run_dir.root, config, plans, results, task.describe_data(), command, str(device),
+                                   world_size=ranks.world_size)
+            trackers.log_summary(summary)
+    finally:
+        trackers.close()
     distributed.shutdown(ranks)
     return summary
 
 
 def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, root: Path,
               device: torch.device, on_step: StepHook | None = None,
-              ranks: distributed.Ranks = distributed.Ranks()) -> dict:
+              ranks: distributed.Ranks = distributed.Ranks(), trackers: Trackers = Trackers([])) -> dict:
     """Train one arm with one seed; resumes from the arm's checkpoint when there is one.
 
     Under torchrun every rank runs this; only rank 0 writes metrics, checkpoints and results.
@@ -92,6 +100,7 @@ def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
         if driver.step == 0:
             record = {"step": 0, **evaluate(task, model, val_batches, state)}
             metrics.write(json.dumps(record) + "\n")
+            trackers.log_step(plan.arm, seed, record)
         bar = tqdm(total=plan.steps, initial=driver.step, desc=f"{plan.arm} (seed {seed})", unit="step",
                    disable=not (config.progress and ranks.is_main), dynamic_ncols=True)
         while driver.step < plan.steps:
@@ -101,6 +110,7 @@ def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
                 record.update(evaluate(task, model, val_batches, state))
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
+            trackers.log_step(plan.arm, seed, record)
             bar.update(1)
             bar.set_postfix(kept=record["kept"], loss=f"{record['train_loss']:.3f}", refresh=False)
             if steps_done % config.checkpoint_every == 0 and steps_done < plan.steps and ranks.is_main:

@@ -33,6 +33,7 @@ def write(root: Path, config: TrainConfig, plans: dict, results: dict, data: dic
     summary = summarize(config, plans, results, data, command)
     summary["environment"]["device"] = device
     summary["world_size"] = world_size
+    summary["out"] = str(root)  # the run folder, also when --out was not given
     write_json(root / "summary.json", summary)
     figures = plots.draw(root, config, list(plans))
     (root / "report.md").write_text(markdown(summary, figures))

@@ -36,6 +36,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if resolved.checkpoint_every is None:
         resolved = dataclasses.replace(resolved, checkpoint_every=resolved.eval_every)
     _check_kept(resolved)
+    if resolved.task != "finetune" and (resolved.lora or resolved.lora_rank or resolved.lora_targets):
+        raise ConfigError("lora", "applies only to --task finetune (a pretrained model)")
     task_class.check(resolved)
     return resolved
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from random_ltd.train import data
+from random_ltd.train import data, lora
 from random_ltd.train.config import ConfigError, TrainConfig
 from random_ltd.train.tasks.base import ModelShape, cache_dir, check_not_set
 from random_ltd.train.tasks.text import GPTTask
@@ -79,6 +79,7 @@ class FinetuneTask(GPTTask):
         check_not_set(config, ("model_size", "vocab_size"), "does not apply to --task finetune (SmolLM2-135M)")
         if not smollm2_available():
             raise ConfigError("task", f"finetune needs the SmolLM2 weights: {INSTALL_HINT}")
+        lora.check(config)
 
     def encode(self, corpus: data.Corpus) -> data.TokenSplit:
         from transformers import AutoTokenizer
@@ -114,4 +115,4 @@ class FinetuneTask(GPTTask):
         if model.config.max_position_embeddings < self.config.seq_len:
             raise ConfigError("seq_len", f"{self.config.seq_len} is beyond the {model.config.max_position_embeddings} "
                                          f"positions of {self.model_name}")
-        return model
+        return lora.with_lora(model, self.config) if self.config.lora else model
