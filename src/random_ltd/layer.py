@@ -73,37 +73,56 @@ class RandomLTDLayerMixin(swap.SwappedModule):
         hidden_name = state.adapter.hidden or state.plan.first()
         hidden = call.get(hidden_name)
         batch_first = _batch_first(self, state.adapter)
-        tokens = hidden if batch_first else hidden.transpose(0, 1)
-        if keep >= tokens.shape[1] or _cache_holds_tokens(state, call):
+        seq_len = hidden.shape[1] if batch_first else hidden.shape[0]
+        if keep >= seq_len or _cache_holds_tokens(state, call):
             return super().forward(*args, **kwargs)
+        layout = _sharded_layout(hidden, batch_first)  # sequence parallel: DTensor hidden states
+        hidden = hidden if layout is None else layout.to_full(hidden)
+        tokens = hidden if batch_first else hidden.transpose(0, 1)
         context = control.context.for_layer(state.position, hidden) if control.selection.needs_context else None
         indices = control.selection(state.position, tokens, keep, context)
         if indices is None or indices.shape[1] >= tokens.shape[1]:
             return super().forward(*args, **kwargs)
-        return _forward_on_kept(self, state, call, hidden_name, tokens, indices, batch_first)
+        return _forward_on_kept(self, state, call, hidden_name, tokens, indices, batch_first, layout)
 
 
 def _batch_first(layer: nn.Module, adapter: LayerAdapter) -> bool:
     return adapter.batch_first is None or adapter.batch_first(layer)
 
 
+def _sharded_layout(hidden: torch.Tensor, batch_first: bool):
+    """A ``DTensor``'s layout (sequence parallel), else ``None``; see integrations/tensor_parallel.py."""
+    if type(hidden) is torch.Tensor:
+        return None
+    from random_ltd.integrations.tensor_parallel import ShardedLayout  # noqa: PLC0415  (import cycle)
+
+    return ShardedLayout.of(hidden, sequence_dim=1 if batch_first else 0)
+
+
 def _forward_on_kept(layer, state: LayerState, call: LayerCall, hidden_name: str, tokens: torch.Tensor,
-                     indices: torch.Tensor, batch_first: bool):
+                     indices: torch.Tensor, batch_first: bool, layout=None):
     seq_len = tokens.shape[1]
     flat = ops.flat_indices(indices, seq_len)
     kept, passthrough = ops.split_tokens(tokens, flat, indices.shape[1])
-    call[hidden_name] = kept if batch_first else kept.transpose(0, 1)
+    kept = kept if batch_first else kept.transpose(0, 1)
+    call[hidden_name] = kept if layout is None else layout.to_sharded(kept)
     gather_inputs(layer, state.adapter, call, indices, seq_len)
     output = call.call(state.original_class.forward, layer)
-    return replace_hidden(output, passthrough, flat, batch_first)
+    return replace_hidden(output, passthrough, flat, batch_first, layout)
 
 
-def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_first: bool):
-    """Merge the layer's short output into the full sequence, keeping the output's structure."""
+def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_first: bool, layout=None):
+    """Merge the layer's short output into the full sequence, keeping the output's structure.
+
+    ``layout``: the input's sequence-parallel layout, if any (the output is gathered, merged and
+    sharded back like the input).
+    """
     short = output if isinstance(output, torch.Tensor) else output[0]
+    short = short if layout is None else layout.to_full(short)
     short = short if batch_first else short.transpose(0, 1)
     full = ops.merge_tokens(passthrough, short, flat)
     full = full if batch_first else full.transpose(0, 1)
+    full = full if layout is None else layout.to_sharded(full)
     if isinstance(output, torch.Tensor):
         return full
     return type(output)((full, *output[1:])) if isinstance(output, tuple) else [full, *output[1:]]

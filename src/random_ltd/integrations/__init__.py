@@ -5,7 +5,10 @@
   FSDP2 sharding of the same layers random-LTD wraps (DDP needs nothing else).
 - ``random_ltd.integrations.deepspeed``: DeepSpeed JSON configs and engines.
 - ``random_ltd.integrations.lightning``: ``RandomLTDCallback`` for the PyTorch Lightning 2.x ``Trainer``.
+- ``random_ltd.integrations.tensor_parallel``: seeds on a ``DeviceMesh`` and sequence-parallel DTensors.
+- ``random_ltd.integrations.pipeline``: random-LTD in pipeline stages (``torch.distributed.pipelining``).
+- ``random_ltd.integrations.torchtitan``: a model converter, per-step hook and LayerToken LR for torchtitan.
 
 Each module imports its engine lazily, so importing one never requires the others.
-See docs/integrations.md.
+See docs/integrations.md and docs/scale.md.
 """

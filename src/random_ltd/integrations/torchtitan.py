@@ -1,0 +1,249 @@
+"""Random-LTD in torchtitan (0.3.0), from a user config function.
+
+    from random_ltd.integrations import torchtitan as ltd_titan
+
+    def llama3_debugmodel_random_ltd() -> Trainer.Config:
+        config = llama3_debugmodel()
+        ltd = ltd_titan.RandomLTDConverter.Config(seq_len=2048, start=128, increment=16, every_steps=10)
+        return ltd_titan.enable(config, ltd)
+
+``enable`` does three things, all through torchtitan's extension points:
+
+- **Model**: ``RandomLTDConverter`` (a ``ModelConfigConverter``) wraps the model config so that the
+  built model's middle blocks drop tokens (``layers``, default ``"1:-1"``: all but the first and
+  the last). The blocks are built, then swapped to their dropping class, before torchtitan
+  parallelizes them (TP, activation checkpointing, compile, FSDP), so every wrapper sees them.
+- **Kept length**: ``ModelSpec.post_optimizer_build_fn`` registers an optimizer step hook that sets
+  the kept length of the next step from the MSLG schedule (once per optimizer step: every
+  microbatch and gradient-accumulation pass of a step uses the same length), and gives each
+  data-parallel group its own seed (torchtitan seeds every DP and TP rank alike).
+- **LR**: ``LayerTokenLRSchedulers`` replaces the trainer's LR schedule by the LayerToken one
+  (paper Section 3.3): warmup then decay over the layer-tokens the schedule will consume. On
+  resume from a torchtitan checkpoint it restores the step, hence the LR and the kept length.
+
+Attention: torchtitan's language models build a FlexAttention ``BlockMask`` from the token
+positions; a dropping block rebuilds it for its kept tokens (``mask_mod`` on the kept positions).
+Varlen attention metadata cannot be gathered and raises ``RandomLTDError``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import torch
+
+import random_ltd
+from random_ltd.accounting import count_drop_layers, layer_tokens_per_step
+from random_ltd.adapters import LayerAdapter, register_layer
+from random_ltd.errors import RandomLTDError
+from random_ltd.integrations.distributed import rank_seed
+from random_ltd.lr import lr_factor
+from random_ltd.surgery import get_handle, parse_layer_selection
+
+from torchtitan.components.optimizer import LRSchedulersContainer  # noqa: E402  (this module needs torchtitan)
+from torchtitan.protocols.model import ModelConfigConverter  # noqa: E402
+
+BLOCK_CLASS = "torchtitan.models.common.decoder.TransformerBlock"
+
+
+def _gather_attention_inputs(layer: torch.nn.Module, arguments: dict, indices: torch.Tensor) -> None:
+    """Positions default to the token index (RoPE must see the kept tokens' own positions); a
+    ``BlockMask`` is rebuilt on the kept tokens."""
+    if arguments.get("positions") is None:
+        arguments["positions"] = indices
+    masks = arguments.get("attention_masks")
+    if masks is None:
+        return
+    from torch.nn.attention.flex_attention import BlockMask  # noqa: PLC0415
+
+    if not isinstance(masks, BlockMask):
+        raise RandomLTDError(f"attention_masks of type {type(masks).__name__} cannot be gathered for the kept tokens; "
+                             "use the flex attention backend")
+    arguments["attention_masks"] = kept_block_mask(masks, indices)
+
+
+def kept_block_mask(mask: Any, indices: torch.Tensor) -> Any:
+    """The ``BlockMask`` of the kept tokens: ``mask_mod(b, h, idx[b, q], idx[b, kv])`` at the kept length."""
+    from torch.nn.attention.flex_attention import create_block_mask  # noqa: PLC0415
+
+    original = mask.mask_mod
+
+    def kept_mask_mod(b, h, q_idx, kv_idx):
+        return original(b, h, indices[b, q_idx], indices[b, kv_idx])
+
+    batch, keep = indices.shape
+    return create_block_mask(kept_mask_mod, batch, None, keep, keep, device=indices.device,
+                             BLOCK_SIZE=mask.BLOCK_SIZE)
+
+
+ADAPTER = LayerAdapter(name="torchtitan", hidden="x", positions=("positions",), prepare=_gather_attention_inputs)
+
+
+def register() -> None:
+    """Register torchtitan's ``TransformerBlock`` (and its subclasses) for random-LTD; done on use."""
+    register_layer(BLOCK_CLASS, ADAPTER)
+
+
+class RandomLTDConverter(ModelConfigConverter):
+    """Turns a torchtitan decoder config into one whose built model drops tokens in ``layers``."""
+
+    @dataclasses.dataclass(kw_only=True, slots=True)
+    class Config(ModelConfigConverter.Config):
+        seq_len: int
+        """Training sequence length (``training.seq_len``): where the schedule ends."""
+        start: int
+        """Kept length of the first steps (MSLG)."""
+        increment: int
+        """Tokens added to the kept length every ``every_steps`` steps (MSLG)."""
+        every_steps: int
+        """Optimizer steps between increments (MSLG)."""
+        layers: str = "1:-1"
+        """Which blocks drop tokens, over the whole stack (default: all but the first and the last)."""
+        seed: int = 0
+        """Base seed of the draws; each data-parallel group derives its own from it."""
+
+        def schedule(self) -> random_ltd.MSLG:
+            return random_ltd.MSLG(seq_len=self.seq_len, start=self.start, increment=self.increment,
+                                   every_steps=self.every_steps)
+
+    def __init__(self, config: Config, **kwargs: Any):
+        config.schedule()  # validates the schedule (ConfigError)
+        self.config = config
+
+    def convert(self, model_config: Any) -> Any:
+        layers = getattr(model_config, "layers", None)
+        if not isinstance(layers, list) or not layers:
+            raise RandomLTDError(f"{type(model_config).__name__} has no list of layer configs to drop tokens in")
+        parse_layer_selection(self.config.layers, len(layers))  # validates against this model
+        register()
+        return _dropping_config_class(type(model_config), self.config)(
+            **{f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config) if f.init})
+
+
+def _dropping_config_class(config_class: type, ltd: RandomLTDConverter.Config) -> type:
+    """A subclass of the model's config class whose ``build`` applies random-LTD to the built model."""
+
+    def build(self, **kwargs):
+        model = config_class.build(self, **kwargs)
+        register()
+        random_ltd.apply(model, ltd.layers, seed=ltd.seed)
+        return model
+
+    return type(f"RandomLTD{config_class.__name__}", (config_class,),
+                {"build": build, "random_ltd": ltd, "__qualname__": f"RandomLTD{config_class.__qualname__}"})
+
+
+class KeptLengthStepper:
+    """Sets the kept length of every model part from the schedule, once per optimizer step."""
+
+    def __init__(self, handles: list, schedule: random_ltd.MSLG):
+        self.handles, self.schedule, self.step = handles, schedule, 0
+        self._apply()
+
+    def resume(self, step: int) -> None:
+        self.step = step
+        self._apply()
+
+    def _apply(self) -> None:
+        kept = self.schedule(self.step)
+        for handle in self.handles:
+            handle.set_keep(None if kept >= self.schedule.seq_len else kept)
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        self.step += 1
+        self._apply()
+
+
+def post_optimizer_build(optimizers: Any, model_parts: list, parallel_dims: Any, *, ltd: RandomLTDConverter.Config,
+                         previous: Callable | None = None) -> KeptLengthStepper:
+    """torchtitan's ``post_optimizer_build_fn``: per-DP-group seeds and the per-step kept length."""
+    if previous is not None:
+        previous(optimizers, model_parts, parallel_dims)
+    handles = [handle for handle in map(get_handle, model_parts) if handle is not None]
+    if not handles:
+        raise RandomLTDError("no model part has random-LTD applied; was the RandomLTDConverter's config used?")
+    dp_index = parallel_dims.get_mesh("batch").get_local_rank() if parallel_dims.dp_enabled else 0
+    for handle in handles:
+        handle.load_state_dict({**handle.state_dict(), "seed": rank_seed(ltd.seed, dp_index)})
+    stepper = KeptLengthStepper(handles, ltd.schedule())
+    optimizers.register_step_post_hook(stepper.advance)
+    optimizers.random_ltd_stepper = stepper  # LayerTokenLRSchedulers restores its step on resume
+    return stepper
+
+
+class LayerTokenLRSchedulers(LRSchedulersContainer):
+    """LayerToken LR in torchtitan's scheduler container (its ``LambdaLR`` keyed by the step).
+
+    The kept length is a pure function of the step, so the layer-tokens consumed before step
+    ``t`` are too: the LR factor is ``lr_factor(LT(t), LT(total))`` with warmup counted in full
+    layer-tokens, and torchtitan's checkpoints (which keep the step) resume it exactly.
+    """
+
+    @dataclasses.dataclass(kw_only=True, slots=True)
+    class Config(LRSchedulersContainer.Config):
+        ltd: RandomLTDConverter.Config | None = None
+        """The random-LTD settings whose layer-tokens clock the LR."""
+        num_layers: int = 0
+        """Blocks in the model's stack."""
+
+        def build(self, *, optimizers, training_steps):  # type: ignore[override]
+            if self.ltd is None or self.num_layers <= 0:
+                raise RandomLTDError("LayerTokenLRSchedulers.Config needs ltd and num_layers")
+            total_steps = self.total_steps if self.total_steps is not None else training_steps
+            factor = layer_token_lr_lambda(self.ltd, self.num_layers, total_steps, self.warmup_steps,
+                                           self.decay_type, self.min_lr_factor)
+            return LayerTokenLRSchedulers(optimizers, factor)
+
+    def __init__(self, optimizers: Any, lr_lambda: Callable) -> None:
+        super().__init__(optimizers, lr_lambda)
+        self.stepper = getattr(optimizers, "random_ltd_stepper", None)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torchtitan's resume: the LR from the saved step, and the kept length of that step."""
+        super().load_state_dict(state_dict)
+        if self.stepper is not None:
+            self.stepper.resume(state_dict["last_epoch"])
+
+
+def layer_token_lr_lambda(ltd: RandomLTDConverter.Config, num_layers: int, total_steps: int, warmup_steps: int,
+                          decay: str, min_lr_ratio: float) -> Callable[[int], float]:
+    """``step -> LR factor``: warmup over ``warmup_steps`` full steps, then decay over the layer-tokens left."""
+    if decay not in ("cosine", "linear"):
+        raise RandomLTDError(f"LayerToken LR decays 'cosine' or 'linear', not {decay!r}")
+    schedule, drop_layers = ltd.schedule(), parse_layer_selection(ltd.layers, num_layers)
+    count_drop_layers(num_layers, drop_layers)
+    per_step = [layer_tokens_per_step(schedule.seq_len, 1, num_layers, drop_layers, schedule(step))
+                for step in range(total_steps + 1)]
+    consumed = [0]
+    for tokens in per_step:
+        consumed.append(consumed[-1] + tokens)
+    warmup = min(warmup_steps, total_steps) * schedule.seq_len * num_layers
+    total = max(consumed[total_steps + 1], warmup + 1)  # a step past the end: the last step does not get LR 0
+    return functools.partial(_factor_at, consumed=consumed, total=total, warmup=warmup, decay=decay,
+                             min_lr_ratio=min_lr_ratio)
+
+
+def _factor_at(step: int, *, consumed: list[int], total: int, warmup: int, decay: str, min_lr_ratio: float) -> float:
+    # Step t's LR counts its own layer-tokens (consumed through t): warmup never starts at 0, as torchtitan's.
+    tokens = consumed[min(step + 1, len(consumed) - 1)]
+    return lr_factor(min(tokens, total), total, min(warmup, total), decay, min_lr_ratio)
+
+
+def enable(trainer_config: Any, ltd: RandomLTDConverter.Config, *, layer_token_lr: bool = True) -> Any:
+    """Random-LTD in a torchtitan ``Trainer.Config`` (model converter, per-step hook, LayerToken LR); returns it."""
+    spec = trainer_config.model_spec
+    if getattr(type(spec.model), "random_ltd", None) is not None:
+        raise RandomLTDError("random-LTD is already enabled in this config")
+    if trainer_config.training.seq_len != ltd.seq_len:
+        raise RandomLTDError(f"the schedule's seq_len={ltd.seq_len} differs from training.seq_len="
+                             f"{trainer_config.training.seq_len}")
+    spec.model = ltd.build().convert(spec.model)
+    spec.post_optimizer_build_fn = functools.partial(post_optimizer_build, ltd=ltd,
+                                                     previous=spec.post_optimizer_build_fn)
+    if layer_token_lr:
+        old = trainer_config.lr_scheduler
+        trainer_config.lr_scheduler = LayerTokenLRSchedulers.Config(
+            warmup_steps=old.warmup_steps, total_steps=old.total_steps, decay_type=old.decay_type,
+            min_lr_factor=old.min_lr_factor, ltd=ltd, num_layers=len(spec.model.layers))
+    return trainer_config
