@@ -21,6 +21,7 @@ from random_ltd.adapters.base import LayerAdapter
 from random_ltd.calls import CallPlan, LayerCall
 from random_ltd.inputs import gather_inputs
 from random_ltd.selection import ForwardContext, Selection
+from random_ltd.sharding import ShardedLayout
 
 _STATE_ATTR = "_random_ltd_state"
 
@@ -91,11 +92,9 @@ def _batch_first(layer: nn.Module, adapter: LayerAdapter) -> bool:
 
 
 def _sharded_layout(hidden: torch.Tensor, batch_first: bool):
-    """A ``DTensor``'s layout (sequence parallel), else ``None``; see integrations/tensor_parallel.py."""
+    """A ``DTensor``'s layout (sequence parallel), else ``None`` (``random_ltd.sharding``)."""
     if type(hidden) is torch.Tensor:
         return None
-    from random_ltd.integrations.tensor_parallel import ShardedLayout  # noqa: PLC0415  (import cycle)
-
     return ShardedLayout.of(hidden, sequence_dim=1 if batch_first else 0)
 
 
