@@ -2,8 +2,14 @@ import pytest
 import torch
 
 from random_ltd.accounting import (
-    LayerTokenCounter, count_drop_layers, flops_per_step, kept_segments, layer_flops, layer_tokens_per_step,
-    total_flops, total_layer_tokens,
+    LayerTokenCounter,
+    count_drop_layers,
+    flops_per_step,
+    kept_segments,
+    layer_flops,
+    layer_tokens_per_step,
+    total_flops,
+    total_layer_tokens,
 )
 from random_ltd.deepspeed_config import DeepSpeedLinear
 from random_ltd.schedules import MSLG, ConfigError, ConstantKeep

@@ -10,10 +10,9 @@ import copy
 import pytest
 import torch
 import torch._dynamo
+import zoo
 
 import random_ltd
-
-import zoo
 
 torch.set_num_threads(1)
 

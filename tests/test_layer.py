@@ -6,12 +6,11 @@ import inspect
 
 import pytest
 import torch
+from zoo import CASES, Case
 
 import random_ltd
 from random_ltd import adapters, ops
 from random_ltd.layer import layer_state
-
-from zoo import CASES, Case
 
 torch.set_num_threads(1)
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as checkpoint
+import zoo
 
 import random_ltd
-
-import zoo
 
 torch.set_num_threads(1)
 

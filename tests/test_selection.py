@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import zoo
 
 import random_ltd
-import zoo
 from random_ltd import ops, rng, tokenbypass
 
 torch.set_num_threads(1)

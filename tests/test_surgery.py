@@ -6,12 +6,11 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+import zoo
 
 import random_ltd
 from random_ltd import ops
 from random_ltd.layer_selection import parse_layer_selection
-
-import zoo
 
 torch.set_num_threads(1)
 

@@ -6,10 +6,9 @@ import io
 
 import pytest
 import torch
+import zoo
 
 import random_ltd
-
-import zoo
 
 
 def _ids():

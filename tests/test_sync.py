@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import zoo
 
 import random_ltd
-import zoo
 from random_ltd import tokenbypass
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

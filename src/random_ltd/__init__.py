@@ -5,17 +5,22 @@
 """
 __version__ = "0.1.0"
 
-from random_ltd.adapters import LayerAdapter, register_family, register_layer, unregister_layer  # noqa: E402
-from random_ltd.errors import ConfigError, RandomLTDError  # noqa: E402
-from random_ltd.surgery import RandomLTDHandle, apply, get_handle, remove  # noqa: E402
-from random_ltd.schedules import MSLG, ConstantKeep, change_points  # noqa: E402
-from random_ltd.deepspeed_config import DeepSpeedLinear, DeepSpeedRandomLTD, from_deepspeed_config  # noqa: E402
 from random_ltd.accounting import (  # noqa: E402
-    LayerTokenCounter, flops_per_step, kept_segments, layer_tokens_per_step, total_flops, total_layer_tokens,
+    LayerTokenCounter,
+    flops_per_step,
+    kept_segments,
+    layer_tokens_per_step,
+    total_flops,
+    total_layer_tokens,
 )
-from random_ltd.lr import LayerTokenLR, lr_factor  # noqa: E402
+from random_ltd.adapters import LayerAdapter, register_family, register_layer, unregister_layer  # noqa: E402
+from random_ltd.deepspeed_config import DeepSpeedLinear, DeepSpeedRandomLTD, from_deepspeed_config  # noqa: E402
 from random_ltd.driver import Driver  # noqa: E402
+from random_ltd.errors import ConfigError, RandomLTDError  # noqa: E402
+from random_ltd.lr import LayerTokenLR, lr_factor  # noqa: E402
 from random_ltd.planner import FlopModel, Plan, Training, build_plan, solve_for_saving  # noqa: E402
+from random_ltd.schedules import MSLG, ConstantKeep, change_points  # noqa: E402
+from random_ltd.surgery import RandomLTDHandle, apply, get_handle, remove  # noqa: E402
 
 __all__ = [
     "LayerAdapter",

@@ -5,7 +5,7 @@ A dropping layer processes the kept length, every other layer the full length.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from random_ltd.errors import ConfigError
 from random_ltd.schedules import KeptLengthSchedule, change_points, check_int

@@ -22,7 +22,7 @@ class CallPlan:
 
     @staticmethod
     @functools.cache
-    def of(layer_class: type) -> "CallPlan":
+    def of(layer_class: type) -> CallPlan:
         parameters = list(inspect.signature(layer_class.forward).parameters.values())[1:]
         positional = tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
         return CallPlan(

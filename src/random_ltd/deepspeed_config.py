@@ -29,7 +29,8 @@ import json
 import math
 import os
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from random_ltd.errors import ConfigError
 from random_ltd.schedules import check_int, check_step, first_full_step
@@ -75,7 +76,7 @@ class DeepSpeedLinear:
     def full_step(self) -> int:
         return first_full_step(self, self.seq_len, self._search_upper())
 
-    def resolve(self, **_: Any) -> "DeepSpeedLinear":
+    def resolve(self, **_: Any) -> DeepSpeedLinear:
         return self
 
     def defects(self) -> list[str]:

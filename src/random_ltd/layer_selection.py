@@ -2,7 +2,7 @@
 touching a model (the planner and the training program use it before any model exists)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from random_ltd.errors import RandomLTDError
 

@@ -76,7 +76,7 @@ class LayerTokenLR(LRScheduler):
         self._constructing = False
 
     @classmethod
-    def from_plan(cls, optimizer: torch.optim.Optimizer, plan: Any, *, warmup_tokens: int = 0, **kwargs: Any) -> "LayerTokenLR":
+    def from_plan(cls, optimizer: torch.optim.Optimizer, plan: Any, *, warmup_tokens: int = 0, **kwargs: Any) -> LayerTokenLR:
         """Budget from a ``random_ltd.Plan``: decay over its random-LTD layer-tokens; ``warmup_tokens``
         training tokens of warmup count ``num_layers`` layer-tokens each (as in the baseline)."""
         return cls(optimizer, plan.random_ltd_layer_tokens, warmup_layer_tokens=warmup_tokens * plan.num_layers,

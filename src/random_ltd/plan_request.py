@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from random_ltd.deepspeed_config import from_deepspeed_config
 from random_ltd.errors import ConfigError

@@ -13,11 +13,11 @@ import dataclasses
 import math
 
 from random_ltd.accounting import flops_per_step, kept_segments, layer_tokens_per_step
-from random_ltd.lr import lr_factor
 from random_ltd.errors import ConfigError, RandomLTDError
+from random_ltd.layer_selection import parse_layer_selection
+from random_ltd.lr import lr_factor
 from random_ltd.schedules import MSLG, KeptLengthSchedule, check_int
 from random_ltd.search import first_true
-from random_ltd.layer_selection import parse_layer_selection
 
 DEFAULT_FULL_AT = 0.7  # the paper's GPT setting: full length after 210B of 300B tokens
 

@@ -7,9 +7,10 @@ plotting and tests. DeepSpeed configs are read by ``random_ltd.deepspeed_config`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from fractions import Fraction
 from numbers import Real
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from random_ltd.errors import ConfigError
 from random_ltd.search import first_true
@@ -123,7 +124,7 @@ class MSLG:
         """How many increments take ``start`` to ``seq_len`` (the last one may be capped)."""
         return -(-(self.seq_len - self.start) // self.increment)
 
-    def resolve(self, *, total_steps: int | None = None, tokens_per_step: int | None = None) -> "MSLG":
+    def resolve(self, *, total_steps: int | None = None, tokens_per_step: int | None = None) -> MSLG:
         """A copy with the training length and/or tokens per step bound (``None`` keeps the current)."""
         state = self.state_dict()
         state["total_steps"] = self.total_steps if total_steps is None else total_steps
@@ -241,7 +242,7 @@ class ConstantKeep:
     def full_step(self) -> int | None:
         return 0 if self.keep == self.seq_len else None
 
-    def resolve(self, **_: Any) -> "ConstantKeep":
+    def resolve(self, **_: Any) -> ConstantKeep:
         return self
 
     def __call__(self, step: int) -> int:

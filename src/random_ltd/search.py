@@ -3,7 +3,7 @@ training program share."""
 from __future__ import annotations
 
 import bisect
-from typing import Callable
+from collections.abc import Callable
 
 
 def first_true(predicate: Callable[[int], bool], low: int, high: int) -> int:

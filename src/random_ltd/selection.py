@@ -14,7 +14,8 @@ that need nothing from them.
 from __future__ import annotations
 
 import collections
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 

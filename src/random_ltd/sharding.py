@@ -31,7 +31,7 @@ class ShardedLayout:
     ndim: int
 
     @classmethod
-    def of(cls, hidden: torch.Tensor, sequence_dim: int) -> "ShardedLayout | None":
+    def of(cls, hidden: torch.Tensor, sequence_dim: int) -> ShardedLayout | None:
         """The layout of ``hidden`` if it is a ``DTensor``, else ``None`` (plain tensors pass as they are)."""
         if not is_dtensor(hidden):
             return None

@@ -6,11 +6,10 @@ import importlib
 
 import pytest
 import torch
+import zoo
 
 import random_ltd
 from random_ltd.adapters import base, hf
-
-import zoo
 
 torch.set_num_threads(1)
 

@@ -6,13 +6,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+import zoo
 
 import random_ltd
 from random_ltd import ops
 from random_ltd.accounting import routed_tokens_per_step
 from random_ltd.adapters.moe import router_class
-
-import zoo
 
 torch.set_num_threads(1)
 MOE = [zoo.mixtral, zoo.qwen2_moe, zoo.qwen3_moe, zoo.olmoe]

@@ -9,13 +9,12 @@ import copy
 
 import pytest
 import torch
+import zoo
 from torch.nn.attention.flex_attention import create_block_mask, create_mask
 
 import random_ltd
 from random_ltd import ops
 from random_ltd.attention.flex import gather_block_mask
-
-import zoo
 
 torch.set_num_threads(1)
 SEQ, BATCH, KEEP = 40, 3, 17

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import zoo
 from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
 import random_ltd
 from random_ltd import ops
 from random_ltd.attention.varlen import kept_varlen_kwargs
-
-import zoo
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import random_ltd
-from random_ltd.bench.compile import count_limit_hits, count_compiles
+from random_ltd.bench.compile import count_compiles, count_limit_hits
 
 
 class Block(nn.Module):

@@ -10,11 +10,10 @@ import json
 import pytest
 import torch
 import transformers
+from launching import REPO
 
 import random_ltd
 from random_ltd.integrations.deepspeed import EngineClock, apply_from_config, layer_token_lr, split_config
-
-from launching import REPO
 
 CONFIG_PATH = REPO / "examples" / "deepspeed_config.json"
 

@@ -6,11 +6,10 @@ import json
 import pytest
 import torch
 import transformers
+from launching import HERE, torchrun
 
 import random_ltd
 from random_ltd.integrations.distributed import check_kept_lengths_agree, load_rank_state, rank_seed
-
-from launching import HERE, torchrun
 
 MODES = ("ddp", "fsdp_shard_then_apply", "fsdp_apply_then_shard", "fsdp_apply_then_raw_fully_shard")
 

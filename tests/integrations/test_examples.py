@@ -1,9 +1,9 @@
 """The examples not already run by the README tests."""
 from __future__ import annotations
 
-import random_ltd
-
 from launching import REPO, check_training_log, torchrun
+
+import random_ltd
 
 
 def test_fsdp2_example_trains_with_growing_kept_length_and_layer_token_lr():

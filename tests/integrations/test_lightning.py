@@ -12,13 +12,12 @@ import torch
 
 pytest.importorskip("lightning")
 import lightning.pytorch as pl  # noqa: E402
+from launching import HERE, torchrun  # noqa: E402
+from lightning_module import SEQ, TinyGPT, loader, logged, trainer  # noqa: E402
 
 import random_ltd  # noqa: E402
 from random_ltd.integrations.lightning import RandomLTDCallback  # noqa: E402
 from random_ltd.lr import lr_factor  # noqa: E402
-
-from launching import HERE, torchrun  # noqa: E402
-from lightning_module import SEQ, TinyGPT, loader, logged, trainer  # noqa: E402
 
 NUM_LAYERS, DROP_LAYERS = 4, [1, 2]
 

@@ -5,12 +5,11 @@ import json
 
 import pytest
 import torch.nn as nn
+from launching import HERE, torchrun
 
 import random_ltd
 from random_ltd.integrations.pipeline import apply_to_stage
 from random_ltd.layer import layer_state
-
-from launching import HERE, torchrun
 
 PLAIN, CHECKPOINTED = ("gpipe", "1f1b"), ("gpipe+checkpoint", "1f1b+checkpoint")
 

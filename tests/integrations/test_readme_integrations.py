@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from launching import HERE, REPO, TORCHRUN, accelerate_launch, check_training_log, run_command
 
 import random_ltd
-
-from launching import HERE, REPO, TORCHRUN, accelerate_launch, check_training_log, run_command
 
 SECTION = "integrations"
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from launching import HERE, torchrun
 
 import random_ltd
 from random_ltd.integrations.distributed import rank_seed
 from random_ltd.integrations.tensor_parallel import data_parallel_index, mesh_rank_seed
-
-from launching import HERE, torchrun
 
 MODES = ("tp", "sp", "hf_tp_plan")
 

@@ -8,12 +8,12 @@ import torch
 
 pytest.importorskip("torchtitan")
 
+from launching import HERE, torchrun  # noqa: E402
+from titan_worker import BATCH, SCHEDULE, SEQ, STEPS  # noqa: E402
+
 import random_ltd  # noqa: E402
 from random_ltd.integrations import torchtitan as ltd_titan  # noqa: E402
 from random_ltd.layer import layer_state  # noqa: E402
-
-from launching import HERE, torchrun  # noqa: E402
-from titan_worker import BATCH, SCHEDULE, SEQ, STEPS  # noqa: E402
 
 BASE_LR, WARMUP = 8e-4, 2  # llama3_debugmodel's AdamW LR and warmup steps
 

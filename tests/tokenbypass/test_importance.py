@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from random_ltd.errors import RandomLTDError
-from random_ltd.tokenbypass import TokenImportance, causal_lm_token_losses, mlm_token_losses, token_scores, top_k_indices
+from random_ltd.tokenbypass import (
+    TokenImportance,
+    causal_lm_token_losses,
+    mlm_token_losses,
+    token_scores,
+    top_k_indices,
+)
 
 
 def reference_update(scores: list[float], ids, losses, decay: float) -> list[float]:

@@ -5,10 +5,10 @@ import copy
 
 import pytest
 import torch
+import zoo
 
 import random_ltd
 import random_ltd.tokenbypass
-import zoo
 from random_ltd.errors import RandomLTDError
 from random_ltd.tokenbypass import bypass_range, causal_lm_token_losses, get_handle, remove
 

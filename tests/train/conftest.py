@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from train.fakes import tiny_config, write_corpus, write_fashion_mnist
 
 from random_ltd.train import TrainConfig
-from train.fakes import tiny_config, write_corpus, write_fashion_mnist
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -19,9 +19,9 @@ QUICK = ["--task", "finetune", "--quick", "--steps", "2", "--no-progress", "--ev
 def test_lora_finetune_trains_the_adapters_only(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from random_ltd.train.tasks.finetune import cached_model_dir
-    from random_ltd.train.tasks.base import cache_dir
     from random_ltd.train.config import TrainConfig
+    from random_ltd.train.tasks.base import cache_dir
+    from random_ltd.train.tasks.finetune import cached_model_dir
 
     out = tmp_path / "lora"
     assert main(["train", *QUICK, "--lora", "--lora-rank", "4", "--lora-targets", "q_proj,o_proj", "--out", str(out)]) == 0

@@ -2,11 +2,11 @@ import json
 import math
 
 import pytest
+from train.fakes import tiny_config
 
-from random_ltd.train import TrainConfig, run_training
+from random_ltd.train import run_training
 from random_ltd.train.config import ConfigError
 from random_ltd.train.rundir import arm_dir
-from train.fakes import tiny_config
 
 
 def lines(root, arm, seed=0):

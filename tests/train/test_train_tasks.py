@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from train.fakes import write_corpus
 
 from random_ltd.train.config import ConfigError, TrainConfig
-from random_ltd.train.tasks import make_task, resolve_config
-from random_ltd.train.tasks import finetune, vit
-from train.fakes import write_corpus
+from random_ltd.train.tasks import finetune, make_task, resolve_config, vit
 
 
 def prepared(config: TrainConfig):

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import datetime
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from random_ltd.bench import compile as compile_bench
 from random_ltd.bench import report, sections
-from random_ltd.bench.config import (SECTIONS, BenchConfig, GptShape, RunShape, StackShape, default_config,
-                                    quick_config)
+from random_ltd.bench.config import SECTIONS, BenchConfig, GptShape, RunShape, StackShape, default_config, quick_config
 
 SCHEMA_VERSION = 1
 

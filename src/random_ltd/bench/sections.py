@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import statistics
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -10,7 +10,7 @@ whole cost of random-LTD's machinery.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

@@ -15,7 +15,7 @@ import dataclasses
 import random
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

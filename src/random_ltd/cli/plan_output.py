@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from random_ltd.deepspeed_config import DeepSpeedLinear
-from random_ltd.planner import Plan
 from random_ltd.errors import ConfigError
+from random_ltd.planner import Plan
 from random_ltd.schedules import MSLG, ConstantKeep
 
 TABLE_ROWS = 12

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch.nn as nn
 
 import random_ltd
 from random_ltd.deepspeed_config import DeepSpeedRandomLTD, from_deepspeed_config
 from random_ltd.driver import Driver
+from random_ltd.errors import ConfigError
 from random_ltd.integrations.distributed import rank_seed
 from random_ltd.lr import LayerTokenLR
-from random_ltd.errors import ConfigError
 
 
 def split_config(config: Mapping | str, *, exact: bool = False) -> tuple[DeepSpeedRandomLTD, dict]:

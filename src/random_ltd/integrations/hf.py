@@ -26,7 +26,8 @@ mix it into your own Trainer subclass the same way.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
@@ -35,11 +36,11 @@ import random_ltd
 from random_ltd.accounting import layer_tokens_per_step, total_layer_tokens
 from random_ltd.deepspeed_config import DeepSpeedLinear
 from random_ltd.driver import Driver
-from random_ltd.integrations.distributed import load_rank_state, rank_seed
-from random_ltd.lr import LayerTokenLR
 from random_ltd.errors import ConfigError
-from random_ltd.schedules import MSLG, ConstantKeep
+from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
+from random_ltd.lr import LayerTokenLR
+from random_ltd.schedules import MSLG, ConstantKeep
 
 SCHEDULE_TYPES = {cls.__name__: cls for cls in (MSLG, ConstantKeep, DeepSpeedLinear)}
 LR_SETTINGS = ("total_layer_tokens", "warmup_layer_tokens", "decay", "min_lr_ratio")

@@ -27,7 +27,8 @@ Hook by hook:
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -35,10 +36,10 @@ import torch
 import random_ltd
 from random_ltd.accounting import total_layer_tokens
 from random_ltd.driver import Driver
-from random_ltd.integrations.distributed import load_rank_state, rank_seed
-from random_ltd.lr import LayerTokenLR
 from random_ltd.errors import ConfigError
+from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
+from random_ltd.lr import LayerTokenLR
 from random_ltd.train.checkpoint import restore_rng, rng_state
 
 LR_SETTINGS = ("total_layer_tokens", "warmup_layer_tokens", "decay", "min_lr_ratio")

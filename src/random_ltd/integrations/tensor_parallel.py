@@ -18,7 +18,8 @@ Two rules (docs/scale.md):
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from random_ltd.errors import RandomLTDError
 from random_ltd.integrations.distributed import rank_seed

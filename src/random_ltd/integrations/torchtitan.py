@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torchtitan.components.optimizer import LRSchedulersContainer  # noqa: E402  (this module needs torchtitan)
+from torchtitan.protocols.model import ModelConfigConverter  # noqa: E402
 
 import random_ltd
 from random_ltd.accounting import count_drop_layers, layer_tokens_per_step
@@ -40,9 +43,6 @@ from random_ltd.errors import RandomLTDError
 from random_ltd.integrations.distributed import rank_seed
 from random_ltd.lr import lr_factor
 from random_ltd.surgery import get_handle, parse_layer_selection
-
-from torchtitan.components.optimizer import LRSchedulersContainer  # noqa: E402  (this module needs torchtitan)
-from torchtitan.protocols.model import ModelConfigConverter  # noqa: E402
 
 BLOCK_CLASS = "torchtitan.models.common.decoder.TransformerBlock"
 

@@ -3,7 +3,7 @@ the importance."""
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

@@ -13,11 +13,11 @@ import dataclasses
 import torch
 
 from random_ltd.accounting import flops_per_step, total_layer_tokens
-from random_ltd.lr import LayerTokenLR, lr_factor
 from random_ltd.errors import ConfigError, RandomLTDError
+from random_ltd.layer_selection import parse_layer_selection
+from random_ltd.lr import LayerTokenLR, lr_factor
 from random_ltd.schedules import MSLG, ConstantKeep
 from random_ltd.search import first_true
-from random_ltd.layer_selection import parse_layer_selection
 from random_ltd.train.config import TrainConfig, flag_error
 from random_ltd.train.tasks import ModelShape
 from random_ltd.train.tasks import budget_steps as baseline_steps

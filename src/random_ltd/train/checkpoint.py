@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -85,7 +86,7 @@ class MetricsLog:
         if is_main:
             truncate(path, state["metrics_bytes"])
 
-    def __enter__(self) -> "MetricsLog":
+    def __enter__(self) -> MetricsLog:
         self.file = open(self.path, "a", encoding="utf-8")
         return self
 

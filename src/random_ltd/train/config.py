@@ -135,21 +135,21 @@ class TrainConfig:
         if len(set(self.arms)) != len(self.arms):
             raise flag_error("arms", f"lists an arm twice: {','.join(self.arms)}")
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return {field.name: _jsonable(getattr(self, field.name)) for field in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise flag_error(unknown[0], "is not a setting of this version of random-ltd train")
         return cls(**values)
 
-    def differences(self, other: "TrainConfig") -> dict[str, tuple[Any, Any]]:
+    def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Fields (outside ``RUN_CONTROL_FIELDS``) whose values differ: ``{name: (self's, other's)}``."""
         mine, theirs = self.to_dict(), other.to_dict()
         return {name: (mine[name], theirs[name]) for name in mine

@@ -13,8 +13,8 @@ import glob
 import hashlib
 import os
 import sysconfig
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 

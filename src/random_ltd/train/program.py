@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -21,12 +21,12 @@ from random_ltd.driver import Driver
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.rng import derive_seed
 from random_ltd.train import checkpoint, distributed, report
-from random_ltd.train.trackers import Trackers, check_installed
 from random_ltd.train.arms import ArmPlan, make_lr_scheduler, plan_arms, step_flops
 from random_ltd.train.config import ConfigError, TrainConfig
 from random_ltd.train.methods import RANDOM_LTD, Method
 from random_ltd.train.rundir import RunDir, arm_dir, pick_device
 from random_ltd.train.tasks import ModelShape, Task, make_task, resolve_config, to_device
+from random_ltd.train.trackers import Trackers, check_installed
 
 StepHook = Callable[[str, int, int], None]  # (arm, seed, steps done), after each step
 

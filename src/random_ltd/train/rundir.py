@@ -46,7 +46,7 @@ class RunDir:
     root: Path
 
     @classmethod
-    def open(cls, config: TrainConfig, resume: bool) -> "RunDir":
+    def open(cls, config: TrainConfig, resume: bool) -> RunDir:
         """Check the folder: a new run needs a folder without a run; ``resume`` needs a checkpoint
         of the same configuration."""
         if resume:

@@ -138,7 +138,7 @@ class Trackers:
         self.trackers = trackers
 
     @classmethod
-    def open(cls, names: tuple[str, ...], root: Path, config: TrainConfig) -> "Trackers":
+    def open(cls, names: tuple[str, ...], root: Path, config: TrainConfig) -> Trackers:
         check_installed(names)
         return cls([ADAPTERS[name](root, config) for name in names])
 

@@ -100,7 +100,6 @@ class FinetuneTask(GPTTask):
 
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForCausalLM
-
         from transformers.utils import logging
 
         overrides = {} if self.config.dropout is None else {"attention_dropout": self.config.dropout}
