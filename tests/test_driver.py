@@ -147,7 +147,7 @@ def test_resume_with_a_real_model_is_exact(one_thread):
     straight, weights = run_real(10)
     resumed, resumed_weights = run_real(10, resume_at=4)
     assert resumed == straight
-    assert all(torch.equal(a, b) for a, b in zip(weights, resumed_weights))
+    assert all(torch.equal(a, b) for a, b in zip(weights, resumed_weights, strict=True))
     assert [m["random_ltd/kept_len"] for m in straight] == [8, 8, 16, 16, 24, 24, 32, 32, 32, 32]
 
 

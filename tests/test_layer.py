@@ -145,7 +145,7 @@ def test_dropping_matches_reference_on_subsequence(case, monkeypatch):
     case.loss(model, inputs)
     assert len(drawn) == len(calls) == len(handle.layers)
     valid = inputs.get("attention_mask")
-    for call, indices in zip(calls, drawn):
+    for call, indices in zip(calls, drawn, strict=True):
         state = layer_state(call["layer"])
         batch_first = state.adapter.batch_first is None or state.adapter.batch_first(call["layer"])
         hidden = call["args"][0] if call["args"] else call["kwargs"][state.adapter.hidden]
@@ -226,7 +226,7 @@ def test_dropping_keeps_causal_models_causal(case):
     """With the same draws, changing a token never changes predictions at earlier positions."""
     torch.manual_seed(0)
     model = case.build().train()
-    handle = random_ltd.apply(model, keep=case.seq_len // 2, seed=9)
+    random_ltd.apply(model, keep=case.seq_len // 2, seed=9)
     inputs = case.inputs(torch.Generator().manual_seed(3))
     inputs.pop("attention_mask", None)
     rng_state = torch.get_rng_state()

@@ -65,7 +65,7 @@ def test_dropping_keeps_the_lr_higher_for_longer():
     budget = sum(per_step)
     layer_token = run(LayerTokenLR(optimizer(), budget, per_step[0] * 3), lambda t: per_step[t], 60)
     iteration = run(LambdaLR(optimizer(), lambda it: iteration_lr(it, 60, 3, "cosine", 0.0)), None, 60)
-    assert all(a >= b - 1e-12 for a, b in zip(layer_token[4:], iteration[4:]))
+    assert all(a >= b - 1e-12 for a, b in zip(layer_token[4:], iteration[4:], strict=True))
     assert layer_token[30] > iteration[30] and layer_token[-1] == pytest.approx(0.0)
 
 

@@ -43,7 +43,7 @@ def test_same_output_and_gradients_bit_for_bit(batch, seq, width, keep, extra_us
     tensors = _setup(batch, seq, width, keep, seed=batch * 100 + keep)
     reference = _run(_reference, *tensors, keep, extra_use)
     fused = _run(_fused, *tensors, keep, extra_use)
-    for ref, got in zip(reference, fused):
+    for ref, got in zip(reference, fused, strict=True):
         assert torch.equal(ref, got)
 
 

@@ -128,7 +128,7 @@ def test_lr_curves_show_the_layer_token_clock_running_slower_during_growth():
     curves = lr_curves(plan, points=50, min_lr_ratio=0.1)
     assert curves["step"][0] == 0 and curves["step"][-1] == 399
     assert curves["kept"] == [plan.schedule(t) for t in curves["step"]]
-    assert all(a >= b for a, b in zip(curves["layer_token_lr"], curves["iteration_lr"]))
+    assert all(a >= b for a, b in zip(curves["layer_token_lr"], curves["iteration_lr"], strict=True))
     assert curves["layer_token_lr"][25] > curves["iteration_lr"][25]
     assert curves["layer_token_lr"][-1] == pytest.approx(0.1, abs=0.01)
     assert math.isclose(curves["layer_token_lr"][0], 1.0)

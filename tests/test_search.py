@@ -11,7 +11,7 @@ def test_matches_a_linear_scan_with_few_calls(low, high):
     for threshold in range(low - 2, high + 3):
         calls = []
 
-        def reached(i: int) -> bool:
+        def reached(i: int, calls: list = calls, threshold: int = threshold) -> bool:
             calls.append(i)
             return i >= threshold
 

@@ -57,7 +57,7 @@ def test_without_special_ids_in_the_batch_protection_draws_what_random_ltd_draws
         model = zoo.bert().train()
         random_ltd.apply(model, "1:-1", keep=5, seed=1, protect_ids=protect)
         runs.append(kept_positions(monkeypatch, model, inputs))
-    assert len(runs[0]) == 2 and all(torch.equal(a, b) for a, b in zip(*runs))
+    assert len(runs[0]) == 2 and all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
 
 
 def test_remove_after_protect_ids_leaves_no_hook():

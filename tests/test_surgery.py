@@ -152,7 +152,7 @@ def test_gradient_checkpointing_replays_the_same_indices(reentrant):
         m.zero_grad()
         torch.manual_seed(1)  # the same default stream, hence the same draws, in both models
         m(_ids(), labels=_ids()).loss.backward()
-    for (name, p), q in zip(model.named_parameters(), checkpointed.parameters()):
+    for (name, p), q in zip(model.named_parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 

@@ -37,7 +37,7 @@ def test_round_trip_gives_an_equal_model_that_still_drops(round_trip, build):
     assert copied_handle is not None and copied_handle is not handle and copied_handle.model is copied
     assert [type(m) for m in copied.modules()] == [type(m) for m in model.modules()]
     assert copied_handle.state_dict() == handle.state_dict()
-    for (name, p), q in zip(model.state_dict().items(), copied.state_dict().values()):
+    for (name, p), q in zip(model.state_dict().items(), copied.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
     torch.manual_seed(1)
     ours = model(_ids()).logits

@@ -84,7 +84,7 @@ def kept_segments(schedule: KeptLengthSchedule, total_steps: int) -> list[tuple[
     """``[(first_step, kept, number_of_steps), ...]`` covering steps 0 .. total_steps - 1."""
     points = change_points(schedule, total_steps)
     ends = [step for step, _ in points[1:]] + [total_steps]
-    return [(step, kept, end - step) for (step, kept), end in zip(points, ends)]
+    return [(step, kept, end - step) for (step, kept), end in zip(points, ends, strict=True)]
 
 
 def total_layer_tokens(schedule: KeptLengthSchedule, total_steps: int, *, batch_size: int, num_layers: int,

@@ -130,14 +130,14 @@ def from_deepspeed_config(config: Mapping | str | os.PathLike, *, exact: bool = 
     whole = _load(config)
     section = _random_ltd_section(whole)
     if section.get("enabled") is False:
-        warnings.warn("random_ltd.enabled is false in this DeepSpeed config: DeepSpeed would not drop tokens")
+        warnings.warn("random_ltd.enabled is false in this DeepSpeed config: DeepSpeed would not drop tokens", stacklevel=2)
     num_layers = check_int("total_layer_num", _require(section, "total_layer_num"))
     layer_ids = _layer_ids(section, num_layers)
     schedule = _schedule(_require(section, "random_ltd_schedule"), exact)
     if not exact:
         for defect in schedule.defects():
             warnings.warn(f"{defect}; random-ltd keeps the kept length within [min_value, max_value] and reaches "
-                          "max_value at require_steps (exact=True replays DeepSpeed)")
+                          "max_value at require_steps (exact=True replays DeepSpeed)", stacklevel=2)
     batch_size = section.get("global_batch_size", whole.get("train_batch_size"))
     lr = section.get("layer_token_lr_schedule")
     return DeepSpeedRandomLTD(

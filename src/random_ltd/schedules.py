@@ -53,7 +53,7 @@ def change_points(schedule: KeptLengthSchedule, total_steps: int) -> list[tuple[
     points = [(0, schedule(0))]
     while True:
         step, kept = points[-1]
-        changed = first_true(lambda later: schedule(later) != kept, step + 1, total_steps)
+        changed = first_true(lambda later, kept=kept: schedule(later) != kept, step + 1, total_steps)
         if changed >= total_steps:
             return points
         points.append((changed, schedule(changed)))

@@ -23,8 +23,8 @@ def _brute_force_aux(rows: list[torch.Tensor], valid: list[torch.Tensor], num_ex
     chosen_counts = [0.0] * num_experts
     probability_sums = [0.0] * num_experts
     valid_rows = 0.0
-    for logits, weights in zip(rows, valid):
-        for row, weight in zip(logits.double(), weights.tolist()):
+    for logits, weights in zip(rows, valid, strict=True):
+        for row, weight in zip(logits.double(), weights.tolist(), strict=True):
             if not weight:
                 continue
             probabilities = row.softmax(-1)
@@ -33,7 +33,7 @@ def _brute_force_aux(rows: list[torch.Tensor], valid: list[torch.Tensor], num_ex
             for expert in range(num_experts):
                 probability_sums[expert] += float(probabilities[expert])
             valid_rows += 1
-    return num_experts * sum(c / valid_rows * p / valid_rows for c, p in zip(chosen_counts, probability_sums))
+    return num_experts * sum(c / valid_rows * p / valid_rows for c, p in zip(chosen_counts, probability_sums, strict=True))
 
 
 def _record_routers(model, monkeypatch):
@@ -86,7 +86,7 @@ def test_at_full_keep_the_losses_are_the_models_own(build):
     assert torch.equal(ours.aux_loss, theirs.aux_loss)
     assert torch.equal(ours.loss, theirs.loss)
     assert len(ours.router_logits) == len(theirs.router_logits)
-    assert all(torch.equal(a, b) for a, b in zip(ours.router_logits, theirs.router_logits))
+    assert all(torch.equal(a, b) for a, b in zip(ours.router_logits, theirs.router_logits, strict=True))
 
 
 def test_without_a_mask_or_in_eval_the_model_computes_its_own_loss():

@@ -115,7 +115,7 @@ def test_boundaries_describe_the_mask_sdpa_layers_receive(seed, monkeypatch):
     inputs = zoo._packed_inputs(torch.Generator().manual_seed(seed))
     model(**inputs)
     assert len(drawn) == len(received) == len(handle.layers)
-    for indices, kwargs in zip(drawn, received):
+    for indices, kwargs in zip(drawn, received, strict=True):
         cu_seq_lens = kept_varlen_kwargs(indices, zoo.SEQ, None, inputs["position_ids"])["cu_seq_lens_q"]
         assert torch.equal(kwargs["attention_mask"][0, 0], _block_diagonal_causal(cu_seq_lens, 7))
 
@@ -132,7 +132,7 @@ def test_a_dropping_layer_receives_the_kept_tokens_boundaries(monkeypatch):
     model(**inputs, cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=16, max_length_k=16)
     assert len(drawn) == len(received) == len(handle.layers)
     documents = _documents_from_positions(inputs["position_ids"][0].tolist())
-    for indices, kwargs in zip(drawn, received):
+    for indices, kwargs in zip(drawn, received, strict=True):
         expected, longest = _brute_force_boundaries(documents, indices[0].tolist())
         assert kwargs["cu_seq_lens_q"].tolist() == kwargs["cu_seq_lens_k"].tolist() == expected
         assert kwargs["max_length_q"] == kwargs["max_length_k"] == longest

@@ -50,3 +50,26 @@ def test_recompile_limit_warnings_are_counted():
     assert len(hits) == 1
     logging.getLogger("torch._dynamo.convert_frame").warning("torch._dynamo hit config.recompile_limit (8)")
     assert len(hits) == 1, "the handler is removed on exit"
+
+
+def test_under_fullgraph_a_recompile_limit_hit_stops_the_count_and_is_reported():
+    import torch._dynamo
+
+    random_ltd.register_layer(Block)
+    try:
+        model = nn.Sequential(*(Block(16) for _ in range(4))).train()
+        handle = random_ltd.apply(model, seed=0)
+        inputs = torch.randn(2, 24, 16)
+
+        def train_step(keep, compiled):
+            handle.set_keep(keep)
+            compiled(inputs).square().mean().backward()
+
+        limit = torch._dynamo.config.recompile_limit
+        kept = list(range(2, 2 + 2 * (limit + 2), 2))  # more distinct lengths than the limit allows
+        result = count_compiles(model, train_step, kept)
+    finally:
+        random_ltd.unregister_layer(Block)
+    assert result["recompile_limit_hits"] >= 1
+    assert result["compiled_kept"] < len(kept) == result["distinct_kept"]
+    assert result["graph_breaks"] == 0

@@ -95,13 +95,13 @@ def train_reference(world_size: int) -> dict[str, torch.Tensor]:
     handles = [random_ltd.apply(m, seed=rank_seed(BASE_SEED, r)) for r, m in enumerate(replicas)]
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in replicas]
     for step in range(STEPS):
-        for rank, (model, handle) in enumerate(zip(replicas, handles)):
+        for rank, (model, handle) in enumerate(zip(replicas, handles, strict=True)):
             handle.set_keep(SCHEDULE(step) if SCHEDULE(step) < SEQ else None)
             ids = batch(rank, step)
             torch.set_rng_state(streams[rank])
             model(ids, labels=ids).loss.backward()
             streams[rank] = torch.get_rng_state()
-        for params in zip(*(m.parameters() for m in replicas)):
+        for params in zip(*(m.parameters() for m in replicas), strict=True):
             mean = torch.stack([p.grad for p in params]).mean(0)
             for p in params:
                 p.grad = mean.clone()

@@ -160,7 +160,7 @@ def unsplit_forward(llama, inputs: torch.Tensor, kept: dict[int, list], call: in
             hidden = layer(hidden, position_ids=positions, position_embeddings=(cos, sin))
             continue
         index = kept[position][call]
-        take = lambda t: torch.gather(t, 1, index.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # noqa: E731
+        take = lambda t, index=index: torch.gather(t, 1, index.unsqueeze(-1).expand(-1, -1, t.shape[-1]))  # noqa: E731
         short = layer(take(hidden), position_ids=index, position_embeddings=(take(cos), take(sin)))
         hidden = hidden.scatter(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]), short)
     return llama.lm_head(llama.model.norm(hidden))

@@ -119,6 +119,6 @@ def test_a_short_accumulation_window_at_the_end_of_an_epoch_counts_the_sequences
     assert [r["step"] for r in module.record] == [0, 0, 1, 1, 2]
     kept = [8, 16, 24]
     per_step = [sequences * sum(k if layer in DROP_LAYERS else SEQ for layer in range(NUM_LAYERS))
-                for sequences, k in zip([4, 4, 2], kept)]
+                for sequences, k in zip([4, 4, 2], kept, strict=True)]
     assert [row["random_ltd/layer_tokens"] for row in logged(tmp_path)] == [sum(per_step[: i + 1]) for i in range(3)]
     assert logged(tmp_path)[-1]["random_ltd/tokens"] == 10 * SEQ

@@ -90,7 +90,7 @@ def test_dropped_positions_pass_unchanged_and_kept_ones_see_the_lora_layer_on_th
     drawn, calls = capture(model, handle, monkeypatch)
     model(input_ids=tokens(), labels=tokens())
     assert len(drawn) == len(calls) == 2
-    for indices, (block, hidden, output) in zip(drawn, calls):
+    for indices, (block, hidden, output) in zip(drawn, calls, strict=True):
         assert any("lora_A" in name for name, _ in block.named_parameters())
         assert indices.shape == (BATCH, KEEP)
         for b in range(BATCH):

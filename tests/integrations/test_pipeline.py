@@ -24,7 +24,7 @@ def runs(tmp_path_factory):
 def check_equals_unsplit_model(run):
     assert run["all_params_covered"] and run["max_grad"] > 1e-2
     assert run["max_grad_diff"] < 1e-6
-    for losses, reference in zip(run["losses"], run["reference_losses"]):
+    for losses, reference in zip(run["losses"], run["reference_losses"], strict=True):
         assert losses == pytest.approx(reference, abs=1e-6)
 
 
@@ -76,7 +76,7 @@ def block_layer():
 def test_selection_is_read_against_the_whole_stack(block_layer):
     stages = [StageModule(3), StageModule(3), StageModule(2)]  # layers 0-2, 3-5, 6-7 of 8
     handles = [apply_to_stage(stage, first_layer=first, num_layers=8, seed=1)
-               for stage, first in zip(stages, (0, 3, 6))]
+               for stage, first in zip(stages, (0, 3, 6), strict=True)]
     assert [h.stage_drop_layers for h in handles] == [[1, 2], [3, 4, 5], [6]]
     assert all(h.drop_layers == list(range(1, 7)) and h.num_layers == 8 for h in handles)
     assert [layer_state(stages[1].layers[i]).position for i in range(3)] == [3, 4, 5]

@@ -113,7 +113,7 @@ def train(model: torch.nn.Module, handle, steps: int = len(KEPT)) -> dict:
 
 def compare(run: dict, reference: dict) -> dict:
     grad_diff = max((full(g[n]) - r[n]).abs().max().item()
-                    for g, r in zip(run["grads"], reference["grads"]) for n in r)
+                    for g, r in zip(run["grads"], reference["grads"], strict=True) for n in r)
     return {"losses": run["losses"], "reference_losses": reference["losses"], "max_grad_diff": grad_diff,
             "max_grad": max(r[n].abs().max().item() for r in reference["grads"] for n in r),
             "same_kept_as_reference": run["kept"] == reference["kept"], "kept": run["kept"],

@@ -21,7 +21,7 @@ from random_ltd.tokenbypass import (
 
 def reference_update(scores: list[float], ids, losses, decay: float) -> list[float]:
     seen: dict[int, list[float]] = {}
-    for token, loss in zip(ids.reshape(-1).tolist(), losses.reshape(-1).tolist()):
+    for token, loss in zip(ids.reshape(-1).tolist(), losses.reshape(-1).tolist(), strict=True):
         if token >= 0 and math.isfinite(loss):
             seen.setdefault(token, []).append(loss)
     return [decay * value + (1 - decay) * sum(seen[i]) / len(seen[i]) if i in seen else value

@@ -71,7 +71,7 @@ def test_keep_equal_to_length_reproduces_the_model(name):
     loss.backward()
     expected.backward()
     assert torch.equal(loss, expected)
-    for (param_name, got), want in zip(model.named_parameters(), reference.parameters()):
+    for (param_name, got), want in zip(model.named_parameters(), reference.parameters(), strict=True):
         assert torch.equal(got.grad, want.grad), param_name
 
 

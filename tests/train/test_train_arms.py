@@ -61,7 +61,7 @@ def test_arms_and_layer_selection():
 def test_layer_token_lr_equals_the_iteration_lr_when_nothing_drops():
     arms = plans(kept_start=128, warmup=0.1)
     optimizers = [torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0) for _ in range(2)]
-    schedulers = [make_lr_scheduler(opt, TrainConfig(), arms[arm]) for opt, arm in zip(optimizers, arms)]
+    schedulers = [make_lr_scheduler(opt, TrainConfig(), arms[arm]) for opt, arm in zip(optimizers, arms, strict=True)]
     per_step = 4 * 128 * 6
     seen = set()
     for _ in range(100):

@@ -46,7 +46,7 @@ def test_bert_pairs_have_cls_two_seps_segments_and_15_percent_masking(tiny):
 
 def test_bert_validation_masking_is_fixed(tiny):
     first, second = prepared(tiny(task="bert")), prepared(tiny(task="bert", seed=5))
-    for a, b in zip(first.val_batches(), second.val_batches()):
+    for a, b in zip(first.val_batches(), second.val_batches(), strict=True):
         assert all(torch.equal(a[key], b[key]) for key in a)
 
 

@@ -40,7 +40,7 @@ def load_balancing_loss(router_logits: list[torch.Tensor], valid: list[torch.Ten
     tokens_per_expert = torch.zeros(num_experts, dtype=torch.float32, device=device)
     probability_per_expert = torch.zeros(num_experts, dtype=torch.float32, device=device)
     rows = torch.zeros((), dtype=torch.float32, device=device)
-    for logits, weights in zip(router_logits, valid):
+    for logits, weights in zip(router_logits, valid, strict=True):
         weights = weights.to(device=device, dtype=torch.float32)
         probabilities = torch.softmax(logits.to(device), dim=-1)
         _, chosen = torch.topk(probabilities, top_k, dim=-1)

@@ -63,4 +63,4 @@ def kept_varlen_kwargs(indices: torch.Tensor, seq_len: int, cu_seq_lens: torch.T
     else:
         return None
     boundaries, longest = kept_boundaries(documents, flat_indices(indices, seq_len))
-    return dict(zip(VARLEN_KWARGS, (boundaries, boundaries, longest, longest)))
+    return dict(zip(VARLEN_KWARGS, (boundaries, boundaries, longest, longest), strict=True))

@@ -30,7 +30,10 @@ def count_compiles(model: torch.nn.Module, train_step: Callable[[int, torch.nn.M
                    kept_lengths: list[int], backend: str = "eager") -> dict:
     """Two training steps per kept length (the second must not compile again), counting compilations.
 
-    ``train_step(keep, compiled_model)`` sets the kept length and trains one step.
+    ``train_step(keep, compiled_model)`` sets the kept length and trains one step. Under
+    ``fullgraph=True`` a frame past Dynamo's recompile limit fails instead of running eagerly: the
+    count then stops at that kept length (``compiled_kept``: the lengths that compiled) and the hit
+    is counted.
     """
     import torch._dynamo
     from torch._dynamo.utils import counters
@@ -46,17 +49,22 @@ def count_compiles(model: torch.nn.Module, train_step: Callable[[int, torch.nn.M
         return torch._dynamo.lookup_backend(backend)(graph_module, example_inputs)
 
     compiled = torch.compile(model, backend=counting_backend, fullgraph=True)
-    first_length, on_repeat = None, 0
+    first_length, on_repeat, compiled_kept, failed = None, 0, 0, 0
     with count_limit_hits() as limit_hits:
         for keep in kept_lengths:
-            train_step(keep, compiled)
+            try:
+                train_step(keep, compiled)
+            except torch._dynamo.exc.FailOnRecompileLimitHit:
+                failed = 1
+                break
             before_repeat = len(compiles)
             train_step(keep, compiled)
             on_repeat += len(compiles) - before_repeat
             first_length = len(compiles) if first_length is None else first_length
-    result = {"distinct_kept": len(kept_lengths), "compiles": len(compiles), "compiles_first_length": first_length,
-              "compiles_on_repeat": on_repeat, "graph_breaks": sum(counters["graph_break"].values()),
-              "recompile_limit_hits": len(limit_hits)}
+            compiled_kept += 1
+    result = {"distinct_kept": len(kept_lengths), "compiled_kept": compiled_kept, "compiles": len(compiles),
+              "compiles_first_length": first_length, "compiles_on_repeat": on_repeat,
+              "graph_breaks": sum(counters["graph_break"].values()), "recompile_limit_hits": len(limit_hits) + failed}
     torch._dynamo.reset()
     return result
 

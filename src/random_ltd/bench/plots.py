@@ -34,7 +34,7 @@ def draw(result: dict, path: Path) -> bool:
     if not panels:
         return False
     figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
-    for axis, (panel, section) in zip(axes[0], panels):
+    for axis, (panel, section) in zip(axes[0], panels, strict=True):
         panel(axis, section, clock)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
@@ -79,7 +79,7 @@ def _run_panel(axis, run: dict, clock: str) -> None:
     times = run["step_times_s"] if clock == "wall" else run["step_cpu_times_s"]
     steps = range(len(run["step_kept"]))
     for arm, variant, label in (("random_ltd", "ltd", "random-LTD"), ("ideal", "ideal", "ideal")):
-        ratios = [mine / base for mine, base in zip(times[arm], times["baseline"])]
+        ratios = [mine / base for mine, base in zip(times[arm], times["baseline"], strict=True)]
         axis.plot(steps, ratios, linestyle="none", marker=".", markersize=3, color=COLOURS[variant], label=label)
     flop_ratios = [1 - saving for saving in run["step_flop_saving"]]
     axis.plot(steps, flop_ratios, color=COLOURS["flops"], label="FLOPs / baseline FLOPs")

@@ -83,11 +83,11 @@ def _number(value: float | None) -> str:
 # column widths of the regular tables (right-aligned cells after a two-space indent)
 TRAIN_COLUMNS = (6, 9, 9, 8, 9, 8, 12, 10)
 MEMORY_COLUMNS = (6, 9, 10, 6, 6)
-COMPILE_COLUMNS = (8, 8, 9, 8, 10, 7, 10)
+COMPILE_COLUMNS = (8, 8, 9, 9, 8, 10, 7, 10)
 
 
 def _aligned(widths: tuple[int, ...], cells: tuple) -> str:
-    return "  " + " ".join(f"{cell:>{width}}" for cell, width in zip(cells, widths))
+    return "  " + " ".join(f"{cell:>{width}}" for cell, width in zip(cells, widths, strict=True))
 
 
 def _keys(clock: str) -> tuple[str, str]:
@@ -156,12 +156,12 @@ def _run_lines(run: dict) -> list[str]:
 
 def _compile_lines(compiled: dict) -> list[str]:
     lines = [f"torch.compile (backend {compiled['backend']}, fullgraph) over the run's kept lengths, two steps each:",
-             _aligned(COMPILE_COLUMNS, ("multiple", "lengths", "compiles", "(first)", "on repeat", "breaks",
+             _aligned(COMPILE_COLUMNS, ("multiple", "lengths", "compiled", "compiles", "(first)", "on repeat", "breaks",
                                         "limit hits"))]
     for row in compiled["runs"]:
         lines.append(_aligned(COMPILE_COLUMNS, tuple(row[key] for key in (
-            "multiple_of", "distinct_kept", "compiles", "compiles_first_length", "compiles_on_repeat", "graph_breaks",
-            "recompile_limit_hits"))))
+            "multiple_of", "distinct_kept", "compiled_kept", "compiles", "compiles_first_length", "compiles_on_repeat",
+            "graph_breaks", "recompile_limit_hits"))))
     steps = compiled.get("steps")
     if steps:
         clock = "" if steps["clock"] == "wall" else "cpu_"

@@ -24,7 +24,7 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 def _stack_keep(full: Timing, ltd: Timing, ideal: Timing, clock: str) -> dict:
     a, b, c = full.times(clock), ltd.times(clock), ideal.times(clock)
-    per_round = [(b_r - c_r) / a_r for a_r, b_r, c_r in zip(a, b, c)]
+    per_round = [(b_r - c_r) / a_r for a_r, b_r, c_r in zip(a, b, c, strict=True)]
     return {
         "ltd": ltd.to_json(),
         "ideal": ideal.to_json(),
@@ -105,8 +105,8 @@ def whole_run_section(config: BenchConfig, progress: Progress) -> dict:
     shuffler = random.Random(config.seed)
     for step in range(run.steps):
         keep = schedule(step)
-        arms = [("baseline", bench.baseline), ("random_ltd", lambda: bench.random_ltd(keep)),
-                ("ideal", lambda: bench.ideal(keep))]
+        arms = [("baseline", bench.baseline), ("random_ltd", lambda keep=keep: bench.random_ltd(keep)),
+                ("ideal", lambda keep=keep: bench.ideal(keep))]
         shuffler.shuffle(arms)
         for name, call in arms:
             wall, cpu = time_call(call, device)
@@ -130,7 +130,7 @@ def paired_saving(times: list[float], baseline_times: list[float], step_kept: li
         raise ValueError(f"need as many times ({len(times)}) as baseline times ({len(baseline_times)}) "
                          f"and kept lengths ({len(step_kept)}), at least one")
     ratios: dict[int | None, list[float]] = {}
-    for seconds, baseline, kept in zip(times, baseline_times, step_kept):
+    for seconds, baseline, kept in zip(times, baseline_times, step_kept, strict=True):
         ratios.setdefault(kept, []).append(seconds / baseline)
     return 1 - sum(len(group) * statistics.median(group) for group in ratios.values()) / len(step_kept)
 

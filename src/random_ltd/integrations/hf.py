@@ -108,7 +108,7 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
             return  # RandomLTDTrainerMixin.log added them before anyone saw the log
         if not self._warned_unlogged:
             warnings.warn("random_ltd/* metrics reach only the callbacks after RandomLTDCallback and not the "
-                          "Trainer's log_history: train with RandomLTDTrainer (or RandomLTDTrainerMixin)")
+                          "Trainer's log_history: train with RandomLTDTrainer (or RandomLTDTrainerMixin)", stacklevel=2)
             self._warned_unlogged = True
         self.add_metrics(logs)
 
@@ -174,7 +174,7 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
         self.restored_state = None
         if saved is None or saved.get("step") != state.global_step:
             warnings.warn(f"no random-LTD state for step {state.global_step} in the checkpoint: counters recomputed "
-                          "from the schedule; the index stream restarts")
+                          "from the schedule; the index stream restarts", stacklevel=2)
             driver.step = state.global_step
             driver.layer_tokens = total_layer_tokens(driver.schedule, state.global_step, batch_size=driver.batch_size,
                                                      num_layers=driver.num_layers, drop_layers=driver.drop_layers)

@@ -189,7 +189,7 @@ class RandomLTDCallback(pl.Callback):
         load_rank_state(self.driver, {**saved["driver"], "schedule": self.driver.schedule.state_dict()
                                       if self.driver.schedule is not None else None})
         if self.lr_scheduler is not None:  # the optimizer was restored with the LR of the step before the save
-            for group, lr in zip(self.lr_scheduler.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+            for group, lr in zip(self.lr_scheduler.optimizer.param_groups, self.lr_scheduler.get_last_lr(), strict=True):
                 group["lr"] = lr
 
 

@@ -48,7 +48,7 @@ def _points(records: list[dict], x: str, y: str) -> tuple[list, list]:
 def _line_plot(plt, curves: dict, x: str, y: str, xlabel: str, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
     labelled = set()
-    for (arm, seed), records in curves.items():
+    for (arm, _), records in curves.items():
         xs, ys = _points(records, x, y)
         axis.plot(xs, ys, marker=".", color=COLOURS.get(arm), label=None if arm in labelled else arm, alpha=0.85)
         labelled.add(arm)
@@ -64,7 +64,7 @@ def _line_plot(plt, curves: dict, x: str, y: str, xlabel: str, path: Path) -> No
 def _schedule_plot(plt, curves: dict, path: Path) -> None:
     figure, (kept_axis, lr_axis) = plt.subplots(1, 2, figsize=(10, 4))
     labelled = set()
-    for (arm, seed), records in curves.items():
+    for (arm, _), records in curves.items():
         label = None if arm in labelled else arm
         labelled.add(arm)
         for axis, key in ((kept_axis, "kept"), (lr_axis, "lr")):

@@ -29,6 +29,8 @@ from random_ltd.train.tasks import ModelShape, Task, make_task, resolve_config, 
 from random_ltd.train.trackers import Trackers, check_installed
 
 StepHook = Callable[[str, int, int], None]  # (arm, seed, steps done), after each step
+ONE_RANK = distributed.Ranks()  # a single process, no torchrun
+NO_TRACKERS = Trackers([])
 
 
 def run_training(config: TrainConfig, *, resume: bool = False, command: str | None = None,
@@ -79,8 +81,8 @@ def run_training(config: TrainConfig, *, resume: bool = False, command: str | No
 
 def train_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, root: Path,
               device: torch.device, on_step: StepHook | None = None,
-              ranks: distributed.Ranks = distributed.Ranks(), method: Method = RANDOM_LTD,
-              trackers: Trackers = Trackers([])) -> dict:
+              ranks: distributed.Ranks = ONE_RANK, method: Method = RANDOM_LTD,
+              trackers: Trackers = NO_TRACKERS) -> dict:
     """Train one arm with one seed; resumes from the arm's checkpoint when there is one.
 
     Under torchrun every rank runs this; only rank 0 writes metrics, checkpoints and results.
@@ -150,7 +152,7 @@ def finish_arm(folder: Path, plan: ArmPlan, driver: Driver, state: dict, seed: i
 
 
 def build_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, device: torch.device,
-              ranks: distributed.Ranks = distributed.Ranks(), method: Method = RANDOM_LTD):
+              ranks: distributed.Ranks = ONE_RANK, method: Method = RANDOM_LTD):
     """Model, optimizer and driver of one arm; both arms start from the same weights and RNG state.
 
     Every rank builds the same weights; each draws its own random-LTD indices (per-rank seed).
@@ -224,7 +226,7 @@ def fused_adamw(model: torch.nn.Module) -> bool:
 
 def train_step(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, model, optimizer,
                driver: Driver, state: dict, device: torch.device,
-               ranks: distributed.Ranks = distributed.Ranks(), method: Method = RANDOM_LTD) -> dict:
+               ranks: distributed.Ranks = ONE_RANK, method: Method = RANDOM_LTD) -> dict:
     """One optimizer step; returns its metrics line. Wall-clock counts training work only.
 
     Rank ``r`` of ``n`` trains on batch ``step * n + r`` (with one rank: batch ``step``).
