@@ -55,3 +55,31 @@ def test_folder_without_checkpoint_starts_anew(tmp_path):
     (folder / "config.json").write_text("{}")  # a run killed before its first checkpoint
     results = runs.train(arm, tmp_path, seeds=1, device="cpu")
     assert results[0]["steps"] == 2
+
+
+def test_loop_arm_records_its_cpu_time_and_load(tmp_path):
+    arm = Arm.make("tb", "random_ltd", TINY, method="tokenbypass")
+    (result,) = runs.train(arm, tmp_path, seeds=1, device="cpu")
+    assert result["cpu_scope"] == "seed" and 0 < result["cpu_s"]
+    assert len(result["load_average"]) == 2
+
+
+def test_program_arm_records_its_steps_cpu_time(tmp_path):
+    (result,) = runs.train(Arm.make("base", "baseline", TINY), tmp_path, seeds=1, device="cpu")
+    assert 0 < result["cpu_s"] and "cpu_scope" not in result
+
+
+def test_fewer_seeds_are_taken_from_a_run_with_more(tmp_path, monkeypatch):
+    arm = Arm.make("base", "baseline", TINY)
+    both = runs.train(arm, tmp_path, seeds=2, device="cpu")
+    assert runs.covering_count(arm, tmp_path, 1, 0, (1, 2)) == 2
+    assert runs.covering_count(arm, tmp_path, 1, 0, (1,)) is None
+    monkeypatch.setattr(runs, "run_training", lambda *a, **k: pytest.fail("trained again"))
+    assert runs.train(arm, tmp_path, seeds=1, device="cpu", counts=(1, 2)) == both[:1]
+
+
+def test_vit_arms_stay_on_the_training_program():
+    """The loop keeps only the validation loss; the ViT claim is judged on accuracy."""
+    vit = Arm.make("v", "baseline", {"task": "vit", "quick": True})
+    assert vit.for_engine("loop").method is None
+    assert Arm.make("g", "baseline", TINY).for_engine("loop").method == "baseline"

@@ -1,7 +1,12 @@
 """One arm of a study, trained for every seed, and its per-seed results in one uniform form.
 
 An arm is a ``random-ltd train`` configuration plus which of its arms to train and, for the
-methods the training program lacks, the ``loop`` method to train it with. Arms are stored by a
+methods the training program lacks, the ``loop`` method to train it with.
+
+Times: arms train in parallel processes under whatever else loads the machine, so wall-clock
+compares them badly. Each result carries ``cpu_s``, the process CPU time of its training (one
+torch thread per process): the training program sums it over its steps; for loop arms it is
+measured here around the whole seed (training and its evaluations, ``cpu_scope="seed"``). Arms are stored by a
 hash of what they compute under ``ROOT/runs/``, so studies that share an arm (the baseline, the
 default random-LTD) train it once, and an interrupted study continues where it stopped.
 """
@@ -10,7 +15,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,7 @@ from random_ltd.train.tasks import Task, make_task, resolve_config
 
 # Fields that only shape the random-LTD arm: a baseline run ignores them, so they leave its key.
 ENGINES = ("program", "loop")
+PROGRAM_ONLY_TASKS = ("vit",)  # the loop keeps the validation loss only; the ViT claim is on accuracy
 _RANDOM_LTD_FIELDS = ("drop_layers", "schedule", "kept_start", "kept_increment", "kept_every", "full_at",
                       "lr_clock", "budget_ratio")
 
@@ -61,7 +69,7 @@ class Arm:
         (same numbers, pinned by a test; no per-run plots or corpus rescans: seconds, for CI)."""
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        if engine == "program" or self.method is not None:
+        if engine == "program" or self.method is not None or dict(self.settings).get("task") in PROGRAM_ONLY_TASKS:
             return self
         return dataclasses.replace(self, method=self.arm)
 
@@ -77,8 +85,19 @@ def is_trained(arm: Arm, root: Path, seeds: int, seed: int = 0) -> bool:
     return all((folder / f"seed{k}.json").exists() for k in range(seed, seed + seeds))
 
 
-def train(arm: Arm, root: Path, seeds: int, seed: int = 0, device: str = "auto") -> list[dict]:
-    """Train ``arm`` for seeds ``seed .. seed+seeds-1`` (or reuse what is stored); per-seed results."""
+def covering_count(arm: Arm, root: Path, seeds: int, seed: int, counts: tuple[int, ...]) -> int | None:
+    """The smallest of ``counts`` above ``seeds`` that ``arm`` is already trained with from ``seed``:
+    its first ``seeds`` seeds are the same runs (a seed's result depends on that seed only)."""
+    return next((count for count in sorted(counts) if count > seeds and is_trained(arm, root, count, seed)), None)
+
+
+def train(arm: Arm, root: Path, seeds: int, seed: int = 0, device: str = "auto",
+          counts: tuple[int, ...] = ()) -> list[dict]:
+    """Train ``arm`` for seeds ``seed .. seed+seeds-1`` (or reuse what is stored, also from a run
+    with more seeds among ``counts``); per-seed results."""
+    more = covering_count(arm, root, seeds, seed, counts) if not is_trained(arm, root, seeds, seed) else None
+    if more is not None:
+        return train(arm, root, more, seed, device)[:seeds]
     folder = arm.folder(root, seeds, seed)
     config = arm.config(seeds, seed, device)
     if arm.method is None:
@@ -122,10 +141,21 @@ def _with_loop(arm: Arm, config: TrainConfig, folder: Path) -> list[dict]:
             task = prepared_task(resolved)
             shape = task.shape()
             plan = plan_arms(resolved, shape)[arm.arm]
+            load_start, started = load_average(), time.process_time()
             result = loop.train_method(arm.method, resolved, task, shape, plan, seed, pick_device(resolved.device))
-            write_json(path, {"arm": arm.arm, **result})
+            timing = {"cpu_s": round(time.process_time() - started, 3), "cpu_scope": "seed",
+                      "load_average": [load_start, load_average()]}
+            write_json(path, {"arm": arm.arm, **result, **timing})
         results.append(json.loads(path.read_text()))
     return results
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average, recorded with each result's times."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 _PREPARED: dict[str, Task] = {}
