@@ -88,7 +88,8 @@ def summary_table(blocks: dict[str, str]) -> str:
 
 def scale_table(blocks: dict[str, str]) -> str:
     """Each claim of a study rerun at another model size beside its verdict in the original."""
-    lines = ["| claim | tiny: A − B | tiny | small: A − B | small | verdict changes |", "|---|---:|---|---:|---|---|"]
+    lines = ["| claim | tiny: A − B | tiny | small: A − B | small | verdict changes |",
+             "|---|---:|---|---:|---|---|"]
     reruns = [(name, study.rerun_of) for name, study in STUDIES.items() if study.rerun_of]
     for name, original in reruns:
         if name not in blocks or original not in blocks:

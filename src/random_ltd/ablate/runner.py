@@ -31,7 +31,8 @@ class Options:
     def __post_init__(self) -> None:
         if self.engine not in runs.ENGINES:
             raise ValueError(f"--engine: choose one of {', '.join(runs.ENGINES)}, got {self.engine!r}")
-        if self.seeds is not None and (isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1):
+        bad_count = isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1
+        if self.seeds is not None and bad_count:
             raise ValueError(f"--seeds: must be an integer >= 1, got {self.seeds!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"--seed: must be an integer >= 0, got {self.seed!r}")

@@ -142,8 +142,8 @@ def vit(quick: bool):
 def finetune(quick: bool):
     settings = FINETUNE_QUICK if quick else FINETUNE
     ltd, plain = saving_label(settings), "plain finetuning"
-    claim = Claim("4", "Finetuning pretrained SmolLM2-135M: random-LTD reaches plain finetuning's validation perplexity "
-                       "at equal steps (judged on its log, the validation loss)", "no_worse", (ltd,), (plain,))
+    claim = Claim("4", "Finetuning pretrained SmolLM2-135M: random-LTD reaches plain finetuning's validation "
+                       "perplexity at equal steps (judged on its log, the validation loss)", "no_worse", (ltd,), (plain,))
     return [baseline(settings, plain), random_ltd(ltd, settings)], [claim]
 
 

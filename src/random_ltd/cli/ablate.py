@@ -126,8 +126,8 @@ def make_options(args: argparse.Namespace):
     results = Path(args.results) if args.results else (root / "results.md" if args.quick else Path("docs/results.md"))
     try:
         engine = args.engine or ("loop" if args.quick else "program")
-        return Options(root=root, results=results, quick=args.quick, seeds=args.seeds, seed=args.seed, device=args.device,
-                       engine=engine)
+        return Options(root=root, results=results, quick=args.quick, seeds=args.seeds, seed=args.seed,
+                       device=args.device, engine=engine)
     except ValueError as error:
         raise UsageError(str(error)) from None
 
