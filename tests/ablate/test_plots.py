@@ -25,4 +25,5 @@ def test_forest_draws_every_verdict_and_one_seed_claims(tmp_path):
     path = tmp_path / "deep" / "forest.png"
     plots.forest(path, rows)
     assert path.stat().st_size > 5_000
-    assert plots.row_label("x", {"section": "5", "claim": "y" * 200}).endswith("…")
+    label = plots.row_label("x", {"section": "5", "claim": "one two three four five six seven"}, width=12)
+    assert label == "5 x: one two\nthree four …"

@@ -8,6 +8,7 @@ metrics, so that left of zero always means "A did better". The shaded band is ±
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 from random_ltd.ablate import verdict
@@ -21,9 +22,12 @@ def scaled(item: dict) -> tuple[float, float]:
     return sign * item["difference"] / item["tolerance"], item["half_width"] / item["tolerance"]
 
 
-def row_label(study: str, item: dict, width: int = 70) -> str:
-    text = f"{item['section']} {study}: {item['claim']}"
-    return text if len(text) <= width else text[:width - 1] + "…"
+def row_label(study: str, item: dict, width: int = 80) -> str:
+    """The claim on at most two lines (claims of one study often differ only near the end)."""
+    lines = textwrap.wrap(f"{item['section']} {study}: {item['claim']}", width)
+    if len(lines) > 2:
+        lines = [lines[0], textwrap.shorten(" ".join(lines[1:]), width, placeholder=" …")]
+    return "\n".join(lines)
 
 
 def forest(path: Path, rows: list[tuple[str, dict]]) -> None:
@@ -34,7 +38,7 @@ def forest(path: Path, rows: list[tuple[str, dict]]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    figure, axes = plt.subplots(figsize=(11, 0.32 * len(rows) + 1.6))
+    figure, axes = plt.subplots(figsize=(14, 0.42 * len(rows) + 1.6))
     axes.axvspan(-1, 1, color="tab:blue", alpha=0.12, linewidth=0)
     axes.axvline(0, color="black", linewidth=0.8)
     for position, (study, item) in enumerate(rows):
@@ -46,8 +50,11 @@ def forest(path: Path, rows: list[tuple[str, dict]]) -> None:
             axes.plot(centre, position, "x", color=colour)
     axes.set_yticks(range(len(rows)), [row_label(study, item) for study, item in rows], fontsize=7)
     axes.invert_yaxis()
-    axes.set_xlabel("A − B in units of the claim's tolerance (95% interval; accuracy sign-flipped): "
-                    "left of 0 = A better; band = ±1 tolerance")
+    axes.set_xscale("symlog", linthresh=2)
+    ticks = [-100, -10, -2, -1, 0, 1, 2, 10, 100]
+    axes.set_xticks(ticks, [str(tick) for tick in ticks])
+    axes.set_xlabel("(A − B) / tolerance, 95% interval (accuracy: B − A); left of 0: A better\n"
+                    "band: ±1 tolerance; linear within ±2, logarithmic beyond")
     axes.legend(handles=[Patch(color=colour, label=name) for name, colour in COLOURS.items()] +
                 [Patch(color="tab:blue", alpha=0.12, label="±1 tolerance")], fontsize=7, loc="lower right")
     figure.tight_layout()
