@@ -26,7 +26,7 @@ GPT_QUICK = dict(task="gpt", quick=True, model_size="tiny", layers=6, seq_len=32
                  vocab_size=256, corpus_mb=0.2, lr=2e-3, dropout=0.0, eval_every=3, eval_batches=1, kept_start=8,
                  kept_increment=8, full_at=0.7)
 VIT = dict(task="vit", model_size="tiny", layers=12, patch_size=2, batch_size=16, steps=VIT_STEPS, lr=1e-3,
-           dropout=0.0, eval_every=VIT_STEPS // 10, eval_batches=32, kept_start=66, full_at=0.8)
+           dropout=0.0, eval_every=VIT_STEPS // 4, eval_batches=32, kept_start=66, full_at=0.8)  # 512 test images
 VIT_QUICK = dict(task="vit", quick=True, model_size="tiny", layers=4, patch_size=7, batch_size=16, steps=6, lr=2e-3,
                  dropout=0.0, eval_every=3, eval_batches=2, kept_start=6, full_at=0.8)
 # SmolLM2-135M's first 4 pretrained layers (as --quick finetune keeps), 64-token sequences: its
