@@ -57,7 +57,8 @@ def main() -> None:
     lr = random_ltd.LayerTokenLR(optimizer, total_layer_tokens=budget, warmup_layer_tokens=budget // 20)
     driver = random_ltd.Driver(handle, schedule, batch_size=global_batch, seq_len=args.seq_len, lr_scheduler=lr)
 
-    data = byte_sequences(args.seq_len, args.steps * args.grad_accum * args.batch, seed=args.seed + accelerator.process_index)
+    data = byte_sequences(args.seq_len, args.steps * args.grad_accum * args.batch,
+                          seed=args.seed + accelerator.process_index)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch)  # already this process's share
     model, optimizer = accelerator.prepare(model, optimizer)
     for micro_step, ids in enumerate(loader):
@@ -71,7 +72,8 @@ def main() -> None:
         if accelerator.sync_gradients:
             driver.after_step()  # counts layer-tokens and steps the LayerToken LR
             metrics = driver.metrics()
-            accelerator.print(f"step {driver.step:3d}  loss {loss.item():.3f}  kept {metrics['random_ltd/kept_len']:3d}  "
+            accelerator.print(f"step {driver.step:3d}  loss {loss.item():.3f}  "
+                              f"kept {metrics['random_ltd/kept_len']:3d}  "
                               f"layer-tokens {metrics['random_ltd/layer_tokens']}  lr {metrics['random_ltd/lr']:.2e}")
     accelerator.end_training()
 

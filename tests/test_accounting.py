@@ -62,7 +62,8 @@ SCHEDULES = [
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
 def test_closed_form_totals_equal_step_by_step_sums(schedule):
     steps, batch, layers, drop = 3000, 32, 24, list(range(1, 23))
-    stepwise_tokens = sum(layer_tokens_per_step(schedule.seq_len, batch, layers, drop, schedule(t)) for t in range(steps))
+    stepwise_tokens = sum(layer_tokens_per_step(schedule.seq_len, batch, layers, drop, schedule(t))
+                          for t in range(steps))
     assert total_layer_tokens(schedule, steps, batch_size=batch, num_layers=layers, drop_layers=drop) == stepwise_tokens
     stepwise_flops = sum(flops_per_step(schedule.seq_len, batch, layers, 256, kept=schedule(t), drop_layers=drop,
                                         vocab_size=1000) for t in range(steps))
@@ -76,7 +77,8 @@ def counted_matmul_flops(tokens, d_model, ffn_dim):
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, tokens, d_model)
-    weights = [torch.zeros(d_model, d_model) for _ in range(4)] + [torch.zeros(d_model, ffn_dim), torch.zeros(ffn_dim, d_model)]
+    weights = ([torch.zeros(d_model, d_model) for _ in range(4)]
+               + [torch.zeros(d_model, ffn_dim), torch.zeros(ffn_dim, d_model)])
     with FlopCounterMode(display=False) as counter:
         q, k, v = x @ weights[0], x @ weights[1], x @ weights[2]
         attended = (q @ k.transpose(1, 2)) @ v

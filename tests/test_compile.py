@@ -16,7 +16,8 @@ import random_ltd
 
 torch.set_num_threads(1)
 
-BLOCK_CASES = {case.name: case for case in zoo.CASES if case.name in ("gpt2-sdpa", "bert-sdpa-pad", "llama-sdpa", "vit-sdpa")}
+BLOCK_CASES = {case.name: case for case in zoo.CASES
+               if case.name in ("gpt2-sdpa", "bert-sdpa-pad", "llama-sdpa", "vit-sdpa")}
 
 
 @pytest.fixture(autouse=True)

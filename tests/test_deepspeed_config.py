@@ -35,7 +35,8 @@ def ds_config(low=128, high=2048, per_step=16, require_steps=2000, layer_ids=(1,
                                 "schedule_config": {"require_steps": require_steps, "seq_per_step": per_step}},
     }
     section.update(extra)
-    return {"train_batch_size": 32, "data_efficiency": {"enabled": True, "data_routing": {"enabled": True, "random_ltd": section}}}
+    return {"train_batch_size": 32,
+            "data_efficiency": {"enabled": True, "data_routing": {"enabled": True, "random_ltd": section}}}
 
 
 def replay(low, high, per_step, require_steps, steps):
@@ -43,7 +44,8 @@ def replay(low, high, per_step, require_steps, steps):
     return [reference.forward_at(t) for t in range(steps)]
 
 
-@pytest.mark.parametrize("low,high,per_step,require_steps", [(128, 2048, 16, 2000), (64, 512, 8, 999), (16, 128, 16, 37)])
+@pytest.mark.parametrize("low,high,per_step,require_steps",
+                         [(128, 2048, 16, 2000), (64, 512, 8, 999), (16, 128, 16, 37)])
 def test_well_formed_config_matches_deepspeed_step_for_step(low, high, per_step, require_steps):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a well-formed config warns about nothing

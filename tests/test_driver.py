@@ -111,7 +111,8 @@ def run_real(steps, resume_at=None):
         handle = random_ltd.apply(model, seed=7)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         lr = LayerTokenLR(opt, total_layer_tokens=steps * BATCH * SEQ * LAYERS, warmup_layer_tokens=BATCH * SEQ * 10)
-        return model, opt, Driver(handle, MSLG(SEQ, 8, 8, every_steps=2), batch_size=BATCH, seq_len=SEQ, lr_scheduler=lr)
+        return model, opt, Driver(handle, MSLG(SEQ, 8, 8, every_steps=2), batch_size=BATCH, seq_len=SEQ,
+                                  lr_scheduler=lr)
 
     model, opt, driver = build()
     data = torch.randn(steps, BATCH, SEQ, 16, generator=torch.Generator().manual_seed(1))

@@ -14,7 +14,8 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize("batch,seq,keep,prefix", [(4, 16, 5, 0), (3, 197, 66, 1), (2, 8, 8, 0), (5, 10, 1, 0), (2, 6, 3, 3)])
+@pytest.mark.parametrize("batch,seq,keep,prefix",
+                         [(4, 16, 5, 0), (3, 197, 66, 1), (2, 8, 8, 0), (5, 10, 1, 0), (2, 6, 3, 3)])
 def test_indices_are_sorted_unique_in_range(batch, seq, keep, prefix):
     indices = ops.sample_indices(batch, seq, keep, generator=_gen(), num_prefix=prefix)
     assert indices.shape == (batch, keep) and indices.dtype == torch.int64
@@ -102,7 +103,8 @@ def _loop_gather_mask(mask, indices, seq):
 
 @pytest.mark.parametrize(
     "shape,dtype",
-    [((3, 1, 9, 9), torch.bool), ((1, 1, 9, 9), torch.float32), ((3, 1, 1, 9), torch.bool), ((3, 2, 9, 9), torch.float32), ((3, 9, 9), torch.bool)],
+    [((3, 1, 9, 9), torch.bool), ((1, 1, 9, 9), torch.float32), ((3, 1, 1, 9), torch.bool),
+     ((3, 2, 9, 9), torch.float32), ((3, 9, 9), torch.bool)],
 )
 def test_gather_mask_matches_loop(shape, dtype):
     mask = torch.rand(shape, generator=_gen(2)) > 0.5

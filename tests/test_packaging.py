@@ -88,8 +88,8 @@ def test_the_version_is_written_once():
 @pytest.mark.slow
 def test_a_built_wheel_and_pip_install_dot_carry_everything_the_cli_needs(tmp_path):
     source = source_copy(tmp_path)
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", source],
-        tmp_path)
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist",
+         source], tmp_path)
     (wheel,) = (tmp_path / "dist").glob("random_ltd-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())

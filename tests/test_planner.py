@@ -67,7 +67,8 @@ def test_paper_gpt_saving_is_close_to_the_linear_growth_estimate():
 
 @pytest.mark.parametrize("schedule,training,field", [
     (MSLG(128, 16, 16, every_steps=100), SMALL, "total_steps"),
-    (MSLG(128, 16, 16, every_steps=100), Training(seq_len=128, num_layers=6, batch_size=4, total_tokens=5e4), "total_tokens"),
+    (MSLG(128, 16, 16, every_steps=100), Training(seq_len=128, num_layers=6, batch_size=4, total_tokens=5e4),
+     "total_tokens"),
     (MSLG(128, 16, 16, full_at=401), SMALL, "full_at"),
     (MSLG(64, 16, 16, every_steps=1), SMALL, "seq_len"),
 ])

@@ -31,7 +31,8 @@ def scan_changes(schedule, steps):
     return [(0, values[0])] + [(t, v) for t, v in enumerate(values) if t and v != values[t - 1]]
 
 
-@pytest.mark.parametrize("seq_len,start,increment,every", [(64, 8, 8, 5), (100, 10, 16, 3), (32, 32, 4, 2), (50, 1, 7, 1)])
+@pytest.mark.parametrize("seq_len,start,increment,every",
+                         [(64, 8, 8, 5), (100, 10, 16, 3), (32, 32, 4, 2), (50, 1, 7, 1)])
 def test_every_steps_matches_step_counter(seq_len, start, increment, every):
     schedule = MSLG(seq_len, start, increment, every_steps=every)
     steps = every * (seq_len // increment + 3)
@@ -42,7 +43,8 @@ def test_every_steps_matches_step_counter(seq_len, start, increment, every):
 def test_every_tokens_matches_token_counter(every_tokens, tokens_per_step):
     schedule = MSLG(128, 16, 16, every_tokens=every_tokens, tokens_per_step=tokens_per_step)
     steps = math.ceil(8 * every_tokens / tokens_per_step) + 5
-    assert [schedule(t) for t in range(steps)] == simulate_every_tokens(128, 16, 16, every_tokens, tokens_per_step, steps)
+    expected = simulate_every_tokens(128, 16, 16, every_tokens, tokens_per_step, steps)
+    assert [schedule(t) for t in range(steps)] == expected
 
 
 def test_every_tokens_float_is_exact_paper_gpt():

@@ -50,7 +50,8 @@ def test_protected_ids_always_kept_and_the_others_spread_evenly(monkeypatch):
 
 
 def test_without_special_ids_in_the_batch_protection_draws_what_random_ltd_draws(monkeypatch):
-    inputs = {"input_ids": torch.randint(6, zoo.VOCAB, (zoo.BATCH, zoo.SEQ), generator=torch.Generator().manual_seed(3))}
+    generator = torch.Generator().manual_seed(3)
+    inputs = {"input_ids": torch.randint(6, zoo.VOCAB, (zoo.BATCH, zoo.SEQ), generator=generator)}
     runs = []
     for protect in ((), SPECIAL):
         torch.manual_seed(0)

@@ -34,7 +34,8 @@ def _ids(seed=0, batch=2, seq=zoo.SEQ):
 
 @pytest.mark.parametrize(
     "selection,expected",
-    [("1:-1", [1, 2, 3, 4]), ("::2", [0, 2, 4]), ("2", [2]), ("0,5", [0, 5]), ([1, -1], [1, 5]), (":", [0, 1, 2, 3, 4, 5])],
+    [("1:-1", [1, 2, 3, 4]), ("::2", [0, 2, 4]), ("2", [2]), ("0,5", [0, 5]), ([1, -1], [1, 5]),
+     (":", [0, 1, 2, 3, 4, 5])],
 )
 def test_layer_selection(selection, expected):
     assert parse_layer_selection(selection, 6) == expected

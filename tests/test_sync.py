@@ -15,7 +15,8 @@ from random_ltd import tokenbypass
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-CASES = {case.name: case for case in zoo.CASES if case.name in ("gpt2-eager-pad", "bert-sdpa-pad", "llama-sdpa-pad", "vit-sdpa")}
+CASES = {case.name: case for case in zoo.CASES
+         if case.name in ("gpt2-eager-pad", "bert-sdpa-pad", "llama-sdpa-pad", "vit-sdpa")}
 
 
 def _layer_call(model, handle):

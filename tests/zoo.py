@@ -78,7 +78,8 @@ def _packed_inputs(gen):
 
 
 def _image_inputs(gen):
-    return {"pixel_values": torch.randn(BATCH, 1, 8, 8, generator=gen), "labels": torch.randint(0, 3, (BATCH,), generator=gen)}
+    return {"pixel_values": torch.randn(BATCH, 1, 8, 8, generator=gen),
+            "labels": torch.randint(0, 3, (BATCH,), generator=gen)}
 
 
 def _hf_loss(model, inputs):
@@ -307,7 +308,8 @@ class NanoGPT(nn.Module):
 
 
 class MaskedBlock(Block):
-    """Bidirectional attention by hand with ``-inf`` masking: a fully blocked row is NaN unless random-LTD prevents it."""
+    """Bidirectional attention by hand with ``-inf`` masking: a fully blocked row is NaN unless
+    random-LTD prevents it."""
 
     def forward(self, x, attention_mask=None):
         batch, seq, dim = x.shape

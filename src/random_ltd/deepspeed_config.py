@@ -130,7 +130,8 @@ def from_deepspeed_config(config: Mapping | str | os.PathLike, *, exact: bool = 
     whole = _load(config)
     section = _random_ltd_section(whole)
     if section.get("enabled") is False:
-        warnings.warn("random_ltd.enabled is false in this DeepSpeed config: DeepSpeed would not drop tokens", stacklevel=2)
+        warnings.warn("random_ltd.enabled is false in this DeepSpeed config: DeepSpeed would not drop tokens",
+                      stacklevel=2)
     num_layers = check_int("total_layer_num", _require(section, "total_layer_num"))
     layer_ids = _layer_ids(section, num_layers)
     schedule = _schedule(_require(section, "random_ltd_schedule"), exact)

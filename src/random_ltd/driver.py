@@ -48,7 +48,8 @@ class Driver:
         if schedule is None:
             return None
         if schedule.seq_len != self.seq_len:
-            raise ConfigError("schedule", f"grows to seq_len={schedule.seq_len} but the driver's seq_len is {self.seq_len}")
+            raise ConfigError("schedule",
+                              f"grows to seq_len={schedule.seq_len} but the driver's seq_len is {self.seq_len}")
         if getattr(schedule, "every_tokens", None) is not None and schedule.tokens_per_step is None:
             schedule = schedule.resolve(tokens_per_step=self.batch_size * self.seq_len)
         return schedule
@@ -128,7 +129,8 @@ class Driver:
 
     def load_state_dict(self, state: dict) -> None:
         if self._in_step:
-            raise RandomLTDError("Driver.load_state_dict() in the middle of a step (between before_step and after_step)")
+            raise RandomLTDError("Driver.load_state_dict() in the middle of a step "
+                                 "(between before_step and after_step)")
         self.step = check_int("step", state["step"], minimum=0)
         self.layer_tokens = check_int("layer_tokens", state["layer_tokens"], minimum=0)
         self.tokens = check_int("tokens", state["tokens"], minimum=0)

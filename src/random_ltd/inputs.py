@@ -16,7 +16,8 @@ from random_ltd.calls import LayerCall
 from random_ltd.errors import RandomLTDError
 
 
-def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor, seq_len: int) -> None:
+def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor,
+                  seq_len: int) -> None:
     gather_attention_inputs(layer, adapter, call, indices, seq_len)  # reads positions before they are gathered
     _gather_masks(adapter, call, indices, seq_len)
     for name in adapter.positions:

@@ -62,7 +62,8 @@ class LayerTokenLR(LRScheduler):
         self.total_layer_tokens = check_int("total_layer_tokens", total_layer_tokens)
         self.warmup_layer_tokens = check_int("warmup_layer_tokens", warmup_layer_tokens, minimum=0)
         if self.warmup_layer_tokens > self.total_layer_tokens:
-            raise ConfigError("warmup_layer_tokens", f"{warmup_layer_tokens} exceeds total_layer_tokens={total_layer_tokens}")
+            raise ConfigError("warmup_layer_tokens",
+                              f"{warmup_layer_tokens} exceeds total_layer_tokens={total_layer_tokens}")
         if decay not in DECAYS:
             raise ConfigError("decay", f"{decay!r} is not one of {', '.join(DECAYS)}")
         if not 0.0 <= min_lr_ratio <= 1.0:
@@ -76,7 +77,8 @@ class LayerTokenLR(LRScheduler):
         self._constructing = False
 
     @classmethod
-    def from_plan(cls, optimizer: torch.optim.Optimizer, plan: Any, *, warmup_tokens: int = 0, **kwargs: Any) -> LayerTokenLR:
+    def from_plan(cls, optimizer: torch.optim.Optimizer, plan: Any, *, warmup_tokens: int = 0,
+                  **kwargs: Any) -> LayerTokenLR:
         """Budget from a ``random_ltd.Plan``: decay over its random-LTD layer-tokens; ``warmup_tokens``
         training tokens of warmup count ``num_layers`` layer-tokens each (as in the baseline)."""
         return cls(optimizer, plan.random_ltd_layer_tokens, warmup_layer_tokens=warmup_tokens * plan.num_layers,

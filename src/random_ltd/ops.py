@@ -165,11 +165,15 @@ def attend_somewhere(mask: torch.Tensor, bool_means_keep: bool = True) -> torch.
     A row whose kept keys are all blocked (heavy padding, few kept tokens) can only belong to
     a padding token, whose output is never used, yet it turns into NaN in the softmax and
     poisons the backward pass. Such a row attends to its own token (the diagonal) in square
-    masks and to every key otherwise (2-D padding masks: every key). Boolean masks follow ``bool_means_keep`` (Hugging Face:
-    True = attend; PyTorch ``nn.MultiheadAttention``: True = blocked); float masks are additive,
-    a value at or below half the dtype's minimum counting as blocked. No host sync.
+    masks and to every key otherwise (2-D padding masks: every key). Boolean masks follow
+    ``bool_means_keep`` (Hugging Face: True = attend; PyTorch ``nn.MultiheadAttention``: True =
+    blocked); float masks are additive, a value at or below half the dtype's minimum counting as
+    blocked. No host sync.
     """
-    blocked = (~mask if bool_means_keep else mask) if mask.dtype == torch.bool else mask <= torch.finfo(mask.dtype).min / 2
+    if mask.dtype == torch.bool:
+        blocked = ~mask if bool_means_keep else mask
+    else:
+        blocked = mask <= torch.finfo(mask.dtype).min / 2
     release = blocked.all(dim=-1, keepdim=True)
     if mask.dim() >= 3 and mask.shape[-1] == mask.shape[-2]:
         release = release & torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)

@@ -78,7 +78,8 @@ class PlanRequest:
     def __post_init__(self):
         with self._naming_the_total():
             if self.deepspeed_config is not None:
-                self._refuse(DEEPSPEED_SETS, "not allowed with --deepspeed-config (the file sets the schedule and layers)")
+                self._refuse(DEEPSPEED_SETS,
+                             "not allowed with --deepspeed-config (the file sets the schedule and layers)")
                 return
             for name in ("seq_len", "num_layers"):
                 if getattr(self, name) is None:
@@ -122,7 +123,8 @@ class PlanRequest:
         if self.start is None:
             raise ConfigError("start", "required: the kept length at step 0 (or give --keep or --target-saving)")
         if self.every_steps is None and self.every_tokens is None and self.full_at is None:
-            raise ConfigError("every_steps", "give when the kept length grows: --every-steps, --every-tokens or --full-at")
+            raise ConfigError("every_steps",
+                              "give when the kept length grows: --every-steps, --every-tokens or --full-at")
         return MSLG(self.seq_len, self.start, self.increment, every_steps=self.every_steps,
                     every_tokens=self.every_tokens, full_at=self.full_at, multiple_of=self.multiple_of)
 

@@ -59,7 +59,8 @@ class Training:
         if (self.total_steps is None) == (self.total_tokens is None):
             raise ConfigError("total_steps", "give exactly one of total_steps, total_tokens")
         check_int("total_steps", self.total_steps, optional=True)
-        if self.total_tokens is not None and not (isinstance(self.total_tokens, (int, float)) and self.total_tokens > 0):
+        if self.total_tokens is not None and not (isinstance(self.total_tokens, (int, float))
+                                                  and self.total_tokens > 0):
             raise ConfigError("total_tokens", f"must be a positive number, got {self.total_tokens!r}")
         _ = self.drop_layer_ids  # validates the selection
 
@@ -197,7 +198,8 @@ def solve_for_saving(target: float, training: Training, *, increment: int, start
     if not (isinstance(target, (int, float)) and 0 < target < 1):
         raise ConfigError("target_saving", f"must be a fraction in (0, 1), got {target!r}")
     if start is not None and full_at is not None:
-        raise ConfigError("target_saving", "give start (to solve the interval) or full_at (to solve the start), not both")
+        raise ConfigError("target_saving",
+                          "give start (to solve the interval) or full_at (to solve the start), not both")
     if start is not None:
         return _solve_interval(target, training, start, increment, multiple_of)
     return _solve_start(target, training, increment, DEFAULT_FULL_AT if full_at is None else full_at, multiple_of)
@@ -222,7 +224,8 @@ def _solve_interval(target: float, training: Training, start: int, increment: in
     return plan_for(first_true(reaches, 1, longest))
 
 
-def _solve_start(target: float, training: Training, increment: int, full_at: int | float, multiple_of: int | None) -> Plan:
+def _solve_start(target: float, training: Training, increment: int, full_at: int | float,
+                 multiple_of: int | None) -> Plan:
     unit = multiple_of or 1
     candidates = list(range(unit, training.seq_len, unit))
 

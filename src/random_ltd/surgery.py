@@ -219,7 +219,8 @@ def apply(
     handle.router_loss = router_loss
     model.__dict__[_HANDLE_ATTR] = handle
     if len(wrapped) == len(members) and len(members) > 2:
-        warnings.warn("random-LTD drops tokens in every layer; the paper keeps the first and last layers full", stacklevel=2)
+        warnings.warn("random-LTD drops tokens in every layer; the paper keeps the first and last layers full",
+                      stacklevel=2)
     return handle
 
 

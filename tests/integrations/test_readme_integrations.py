@@ -63,7 +63,8 @@ def test_torchrun_snippet(tmp_path):
     script = tmp_path / "ddp_min.py"
     script.write_text(block("torchrun"))
     done = run_command([*TORCHRUN, "--nproc-per-node=2", str(script)], cwd=tmp_path)
-    metrics = {int(rank): ast.literal_eval(values) for rank, values in re.findall(r"rank (\d): (\{[^{}]*\})", done.stdout)}
+    metrics = {int(rank): ast.literal_eval(values)
+               for rank, values in re.findall(r"rank (\d): (\{[^{}]*\})", done.stdout)}
     assert sorted(metrics) == [0, 1] and metrics[0] == metrics[1]
     kept = [32, 32, 64, 64, 96, 96]
     assert metrics[0]["random_ltd/kept_len"] == 96
@@ -75,7 +76,8 @@ def test_accelerate_command():
     assert command[:2] == ["accelerate", "launch"]
     done = accelerate_launch(*command[2:])
     schedule = random_ltd.MSLG(seq_len=128, start=32, increment=16, full_at=0.7, total_steps=6)
-    rows = check_training_log(done.stdout, schedule, steps=6, batch_size=4 * 2 * 2, num_layers=6, drop_layers=[1, 2, 3, 4])
+    rows = check_training_log(done.stdout, schedule, steps=6, batch_size=4 * 2 * 2, num_layers=6,
+                              drop_layers=[1, 2, 3, 4])
     assert rows[-1][4] == 0.0  # the LayerToken LR decayed to zero exactly at the planned budget
 
 
@@ -84,7 +86,8 @@ def test_deepspeed_command():
     command = shlex.split(block("deepspeed").strip())
     script = next(i for i, token in enumerate(command) if token.endswith(".py"))
     assert command[0] == "torchrun"
-    done = run_command([*TORCHRUN, *command[1:script], str(HERE / "without_shm_kernel.py"), *command[script:]], timeout=240)
+    done = run_command([*TORCHRUN, *command[1:script], str(HERE / "without_shm_kernel.py"), *command[script:]],
+                       timeout=240)
     settings = random_ltd.from_deepspeed_config(REPO / "examples" / "deepspeed_config.json")
     steps = int(command[command.index("--steps") + 1])
     rows = check_training_log(done.stdout, settings.schedule, steps=steps, batch_size=8, num_layers=6,

@@ -128,7 +128,8 @@ def test_causal_losses_are_next_token_cross_entropy_credited_to_the_target():
         for t in range(4):
             if mask[b, t + 1]:
                 assert targets[b, t] == ids[b, t + 1]
-                assert losses[b, t].item() == pytest.approx(F.cross_entropy(logits[b, t], ids[b, t + 1]).item(), rel=1e-5)
+                expected = F.cross_entropy(logits[b, t], ids[b, t + 1]).item()
+                assert losses[b, t].item() == pytest.approx(expected, rel=1e-5)
             else:
                 assert targets[b, t] == -100 and losses[b, t] == 0
 

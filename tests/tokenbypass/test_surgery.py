@@ -232,7 +232,8 @@ def train_losses(steps: int, resume_at: int | None = None) -> list[float]:
             handle.load_state_dict(saved[2])
         inputs = case.inputs(torch.Generator().manual_seed(100 + step))
         logits = model(**inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, zoo.VOCAB), inputs["input_ids"][:, 1:].reshape(-1))
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, zoo.VOCAB),
+                                                 inputs["input_ids"][:, 1:].reshape(-1))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

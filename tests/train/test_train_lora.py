@@ -24,7 +24,8 @@ def test_lora_finetune_trains_the_adapters_only(tmp_path):
     from random_ltd.train.tasks.finetune import cached_model_dir
 
     out = tmp_path / "lora"
-    assert main(["train", *QUICK, "--lora", "--lora-rank", "4", "--lora-targets", "q_proj,o_proj", "--out", str(out)]) == 0
+    assert main(["train", *QUICK, "--lora", "--lora-rank", "4", "--lora-targets", "q_proj,o_proj",
+                 "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["lora"] is True and summary["config"]["lora_rank"] == 4
     assert summary["arms"]["random_ltd"]["drop_layers"] == [1, 2]

@@ -27,7 +27,8 @@ def test_python_example_runs(tmp_path, monkeypatch, cache):
 
 def test_shell_examples_parse():
     parser = build_parser()
-    commands = [line.split("#")[0].strip() for line in re.findall(r"^random-ltd train.*$", section("train"), flags=re.M)]
+    commands = [line.split("#")[0].strip()
+                for line in re.findall(r"^random-ltd train.*$", section("train"), flags=re.M)]
     assert len(commands) >= 8
     for command in commands:
         args = parser.parse_args(shlex.split(command)[1:])

@@ -68,11 +68,13 @@ def test_mlflow_local_store_holds_every_step_and_the_summary(tracked_run):
     client = mlflow.tracking.MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("random-ltd").experiment_id])
     for name in ("train_loss", "kept", "layer_tokens"):
-        read = {arm: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"{arm}/seed0/{name}"))
+        read = {arm: sorted((m.step, m.value)
+                            for m in client.get_metric_history(run.info.run_id, f"{arm}/seed0/{name}"))
                 for arm in ARMS}
         assert_series(read, expected(steps, name), rel=1e-12)
     assert run.data.metrics["summary/comparison/layer_tokens_saving"] == summary["comparison"]["layer_tokens_saving"]
-    assert json.loads(open(client.download_artifacts(run.info.run_id, "summary.json")).read())["arms"] == summary["arms"]
+    artifact = client.download_artifacts(run.info.run_id, "summary.json")
+    assert json.loads(open(artifact).read())["arms"] == summary["arms"]
 
 
 WANDB_BLOCK, WANDB_HEADER = 32768, 7  # a .wandb file: a 7-byte header, then LevelDB-log records in 32 KiB blocks
@@ -104,14 +106,17 @@ def test_wandb_offline_run_holds_every_step_and_the_summary(tracked_run):
         record.ParseFromString(data)
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.history.item})
         elif kind == "summary":
-            final.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update})
+            final.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                          for item in record.summary.update})
     for name in ("train_loss", "kept", "layer_tokens"):
         read = {arm: [(row[f"{arm}/seed0/step"], row[f"{arm}/seed0/{name}"]) for row in history
                       if f"{arm}/seed0/{name}" in row] for arm in ARMS}
         assert_series(read, expected(steps, name), rel=1e-12)
-    assert final["summary/comparison/layer_tokens_saving"] == pytest.approx(summary["comparison"]["layer_tokens_saving"])
+    expected_saving = summary["comparison"]["layer_tokens_saving"]
+    assert final["summary/comparison/layer_tokens_saving"] == pytest.approx(expected_saving)
 
 
 def test_unknown_tracker_and_missing_package_are_one_line_errors_with_exit_code_2(monkeypatch, capsys, tmp_path):

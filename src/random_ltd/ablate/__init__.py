@@ -7,7 +7,7 @@
 program (``methods``: TokenBypass and protected special tokens on its loop); ``verdict`` turns per-seed
 numbers into a verdict; ``report`` and ``page`` write the tables, plots and the results page.
 """
-from random_ltd.ablate.runner import DEFAULT_SEEDS, Options, run_study
+from random_ltd.ablate.runner import Options, run_study
 from random_ltd.ablate.studies import STUDIES, Claim, Study
 
-__all__ = ["DEFAULT_SEEDS", "STUDIES", "Claim", "Options", "Study", "run_study"]
+__all__ = ["STUDIES", "Claim", "Options", "Study", "run_study"]

@@ -8,8 +8,8 @@ import math
 import re
 from pathlib import Path
 
-from random_ltd.ablate import verdict
-from random_ltd.ablate.studies import STUDIES
+from random_ltd.ablate import plots, verdict
+from random_ltd.ablate.studies import ABLATION_SEEDS, HEADLINE_SEEDS, STUDIES
 
 _BLOCK = re.compile(r"<!-- study: (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /study: (?P=name) -->", re.DOTALL)
 _DATA = re.compile(r"<!-- data: (?P<json>.*?) -->")
@@ -26,14 +26,25 @@ a tolerance tol = {verdict.DEFAULT_TOLERANCE:.0%} of B's mean validation loss:
   tol, or A is worse); otherwise **inconclusive at this scale**.
 - "A is no worse than B": **reproduced** if d + h ≤ tol; **not reproduced** if d − h > tol;
   otherwise **inconclusive at this scale**.
+- A higher-is-better metric (the ViT's accuracy) is judged by the same rules on B − A, with tol =
+  {verdict.DEFAULT_TOLERANCE:.0%} of B's mean accuracy; its table still shows A − B.
 
-These rules were fixed before any run, and no setting was changed after seeing a verdict. The
-models are tiny (CPU, minutes) next to the paper's (GPT-3 350M-1.3B, BERT-large, GPT-2 350M), so
-a claim that does not reproduce here is a statement about this scale, not a refutation.
+These rules were fixed before any run, and no setting was changed after seeing a verdict. So was
+each study's number of seeds ({ABLATION_SEEDS} for Section 5's ablations, {HEADLINE_SEEDS} for Section 4's
+headline results and the small-model reruns): seeds are never added to a study until a verdict
+appears. The models are tiny (CPU, minutes) next to the paper's (GPT-3 350M-1.3B, BERT-large,
+GPT-2 350M), so a claim that does not reproduce here is a statement about this scale, not a
+refutation.
+
+Times are CPU seconds per seed of the arm's process (one torch thread each), summed over its
+training steps, not wall-clock: arms train two at a time on a machine that other work shares,
+and wall-clock would compare the load each arm met rather than the arms. Each study states the
+load average its arms saw.
 
 Every study: `random-ltd ablate all --jobs 2 --threads 1` (arms shared between studies are
-trained once; per-arm runs, tables and plots under `runs/ablate/`). The settings of each study
-are in `src/random_ltd/ablate/studies.py`.
+trained once; a study with fewer seeds takes the first seeds of a run with more; per-arm runs,
+tables and plots under `runs/ablate/`). The settings of each study are in
+`src/random_ltd/ablate/studies.py`.
 """
 
 
@@ -52,24 +63,53 @@ def make_block(markdown: str, data: dict) -> str:
     return markdown.rstrip() + "\n\n" + f"<!-- data: {json.dumps(data, sort_keys=True)} -->\n"
 
 
+def judged_rows(blocks: dict[str, str]) -> list[tuple[str, dict]]:
+    """``(study, judged claim)`` for every claim on the page, in page order."""
+    return [(name, item) for name in STUDIES if name in blocks for item in block_data(blocks[name]).get("judged", [])]
+
+
+def interval_text(item: dict) -> str:
+    return "n/a" if math.isinf(item["half_width"]) else f"{item['difference']:+.4f} ± {item['half_width']:.4f}"
+
+
 def summary_table(blocks: dict[str, str]) -> str:
-    lines = ["| § | study | claim | A − B (95% CI) | verdict |", "|---|---|---|---:|---|"]
+    lines = ["| § | study | claim | seeds | A − B (95% CI) | verdict |", "|---|---|---|---:|---:|---|"]
     for name, study in STUDIES.items():
         data = block_data(blocks[name]) if name in blocks else {}
         if not data:
-            lines.append(f"| {study.section} | `{name}` | {study.title} | — | not run yet |")
+            lines.append(f"| {study.section} | `{name}` | {study.title} | {study.seeds} | — | not run yet |")
             continue
         for item in data["judged"]:
-            interval = ("n/a" if math.isinf(item["half_width"])
-                        else f"{item['difference']:+.4f} ± {item['half_width']:.4f}")
             note = f" ({item['note']})" if item.get("note") else ""
-            lines.append(f"| {item['section']} | [`{name}`](#{name}) | {item['claim']} | {interval} | "
-                         f"**{item['verdict']}**{note} |")
+            lines.append(f"| {item['section']} | [`{name}`](#{name}) | {item['claim']} | {item.get('seeds', '—')} | "
+                         f"{interval_text(item)} | **{item['verdict']}**{note} |")
     return "\n".join(lines)
 
 
-def render(blocks: dict[str, str]) -> str:
-    parts = [HEADER, "## Summary", "", summary_table(blocks), ""]
+def scale_table(blocks: dict[str, str]) -> str:
+    """Each claim of a study rerun at another model size beside its verdict in the original."""
+    lines = ["| claim | tiny: A − B | tiny | small: A − B | small | verdict changes |",
+             "|---|---:|---|---:|---|---|"]
+    reruns = [(name, study.rerun_of) for name, study in STUDIES.items() if study.rerun_of]
+    for name, original in reruns:
+        if name not in blocks or original not in blocks:
+            lines.append(f"| `{original}` vs `{name}` | — | not run yet | — | not run yet | — |")
+            continue
+        pairs = zip(block_data(blocks[original])["judged"], block_data(blocks[name])["judged"], strict=True)
+        for tiny, small in pairs:
+            changes = "no" if tiny["verdict"] == small["verdict"] else "**yes**"
+            lines.append(f"| {tiny['claim']} | {interval_text(tiny)} | {tiny['verdict']} | {interval_text(small)} | "
+                         f"{small['verdict']} | {changes} |")
+    return "\n".join(lines)
+
+
+def render(blocks: dict[str, str], figures: str = "results") -> str:
+    """The page; ``figures`` is the folder (beside the page) holding the forest plot."""
+    parts = [HEADER, "## Summary", "", f"![every claim's difference and interval]({figures}/forest.png)", "",
+             summary_table(blocks), "", "## Does a verdict change with model size?", "",
+             "`lr` and `budget` at the `tiny` GPT-2 (width 64) and again at `small` (width 192); "
+             "the seeds differ (10 and 5), so an interval that narrows or widens does not by itself mean an "
+             "effect of size.", "", scale_table(blocks), ""]
     for name in STUDIES:
         if name in blocks:
             parts += [f'<a id="{name}"></a>', f"<!-- study: {name} -->", blocks[name].rstrip("\n"),
@@ -78,8 +118,10 @@ def render(blocks: dict[str, str]) -> str:
 
 
 def update(path: Path, name: str, markdown: str, data: dict) -> None:
-    """Replace (or add) study ``name``'s block in the page at ``path`` and regenerate the page."""
+    """Replace (or add) study ``name``'s block in the page at ``path``, regenerate the page and its
+    forest plot (``<page stem>/forest.png`` beside the page)."""
     blocks = read_blocks(path)
     blocks[name] = make_block(markdown, data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(blocks))
+    path.write_text(render(blocks, path.stem))
+    plots.forest(path.parent / path.stem / "forest.png", judged_rows(blocks))

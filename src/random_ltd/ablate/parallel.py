@@ -7,22 +7,27 @@ through ``runs.train``; the studies then find them trained and only judge and re
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Callable
 
 from random_ltd.ablate import runs
 from random_ltd.ablate.studies import STUDIES
 
 
-def pending_arms(names: list[str], options) -> list[runs.Arm]:
-    """Arms of the studies ``names`` not trained yet, each once, in study order."""
-    unique: dict[str, runs.Arm] = {}
+def pending_arms(names: list[str], options) -> list[tuple[runs.Arm, int]]:
+    """Arms of the studies ``names`` not trained yet, each once with the most seeds any of the
+    studies asks of it (the others take its first seeds), in study order."""
+    wanted: dict[str, tuple[runs.Arm, int]] = {}
     for name in names:
+        seeds = options.seeds_for(name)
         for arm in (arm.for_engine(options.engine) for arm in STUDIES[name].build(options.quick)[0]):
-            folder = str(arm.folder(options.root, options.seeds, options.seed))
-            if folder not in unique and not runs.is_trained(arm, options.root, options.seeds, options.seed):
-                unique[folder] = arm
-    return list(unique.values())
+            identity = arm.key(0, options.seed)
+            if identity not in wanted or wanted[identity][1] < seeds:
+                wanted[identity] = (arm, seeds)
+    counts = options.seed_counts()
+    return [(arm, seeds) for arm, seeds in wanted.values()
+            if not runs.is_trained(arm, options.root, seeds, options.seed)
+            and runs.covering_count(arm, options.root, seeds, options.seed, counts) is None]
 
 
 def _start_worker(threads: int) -> None:
@@ -33,8 +38,8 @@ def _start_worker(threads: int) -> None:
     transformers.logging.set_verbosity_error()
 
 
-def _train(arm: runs.Arm, options) -> list[dict]:
-    return runs.train(arm, options.root, options.seeds, options.seed, options.device)
+def _train(arm: runs.Arm, seeds: int, options) -> list[dict]:
+    return runs.train(arm, options.root, seeds, options.seed, options.device)
 
 
 def train_in_parallel(names: list[str], options, jobs: int, threads: int, log: Callable[[str], None] = print) -> None:
@@ -44,7 +49,7 @@ def train_in_parallel(names: list[str], options, jobs: int, threads: int, log: C
     log(f"training {len(arms)} arms in {jobs} processes ({threads} thread(s) each)")
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(_train, arm, options): arm for arm in arms}
+        futures = {pool.submit(_train, arm, seeds, options): arm for arm, seeds in arms}
         for done, future in enumerate(as_completed(futures), 1):
             results = future.result()
             losses = ", ".join(f"{result['final_val_loss']:.4f}" for result in results)

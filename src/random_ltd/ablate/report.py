@@ -7,7 +7,8 @@ from pathlib import Path
 from random_ltd.ablate import verdict
 from random_ltd.ablate.studies import Claim, Study
 
-METRICS = ("final_val_loss", "overfit_rise", "layer_tokens", "wall_clock_s")
+METRICS = ("final_val_loss", "final_val_accuracy", "overfit_rise", "layer_tokens", "wall_clock_s", "cpu_s")
+_RECORDED = ("final_val_loss", "final_val_accuracy", "layer_tokens", "wall_clock_s", "cpu_s")
 
 
 def overfit_rise(result: dict) -> float:
@@ -17,7 +18,8 @@ def overfit_rise(result: dict) -> float:
 
 
 def per_seed(results: list[dict]) -> dict[str, list[float]]:
-    values = {name: [float(r[name]) for r in results] for name in ("final_val_loss", "layer_tokens", "wall_clock_s")}
+    """Each metric's per-seed values; a metric some seed lacks (accuracy of a text task) is left out."""
+    values = {name: [float(r[name]) for r in results] for name in _RECORDED if all(name in r for r in results)}
     values["overfit_rise"] = [overfit_rise(r) for r in results]
     return values
 
@@ -28,11 +30,19 @@ def summarize_arms(results: dict[str, list[dict]]) -> dict[str, dict]:
     for label, runs in results.items():
         values = per_seed(runs)
         entry = {"seeds": [r["seed"] for r in runs], "steps": runs[0]["steps"], **values,
+                 "load_average": load_range(runs),
                  "curve_mean": mean_curve(runs)}
         for name in METRICS:
-            entry[f"{name}_mean"], entry[f"{name}_std"] = verdict.mean_std(values[name])
+            if name in values:
+                entry[f"{name}_mean"], entry[f"{name}_std"] = verdict.mean_std(values[name])
         summary[label] = entry
     return summary
+
+
+def load_range(runs: list[dict]) -> list[float]:
+    """Lowest and highest 1-minute load average seen at the start or end of a seed ([] if unknown)."""
+    seen = [value for r in runs for value in r.get("load_average") or [] if value is not None]
+    return [min(seen), max(seen)] if seen else []
 
 
 def mean_curve(runs: list[dict]) -> list[list[float]]:
@@ -45,10 +55,12 @@ def mean_curve(runs: list[dict]) -> list[list[float]]:
 def judge_claim(claim: Claim, arms: dict[str, dict], tolerance: float = verdict.DEFAULT_TOLERANCE) -> dict:
     a = verdict.per_seed_mean([arms[label][claim.metric] for label in claim.a])
     b = verdict.per_seed_mean([arms[label][claim.metric] for label in claim.b])
-    reference = verdict.per_seed_mean([arms[label]["final_val_loss"] for label in claim.b])
+    reference = verdict.per_seed_mean([arms[label][claim.tolerance_metric] for label in claim.b])
     absolute_tolerance = tolerance * abs(sum(reference) / len(reference))
     interval = verdict.paired_interval(a, b)
-    outcome, note = verdict.judge(claim.kind, interval, absolute_tolerance), ""
+    # higher is better: the rules read B − A, so "A better" is a negative number either way
+    judged = verdict.paired_interval(b, a) if claim.higher_is_better else interval
+    outcome, note = verdict.judge(claim.kind, judged, absolute_tolerance), ""
     if claim.needs_overfitting:
         rise = sum(verdict.per_seed_mean([arms[label]["overfit_rise"] for label in claim.b])) / len(b)
         if rise <= absolute_tolerance:
@@ -57,33 +69,58 @@ def judge_claim(claim: Claim, arms: dict[str, dict], tolerance: float = verdict.
     return {"section": claim.section, "claim": claim.text, "kind": claim.kind, "metric": claim.metric,
             "a": list(claim.a), "b": list(claim.b), "difference": interval.difference,
             "half_width": interval.half_width, "tolerance": absolute_tolerance, "seeds": interval.count,
-            "verdict": outcome, "note": note}
+            "higher_is_better": claim.higher_is_better, "verdict": outcome, "note": note}
 
 
 def fmt(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+CPU_NOTE = ("CPU time: process CPU seconds per seed of one single-threaded process, summed over the training "
+            "steps (every method trains on the same loop). The ratio is to the first arm's.")
+
+
 def arms_table(arms: dict[str, dict]) -> str:
-    reference = next((arm for label, arm in arms.items() if label.startswith("baseline")), None)
-    lines = ["| arm | steps | layer-tokens | saving | val loss (mean ± std) | val perplexity | overfit rise | wall-clock (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """One row per arm. The time shown is CPU time (see ``CPU_NOTE``), not wall-clock: parallel arms
+    run under different load, and wall-clock would compare the load rather than the arms."""
+    reference = next((arm for label, arm in arms.items() if label.startswith(("baseline", "plain"))), None)
+    first = next(iter(arms.values()))
+    accuracy = all("final_val_accuracy_mean" in arm for arm in arms.values())
+    lines = ["| arm | steps | layer-tokens | saving | val loss (mean ± std) | val perplexity | "
+             + ("val accuracy (mean ± std) | " if accuracy else "") + "overfit rise | CPU s/seed | CPU vs first |",
+             "|---|---:|---:|---:|---:|---:|" + ("---:|" if accuracy else "") + "---:|---:|---:|"]
     for label, arm in arms.items():
-        saving = "—" if reference is None else f"{100 * (1 - arm['layer_tokens_mean'] / reference['layer_tokens_mean']):.1f}%"
+        saving = "—" if reference is None else \
+            f"{100 * (1 - arm['layer_tokens_mean'] / reference['layer_tokens_mean']):.1f}%"
+        score = f"{fmt(arm['final_val_accuracy_mean'], arm['final_val_accuracy_std'])} | " if accuracy else ""
         lines.append(f"| {label} | {arm['steps']} | {arm['layer_tokens_mean']:.4g} | {saving} | "
                      f"{fmt(arm['final_val_loss_mean'], arm['final_val_loss_std'])} | "
-                     f"{math.exp(min(arm['final_val_loss_mean'], 50)):.2f} | "
-                     f"{fmt(arm['overfit_rise_mean'], arm['overfit_rise_std'])} | {arm['wall_clock_s_mean']:.1f} |")
+                     f"{math.exp(min(arm['final_val_loss_mean'], 50)):.2f} | {score}"
+                     f"{fmt(arm['overfit_rise_mean'], arm['overfit_rise_std'])} | {cpu_cell(arm)} | "
+                     f"{cpu_ratio(arm, first)} |")
     return "\n".join(lines)
+
+
+def cpu_cell(arm: dict) -> str:
+    if "cpu_s_mean" not in arm:
+        return "—"
+    return f"{arm['cpu_s_mean']:.1f}"
+
+
+def cpu_ratio(arm: dict, first: dict) -> str:
+    if "cpu_s_mean" not in arm or "cpu_s_mean" not in first:
+        return "—"
+    return f"{arm['cpu_s_mean'] / first['cpu_s_mean']:.2f}"
 
 
 def claims_table(judged: list[dict]) -> str:
     lines = ["| § | claim (A vs B) | metric | A − B (95% CI) | tolerance | verdict |", "|---|---|---|---:|---:|---|"]
     for item in judged:
+        metric = item["metric"] + (" (higher is better)" if item.get("higher_is_better") else "")
         interval = ("n/a (1 seed)" if math.isinf(item["half_width"])
                     else f"{item['difference']:+.4f} ± {item['half_width']:.4f}")
         note = f" ({item['note']})" if item.get("note") else ""
-        lines.append(f"| {item['section']} | {item['claim']} | {item['metric']} | {interval} | "
+        lines.append(f"| {item['section']} | {item['claim']} | {metric} | {interval} | "
                      f"{item['tolerance']:.4f} | **{item['verdict']}**{note} |")
     return "\n".join(lines)
 
@@ -93,7 +130,7 @@ def study_markdown(study: Study, arms: dict[str, dict], judged: list[dict], comm
     return "\n".join([
         f"## {study.section} {study.title} (`{study.name}`)", "",
         study.setup, "", context, "", "```bash", command, "```", "",
-        arms_table(arms), "", claims_table(judged), "",
+        arms_table(arms), "", CPU_NOTE, "", claims_table(judged), "",
     ])
 
 

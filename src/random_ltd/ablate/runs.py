@@ -7,6 +7,10 @@ Arms are stored by a hash of what they compute under ``ROOT/runs/``, so studies 
 stopped. Every arm is trained by the training program's loop (``train_arm``): with the
 ``program`` engine through ``run_training`` (a run folder with its report and plots), with
 ``bare`` one ``train_arm`` per seed and no report (the same numbers in seconds, for CI).
+
+Times: arms train in parallel processes under whatever else loads the machine, so wall-clock
+compares them badly. Each result carries ``cpu_s``, the process CPU time of its training steps
+(one torch thread per process), which the training program sums over its steps for every method.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ class Arm:
     engine: str = "program"
 
     @classmethod
-    def make(cls, label: str, arm: str, settings: dict, method: str | None = None) -> "Arm":
+    def make(cls, label: str, arm: str, settings: dict, method: str | None = None) -> Arm:
         if arm not in ("baseline", "random_ltd"):
             raise ValueError(f"arm must be baseline or random_ltd, got {arm!r}")
         if method is not None and (method not in METHODS or arm == "baseline"):
@@ -63,7 +67,7 @@ class Arm:
         text = json.dumps([self.arm, self.method, self.settings, seeds, seed, *engine], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
-    def for_engine(self, engine: str) -> "Arm":
+    def for_engine(self, engine: str) -> Arm:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         return dataclasses.replace(self, engine=engine)
@@ -80,8 +84,19 @@ def is_trained(arm: Arm, root: Path, seeds: int, seed: int = 0) -> bool:
     return all((arm_dir(folder, arm.arm, k) / "result.json").exists() for k in range(seed, seed + seeds))
 
 
-def train(arm: Arm, root: Path, seeds: int, seed: int = 0, device: str = "auto") -> list[dict]:
-    """Train ``arm`` for seeds ``seed .. seed+seeds-1`` (or reuse what is stored); per-seed results."""
+def covering_count(arm: Arm, root: Path, seeds: int, seed: int, counts: tuple[int, ...]) -> int | None:
+    """The smallest of ``counts`` above ``seeds`` that ``arm`` is already trained with from ``seed``:
+    its first ``seeds`` seeds are the same runs (a seed's result depends on that seed only)."""
+    return next((count for count in sorted(counts) if count > seeds and is_trained(arm, root, count, seed)), None)
+
+
+def train(arm: Arm, root: Path, seeds: int, seed: int = 0, device: str = "auto",
+          counts: tuple[int, ...] = ()) -> list[dict]:
+    """Train ``arm`` for seeds ``seed .. seed+seeds-1`` (or reuse what is stored, also from a run
+    with more seeds among ``counts``); per-seed results."""
+    more = covering_count(arm, root, seeds, seed, counts) if not is_trained(arm, root, seeds, seed) else None
+    if more is not None:
+        return train(arm, root, more, seed, device)[:seeds]
     folder = arm.folder(root, seeds, seed)
     config = arm.config(seeds, seed, device)
     if arm.engine == "program":

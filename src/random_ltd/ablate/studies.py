@@ -1,28 +1,45 @@
-"""The paper's ablations (Section 5), each as arms to train and claims to judge.
+"""The paper's claims as studies: arms to train and claims to judge.
 
-Every study starts from one base configuration of ``random-ltd train`` (a small GPT-2, or BERT
-for the special-token study) and changes only what the paper's ablation changes. The settings
-and claims were written down before any run; ``docs/results.md`` reports what came out.
+Section 4's headline results (GPT and BERT pretraining, ViT, finetuning a pretrained model) and
+Section 5's ablations. Every study starts from one base configuration of ``random-ltd train``
+and changes only what the paper's experiment changes; ``lr-small`` and ``budget-small`` rerun two
+ablations at a larger model size. The settings, the claims and each study's number of seeds were
+written down before any run; ``docs/results.md`` reports what came out.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from random_ltd.ablate.runs import Arm
 from random_ltd.accounting import kept_segments
+from random_ltd.layer_selection import parse_layer_selection
 from random_ltd.tokenbypass import bypass_range
 from random_ltd.train.arms import make_schedule
 from random_ltd.train.tasks import budget_steps, resolve_config
 
+VIT_STEPS, FINETUNE_STEPS = 200, 40
 GPT = dict(task="gpt", model_size="tiny", layers=6, seq_len=128, batch_size=8, steps=300, vocab_size=1024,
            corpus_mb=2.0, lr=2e-3, dropout=0.0, eval_every=30, eval_batches=8, kept_start=16, kept_increment=8,
            full_at=0.7)
 GPT_QUICK = dict(task="gpt", quick=True, model_size="tiny", layers=6, seq_len=32, batch_size=4, steps=6,
                  vocab_size=256, corpus_mb=0.2, lr=2e-3, dropout=0.0, eval_every=3, eval_batches=1, kept_start=8,
                  kept_increment=8, full_at=0.7)
+VIT = dict(task="vit", model_size="tiny", layers=12, patch_size=2, batch_size=16, steps=VIT_STEPS, lr=1e-3,
+           dropout=0.0, eval_every=VIT_STEPS // 4, eval_batches=32, kept_start=66, full_at=0.8)  # 512 test images
+VIT_QUICK = dict(task="vit", quick=True, model_size="tiny", layers=4, patch_size=7, batch_size=16, steps=6, lr=2e-3,
+                 dropout=0.0, eval_every=3, eval_batches=2, kept_start=6, full_at=0.8)
+# SmolLM2-135M's first 4 pretrained layers (as --quick finetune keeps), 64-token sequences: its
+# 49k-word output layer costs more than the 4 layers, so the sequence sets the step's cost
+FINETUNE = dict(task="finetune", layers=4, seq_len=64, batch_size=4, steps=FINETUNE_STEPS, corpus_mb=2.0, lr=1e-4,
+                eval_every=FINETUNE_STEPS // 5, eval_batches=4, kept_start=16, full_at=0.7)
+FINETUNE_QUICK = dict(task="finetune", quick=True, layers=4, seq_len=32, batch_size=2, steps=4, corpus_mb=0.3,
+                      lr=1e-4, eval_every=2, eval_batches=1, kept_start=8, full_at=0.75)
 SMALL_CORPUS_MB = {False: 0.04, True: 0.05}  # the dropout study: small enough that the baseline overfits
 DROPOUT = 0.1
+# Seeds per study, fixed before any run (a verdict must not decide how many seeds it gets):
+# Section 5's ablations at 10, the costlier Section 4 studies and small-size reruns at 5.
+ABLATION_SEEDS, HEADLINE_SEEDS, QUICK_SEEDS = 10, 5, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +47,9 @@ class Claim:
     """A claim of the paper: arm(s) ``a`` against arm(s) ``b`` on a lower-is-better ``metric``;
     several labels on one side are averaged per seed. ``kind``: see ``verdict.judge``.
     ``needs_overfitting``: the claim can only be tested if ``b`` overfits (its validation loss
-    rises above its minimum by more than the tolerance); otherwise it is inconclusive."""
+    rises above its minimum by more than the tolerance); otherwise it is inconclusive.
+    ``higher_is_better`` (accuracy): the rules are applied to B − A instead of A − B, and the
+    tolerance is a fraction of B's mean ``metric`` instead of its validation loss."""
 
     section: str
     text: str
@@ -39,6 +58,11 @@ class Claim:
     b: tuple[str, ...]
     metric: str = "final_val_loss"
     needs_overfitting: bool = False
+    higher_is_better: bool = False
+
+    @property
+    def tolerance_metric(self) -> str:
+        return self.metric if self.higher_is_better else "final_val_loss"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +72,11 @@ class Study:
     title: str
     setup: str
     build: Callable[[bool], tuple[list[Arm], list[Claim]]]
+    seeds: int = ABLATION_SEEDS
+    rerun_of: str | None = None  # the study this one repeats at another model size
+
+    def seeds_for(self, quick: bool) -> int:
+        return QUICK_SEEDS if quick else self.seeds
 
 
 def base(quick: bool, **changes) -> dict:
@@ -66,6 +95,59 @@ def as_slice(indices: list[int]) -> str:
     return f"{indices[0]}:{indices[-1] + 1}"
 
 
+def layer_token_saving(settings: dict) -> float:
+    """The random-LTD arm's layer-token saving against the baseline over the same steps."""
+    config = resolve_config(Arm.make("", "random_ltd", settings).config(1, 0, "cpu"))
+    steps, layers = budget_steps(config), config.layers
+    dropping = len(parse_layer_selection(config.drop_layers, layers))
+    segments = kept_segments(make_schedule(config, config.seq_len, steps), steps)
+    kept = sum(length * count for _, length, count in segments) / steps
+    return dropping / layers * (1 - kept / config.seq_len)
+
+
+def saving_label(settings: dict) -> str:
+    return f"random-LTD, {layer_token_saving(settings):.0%} fewer layer-tokens"
+
+
+def gpt_pretraining(quick: bool):
+    """MSLG from s/16 (the paper's 128 of 2048) to full at 90% of training: 30% fewer layer-tokens
+    with 4 of 6 layers dropping (the paper's 1/3 is with 22 of 24)."""
+    settings = base(quick)
+    ltd_settings = {**settings, "kept_start": settings["seq_len"] // 16, "full_at": 0.9}
+    ltd = saving_label(ltd_settings)
+    claim = Claim("4", "GPT pretraining: random-LTD on about 1/3 fewer layer-tokens reaches the baseline's validation "
+                       "loss at full budget (comparable quality)", "no_worse", (ltd,), ("baseline",))
+    return [baseline(settings), random_ltd(ltd, ltd_settings)], [claim]
+
+
+def bert_pretraining(quick: bool):
+    """MSLG from s/8 to full at 90% of training: 28% fewer layer-tokens (the paper's 26.2-31.1%)."""
+    settings = base(quick, task="bert")
+    ltd_settings = {**settings, "kept_start": settings["seq_len"] // 8, "full_at": 0.9}
+    ltd = saving_label(ltd_settings)
+    claim = Claim("4", "BERT pretraining: random-LTD at the paper's 26-31% layer-token saving reaches the baseline's "
+                       "validation MLM loss (comparable or better)", "no_worse", (ltd,), ("baseline",))
+    return [baseline(settings), random_ltd(ltd, ltd_settings)], [claim]
+
+
+def vit(quick: bool):
+    settings = VIT_QUICK if quick else VIT
+    ltd = saving_label(settings)
+    claim = Claim("4", "ViT on Fashion-MNIST: random-LTD (kept length from 66 of 197, full at 80% of training) reaches "
+                       "the baseline's validation accuracy (comparable accuracy)", "no_worse", (ltd,), ("baseline",),
+                  metric="final_val_accuracy", higher_is_better=True)
+    return [baseline(settings), random_ltd(ltd, settings)], [claim]
+
+
+def finetune(quick: bool):
+    settings = FINETUNE_QUICK if quick else FINETUNE
+    ltd, plain = saving_label(settings), "plain finetuning"
+    claim = Claim("4", "Finetuning pretrained SmolLM2-135M: random-LTD reaches plain finetuning's validation "
+                       "perplexity at equal steps (judged on its log, the validation loss)", "no_worse",
+                  (ltd,), (plain,))
+    return [baseline(settings, plain), random_ltd(ltd, settings)], [claim]
+
+
 def bypass(quick: bool):
     settings = base(quick)
     layers, half = settings["layers"], settings["seq_len"] // 2
@@ -75,8 +157,8 @@ def bypass(quick: bool):
         constant = {**settings, "schedule": "constant", "kept_start": half, "drop_layers": drop}
         ltd, tb = f"random-LTD, layers {drop}", f"TokenBypass, layers {drop}"
         arms += [random_ltd(ltd, constant), random_ltd(tb, constant, method="tokenbypass")]
-        claims.append(Claim("5.1", f"Set {number}: dropping half the tokens in layers {drop} (0-based slice), random-LTD "
-                                   "beats TokenBypass on causal LM", "better", (ltd,), (tb,)))
+        claims.append(Claim("5.1", f"Set {number}: dropping half the tokens in layers {drop} (0-based slice), "
+                                   "random-LTD beats TokenBypass on causal LM", "better", (ltd,), (tb,)))
     return arms, claims
 
 
@@ -123,23 +205,25 @@ def schedule(quick: bool):
     constant = f"constant kept length {keep}"
     arms = [baseline(settings), random_ltd("MSLG", settings),
             random_ltd(constant, {**settings, "schedule": "constant", "kept_start": keep})]
-    claim = Claim("5.4", "At equal layer-token saving, MSLG beats a constant drop rate", "better", ("MSLG",), (constant,))
+    claim = Claim("5.4", "At equal layer-token saving, MSLG beats a constant drop rate", "better",
+                  ("MSLG",), (constant,))
     return arms, [claim]
 
 
-def lr(quick: bool):
-    settings = base(quick)
+def lr(quick: bool, model_size: str = "tiny"):
+    settings = base(quick, model_size=model_size)
     token_lr, step_lr = "random-LTD, LayerToken LR", "random-LTD, iteration LR"
     arms = [baseline(settings), random_ltd(token_lr, settings),
             random_ltd(step_lr, {**settings, "lr_clock": "steps"})]
     claims = [Claim("5.5", "Random-LTD with the LayerToken LR reaches the baseline's validation loss", "no_worse",
                     (token_lr,), ("baseline",)),
-              Claim("5.5", "The LayerToken LR beats the iteration LR under random-LTD", "better", (token_lr,), (step_lr,))]
+              Claim("5.5", "The LayerToken LR beats the iteration LR under random-LTD", "better",
+                    (token_lr,), (step_lr,))]
     return arms, claims
 
 
-def budget(quick: bool):
-    settings = base(quick)
+def budget(quick: bool, model_size: str = "tiny"):
+    settings = base(quick, model_size=model_size)
     steps = settings["steps"]
     larger = {**settings, "steps": steps * 3 // 2}
     arms = [baseline(settings, "baseline, budget B"), baseline(larger, "baseline, budget 1.5B"),
@@ -158,13 +242,34 @@ def dropout(quick: bool):
     arms = [baseline(settings, "baseline, no dropout"), baseline(with_dropout, f"baseline, dropout {DROPOUT}"),
             random_ltd("random-LTD, no dropout", settings), random_ltd(f"random-LTD, dropout {DROPOUT}", with_dropout)]
     pair = (("random-LTD, no dropout",), ("baseline, no dropout",))
-    claims = [Claim("5.7", "Without dropout, random-LTD ends with a lower validation loss than the baseline", "better", *pair),
+    claims = [Claim("5.7", "Without dropout, random-LTD ends with a lower validation loss than the baseline",
+                    "better", *pair),
               Claim("5.7", "Without dropout, random-LTD overfits less: its validation loss rises less above its "
                            "minimum", "better", *pair, metric="overfit_rise", needs_overfitting=True)]
     return arms, claims
 
 
+SMALL_RERUN = "The same arms and claims as `{name}`, with the `small` GPT-2 (width 192 instead of 64)."
+
 STUDIES = {study.name: study for study in (
+    Study("gpt", "4", "GPT pretraining at 1/3 fewer layer-tokens",
+          "GPT-2 causal LM; random-LTD with MSLG from s/16 to full length at 90% of training in layers 1..4 of 6 "
+          "(30% fewer layer-tokens; the paper's 1/3 drops 22 of 24 layers) against the baseline at the same steps.",
+          gpt_pretraining, seeds=HEADLINE_SEEDS),
+    Study("bert", "4", "BERT pretraining at 26-31% fewer layer-tokens",
+          "BERT masked LM; random-LTD with MSLG from s/8 to full length at 90% of training (28% fewer "
+          "layer-tokens) against the baseline at the same steps.", bert_pretraining, seeds=HEADLINE_SEEDS),
+    Study("vit", "4", "ViT on Fashion-MNIST",
+          f"A 12-layer ViT (width 64) on Fashion-MNIST, patch size 2: 197 tokens; random-LTD in layers 1..10 with "
+          f"MSLG from 66 tokens to full length at 80% of training; {VIT_STEPS} steps of 16 images. Judged on "
+          "validation accuracy (first 512 test images), higher is better.", vit, seeds=HEADLINE_SEEDS),
+    Study("finetune", "4", "Finetuning a pretrained model (SmolLM2-135M)",
+          f"Causal-LM finetuning of pretrained SmolLM2-135M, sized for a CPU: its first 4 of 30 layers (as "
+          f"`random-ltd train --task finetune --quick` keeps), 64-token sequences, batch 4, {FINETUNE_STEPS} steps "
+          "at LR 1e-4; random-LTD in layers 1..2 with MSLG from 16 tokens to full length at 70% of training, "
+          "against plain finetuning at the same steps. Cut to 4 layers the pretrained model starts far from its "
+          "full-depth loss, so this measures recovery as much as adaptation.",
+          finetune, seeds=HEADLINE_SEEDS),
     Study("bypass", "5.1", "Random-LTD vs TokenBypass (causal LM)",
           "GPT-2, constant kept length s/2 in both methods; TokenBypass keeps the tokens with the highest "
           "moving-average loss (and end-of-text), random-LTD a uniform random half per layer.", bypass),
@@ -178,9 +283,13 @@ STUDIES = {study.name: study for study in (
           schedule),
     Study("lr", "5.5", "LayerToken LR vs iteration LR",
           "GPT-2, MSLG; the same warmup + cosine decay clocked by layer-tokens or by steps.", lr),
+    Study("lr-small", "5.5", "LayerToken LR vs iteration LR, small model", SMALL_RERUN.format(name="lr"),
+          lambda quick: lr(quick, model_size="small"), seeds=HEADLINE_SEEDS, rerun_of="lr"),
     Study("budget", "5.6", "Training budgets (Table 7)",
           "GPT-2; baseline at budgets B and 1.5B steps; random-LTD (MSLG) trained until it has used 2/3 of each "
           "baseline's layer-tokens.", budget),
+    Study("budget-small", "5.6", "Training budgets (Table 7), small model", SMALL_RERUN.format(name="budget"),
+          lambda quick: budget(quick, model_size="small"), seeds=HEADLINE_SEEDS, rerun_of="budget"),
     Study("dropout", "5.7", "Random-LTD and dropout",
           "GPT-2 on a small corpus trained for many epochs, so that the baseline overfits; each arm with and "
           f"without dropout {DROPOUT}. overfit_rise = final validation loss - its minimum during training.", dropout),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from typing import Sequence
+from collections.abc import Sequence
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive at this scale"
 KINDS = ("better", "no_worse")
@@ -54,7 +54,7 @@ class Interval:
 def paired_interval(a: Sequence[float], b: Sequence[float]) -> Interval:
     if len(a) != len(b) or not a:
         raise ValueError(f"need the same non-zero number of seeds on both sides, got {len(a)} and {len(b)}")
-    differences = [x - y for x, y in zip(a, b)]
+    differences = [x - y for x, y in zip(a, b, strict=True)]
     mean = statistics.fmean(differences)
     if len(differences) < 2:
         return Interval(mean, math.inf, 1)
@@ -81,4 +81,4 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def per_seed_mean(columns: Sequence[Sequence[float]]) -> list[float]:
     """Seed-wise mean over several arms (e.g. every middle layer of the sweep)."""
-    return [statistics.fmean(values) for values in zip(*columns)]
+    return [statistics.fmean(values) for values in zip(*columns, strict=True)]

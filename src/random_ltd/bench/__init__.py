@@ -66,7 +66,8 @@ def _run_sections(config: BenchConfig, progress: Callable[[str], None], on_secti
     measurements = {
         "stack": ("stack", lambda: [sections.stack_section(shape, config, progress) for shape in config.stack_shapes]),
         "train": ("train_step", lambda: sections.train_section(config, progress)),
-        "memory": ("memory", lambda: [sections.memory_section(shape, config, progress) for shape in config.stack_shapes]),
+        "memory": ("memory", lambda: [sections.memory_section(shape, config, progress)
+                                      for shape in config.stack_shapes]),
         "run": ("whole_run", lambda: sections.whole_run_section(config, progress)),
         "compile": ("compile", lambda: compile_bench.compile_section(config, progress)),
     }

@@ -141,7 +141,8 @@ def _memory_lines(memory: dict) -> list[str]:
 def _run_lines(run: dict) -> list[str]:
     schedule = run["schedule"]
     return [f"Whole MSLG run ({schedule['steps']} steps, kept {schedule['start']} +{schedule['increment']}, "
-            f"full at {schedule['full_at']}): baseline {run['baseline_s']:.1f}s wall / {run['baseline_cpu_s']:.1f}s CPU, "
+            f"full at {schedule['full_at']}): baseline {run['baseline_s']:.1f}s wall / "
+            f"{run['baseline_cpu_s']:.1f}s CPU, "
             f"random-LTD {run['random_ltd_s']:.1f}s wall / {run['random_ltd_cpu_s']:.1f}s CPU, "
             f"ideal {run['ideal_s']:.1f}s wall / {run['ideal_cpu_s']:.1f}s CPU",
             f"  realised saving {_pct(run['realised_saving'])}, layer-token saving "
@@ -151,7 +152,8 @@ def _run_lines(run: dict) -> list[str]:
             f"{_number(run['ideal_over_flop_saving'])}",
             "  paired (per-step time / the same step's baseline time, median per kept length): realised saving "
             f"{_pct(run['realised_saving_paired'])}, realised/FLOP {_number(run['realised_over_flop_saving_paired'])}; "
-            f"ideal saving {_pct(run['ideal_saving_paired'])}, ideal/FLOP {_number(run['ideal_over_flop_saving_paired'])}"]
+            f"ideal saving {_pct(run['ideal_saving_paired'])}, "
+            f"ideal/FLOP {_number(run['ideal_over_flop_saving_paired'])}"]
 
 
 def _compile_lines(compiled: dict) -> list[str]:
@@ -196,8 +198,8 @@ def table(result: dict) -> str:
         lines += [""] + _compile_lines(result["compile"])
     t = result["targets"]
     lines += ["", "Targets:",
-              f"  overhead <= {t['overhead_limit']}: max {_pct(t['overhead_max'])} paired ({_pct(t['overhead_max_minima'])} "
-              f"from minima) -> {_verdict(t['overhead_met'])}",
+              f"  overhead <= {t['overhead_limit']}: max {_pct(t['overhead_max'])} paired "
+              f"({_pct(t['overhead_max_minima'])} from minima) -> {_verdict(t['overhead_met'])}",
               f"  whole run realised/FLOP >= {t['whole_run_limit']}: {_number(t['whole_run_ratio'])} paired "
               f"({_number(t['whole_run_ratio_sum'])} summed) -> {_verdict(t['whole_run_met'])}",
               f"  memory (b) <= (a) and <= {t['memory_close_to_ideal']} x (c): {_verdict(t['memory_met'])}"]

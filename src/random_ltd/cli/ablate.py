@@ -1,4 +1,4 @@
-"""``random-ltd ablate NAME``: the paper's ablations, run with several seeds, judged on a results page."""
+"""``random-ltd ablate NAME``: the paper's claims, run with several seeds, judged on a results page."""
 from __future__ import annotations
 
 import argparse
@@ -10,24 +10,33 @@ from random_ltd.cli import UsageError
 from random_ltd.errors import RandomLTDError
 
 DESCRIPTION = """\
-Run one of the paper's ablations (Section 5) with several seeds and judge its claims. Each study
-trains its arms with `random-ltd train`'s program (TokenBypass and protected special tokens
-through its method hook, on the same training loop), then writes OUT/NAME/: table.md (mean ± std
-per arm, each claim with its 95% interval and verdict), plot.png and results.json, and updates
-the study's block of the results page. Arms shared between studies are trained once (OUT/runs/);
-rerunning a command continues where it stopped.
+Run one of the paper's experiments (Section 4's headline results, Section 5's ablations) with
+several seeds and judge its claims. Each study trains its arms with `random-ltd train`'s program
+(TokenBypass and protected special tokens through its method hook, on the same training loop),
+then writes OUT/NAME/: table.md (mean ± std per arm, each claim with its 95% interval and
+verdict), plot.png and results.json, and updates the study's block of the results page. Arms
+shared between studies are trained once (OUT/runs/); rerunning a command continues where it
+stopped.
 """
 
 EPILOG = """\
 studies:
+  gpt             4    GPT pretraining on 30% fewer layer-tokens vs the baseline at full budget
+  bert            4    BERT masked LM at 28% fewer layer-tokens vs the baseline
+  vit             4    ViT on Fashion-MNIST (197 tokens, kept from 66): accuracy vs the baseline
+  finetune        4    finetuning pretrained SmolLM2-135M (4 layers, 128 tokens): random-LTD vs plain
   bypass          5.1  random-LTD vs TokenBypass on causal LM, the paper's two layer ranges
   special-tokens  5.2  random-LTD with and without always keeping [CLS]/[SEP] (BERT)
   layers          5.3  which layers drop; single-layer sensitivity sweep (U shape)
   schedule        5.4  MSLG vs a constant drop rate at the same layer-token saving
   lr              5.5  LayerToken LR vs iteration LR under random-LTD, and the baseline
+  lr-small        5.5  the same with the small GPT-2
   budget          5.6  baseline at budgets B and 1.5B vs random-LTD on 2/3 of each (Table 7)
+  budget-small    5.6  the same with the small GPT-2
   dropout         5.7  baseline and random-LTD with/without dropout on a small corpus
-  all             every study in turn (about an hour on 2 CPU cores)
+  all             every study in turn (several hours on 2 CPU cores: see docs/results.md)
+
+Seeds per study are fixed in advance: 10 for Section 5, 5 for Section 4 and the small reruns.
 
 Verdicts: reproduced / not reproduced / inconclusive at this scale, from the per-seed
 differences (rules at the top of the results page). Exit status 0, or 2 on bad input.
@@ -41,7 +50,8 @@ def register(subparsers) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME", help="study name(s), or all")
     parser.add_argument("--list", action="store_true", help="list the studies and their claims, train nothing")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 seeds: the pipeline in seconds (CI)")
-    parser.add_argument("--seeds", type=int, help="seeds per arm (default 3; 2 with --quick)")
+    parser.add_argument("--seeds", type=int, help="seeds per arm, for every study chosen (default: each study's own, "
+                                                        "10 or 5; 2 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--out", metavar="DIR", help="study folders and trained arms (default runs/ablate[-quick])")
     parser.add_argument("--results", metavar="FILE",
@@ -110,15 +120,14 @@ def chosen_studies(names: list[str], studies: dict) -> list[str]:
 
 
 def make_options(args: argparse.Namespace):
-    from random_ltd.ablate import DEFAULT_SEEDS, Options
+    from random_ltd.ablate import Options
 
     root = Path(args.out or ("runs/ablate-quick" if args.quick else "runs/ablate"))
     results = Path(args.results) if args.results else (root / "results.md" if args.quick else Path("docs/results.md"))
-    seeds = DEFAULT_SEEDS[args.quick] if args.seeds is None else args.seeds
     try:
         engine = args.engine or ("bare" if args.quick else "program")
-        return Options(root=root, results=results, quick=args.quick, seeds=seeds, seed=args.seed, device=args.device,
-                       engine=engine)
+        return Options(root=root, results=results, quick=args.quick, seeds=args.seeds, seed=args.seed,
+                       device=args.device, engine=engine)
     except ValueError as error:
         raise UsageError(str(error)) from None
 

@@ -95,24 +95,30 @@ def register(subparsers) -> None:
 def _add_run_flags(group) -> None:
     group.add_argument("--seq-len", type=int, metavar="S", help="full sequence length s")
     group.add_argument("--layers", type=int, metavar="L", help="number of transformer layers L")
-    group.add_argument("--drop-layers", metavar="SEL", help='layers that drop tokens: slice or list (default "1:-1": all but first and last)')
+    group.add_argument("--drop-layers", metavar="SEL",
+                       help='layers that drop tokens: slice or list (default "1:-1": all but first and last)')
     group.add_argument("--batch-size", type=int, metavar="B", help="sequences per optimizer step (global batch)")
     totals = group.add_mutually_exclusive_group()
     totals.add_argument("--total-steps", type=int, metavar="N", help="training length in steps")
-    totals.add_argument("--total-tokens", type=count, metavar="N", help="training length in tokens (steps = ceil(tokens / (batch x s)))")
-    group.add_argument("--deepspeed-config", metavar="FILE", help="read the schedule and layers from a DeepSpeed JSON config")
+    totals.add_argument("--total-tokens", type=count, metavar="N",
+                        help="training length in tokens (steps = ceil(tokens / (batch x s)))")
+    group.add_argument("--deepspeed-config", metavar="FILE",
+                       help="read the schedule and layers from a DeepSpeed JSON config")
 
 
 def _add_schedule_flags(group) -> None:
     group.add_argument("--start", type=int, metavar="K", help="kept length at step 0")
-    group.add_argument("--increment", type=int, metavar="K", default=16, help="growth of the kept length per interval (default 16)")
+    group.add_argument("--increment", type=int, metavar="K", default=16,
+                       help="growth of the kept length per interval (default 16)")
     when = group.add_mutually_exclusive_group()
     when.add_argument("--every-steps", type=int, metavar="N", help="grow every N steps")
     when.add_argument("--every-tokens", type=count, metavar="N", help="grow every N training tokens")
-    when.add_argument("--full-at", type=full_at, metavar="STEP|FRACTION", help="reach full length at this step (> 1) or fraction of training (<= 1, e.g. 0.7)")
+    when.add_argument("--full-at", type=full_at, metavar="STEP|FRACTION",
+                      help="reach full length at this step (> 1) or fraction of training (<= 1, e.g. 0.7)")
     when.add_argument("--keep", type=int, metavar="K", help="constant kept length instead of MSLG (ablation baseline)")
     group.add_argument("--multiple-of", type=int, metavar="M", help="round kept lengths down to a multiple of M")
-    group.add_argument("--target-saving", type=float, metavar="FRACTION", help="inverse mode: solve for this LayerToken saving")
+    group.add_argument("--target-saving", type=float, metavar="FRACTION",
+                       help="inverse mode: solve for this LayerToken saving")
 
 
 def _add_flop_flags(group) -> None:
@@ -125,8 +131,10 @@ def _add_output_flags(group) -> None:
     group.add_argument("--json", action="store_true", help="print one JSON object (keys below)")
     group.add_argument("--plot", metavar="FILE.png", help="save a plot of the kept length and the LR over training")
     group.add_argument("--lr-decay", choices=DECAYS, default="cosine", help="LR decay in the plot (default cosine)")
-    group.add_argument("--warmup-fraction", type=float, metavar="F", default=0.0, help="LR warmup in the plot, fraction of training")
-    group.add_argument("--min-lr-ratio", type=float, metavar="R", default=0.1, help="LR floor in the plot (default 0.1)")
+    group.add_argument("--warmup-fraction", type=float, metavar="F", default=0.0,
+                       help="LR warmup in the plot, fraction of training")
+    group.add_argument("--min-lr-ratio", type=float, metavar="R", default=0.1,
+                       help="LR floor in the plot (default 0.1)")
 
 
 def run(args: argparse.Namespace) -> int:

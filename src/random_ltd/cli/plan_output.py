@@ -41,7 +41,8 @@ def describe_schedule(plan: Plan) -> str:
     if schedule.every_steps is not None:
         growth = f"every {schedule.every_steps:,} steps ({amount(schedule.every_steps * plan.tokens_per_step)} tokens)"
     elif schedule.every_tokens is not None:
-        growth = f"every {amount(schedule.every_tokens)} tokens ({schedule.every_tokens / plan.tokens_per_step:,.1f} steps)"
+        growth = (f"every {amount(schedule.every_tokens)} tokens "
+                  f"({schedule.every_tokens / plan.tokens_per_step:,.1f} steps)")
     else:
         growth = f"linearly to full length at step {schedule.full_at_step:,}"
     rounding = f", rounded down to multiples of {schedule.multiple_of}" if schedule.multiple_of else ""
@@ -64,7 +65,8 @@ def kept_table(plan: Plan) -> list[str]:
              f"  {'step':>12} {'tokens':>10} {'training':>9} {'kept':>6}"]
     for index in shown:
         step, kept = points[index]
-        lines.append(f"  {step:>12,} {amount(step * plan.tokens_per_step):>10} {step / plan.total_steps:>9.1%} {kept:>6}")
+        lines.append(f"  {step:>12,} {amount(step * plan.tokens_per_step):>10} "
+                     f"{step / plan.total_steps:>9.1%} {kept:>6}")
     return lines
 
 
@@ -82,8 +84,10 @@ def report(plan: Plan, *, target_saving: float | None = None, plot: str | None =
         "",
         *kept_table(plan),
         "",
-        f"  layer-tokens       baseline {amount(plan.baseline_layer_tokens)}   random-LTD {amount(plan.random_ltd_layer_tokens)}",
-        f"  LayerToken saving  {plan.layer_token_saving:.1%}" + (f"   (target {target_saving:.1%})" if target_saving else ""),
+        f"  layer-tokens       baseline {amount(plan.baseline_layer_tokens)}   "
+        f"random-LTD {amount(plan.random_ltd_layer_tokens)}",
+        f"  LayerToken saving  {plan.layer_token_saving:.1%}"
+        + (f"   (target {target_saving:.1%})" if target_saving else ""),
         f"  FLOP saving        {plan.flop_saving:.1%}   (d_model {model.d_model}, ffn {model.ffn}, {vocab}; "
         "matmuls, training = 3 x forward)",
     ]

@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_task_flags(group) -> None:
     group.add_argument("--task", help="gpt (default), bert, vit or finetune")
-    group.add_argument("--quick", action="store_true", default=None, help="tiny sizes: the whole pipeline in under a minute")
+    group.add_argument("--quick", action="store_true", default=None,
+                       help="tiny sizes: the whole pipeline in under a minute")
     group.add_argument("--data", action="append", metavar="PATH|GLOB|hf:NAME",
                        help="text files, folders or globs; hf:NAME[:CONFIG][@SPLIT] for a Hugging Face dataset "
                             "(repeatable; default: the Python standard library's source)")
@@ -66,14 +67,18 @@ def _add_budget_flags(group) -> None:
 
 def _add_random_ltd_flags(group) -> None:
     group.add_argument("--arms", help="baseline, random_ltd or both (default), comma-separated")
-    group.add_argument("--drop-layers", help="layers that drop tokens: a slice ('1:-1', the default) or indices '1,2,3'")
-    group.add_argument("--schedule", help="mslg (growing kept length, default) or constant (kept length = --kept-start)")
+    group.add_argument("--drop-layers",
+                       help="layers that drop tokens: a slice ('1:-1', the default) or indices '1,2,3'")
+    group.add_argument("--schedule",
+                       help="mslg (growing kept length, default) or constant (kept length = --kept-start)")
     group.add_argument("--kept-start", "--start", dest="kept_start", type=int, help="kept length at step 0")
-    group.add_argument("--kept-increment", "--increment", dest="kept_increment", type=int, help="kept-length growth per increment")
+    group.add_argument("--kept-increment", "--increment", dest="kept_increment", type=int,
+                       help="kept-length growth per increment")
     interval = group.add_mutually_exclusive_group()
     interval.add_argument("--kept-every", "--every-steps", dest="kept_every", type=int, help="steps between increments")
     interval.add_argument("--full-at", type=float, help="full length at this fraction of training (<= 1) or step (> 1)")
-    group.add_argument("--lr-clock", help="layer_tokens (LayerToken LR, default) or steps (iteration LR) for random-LTD")
+    group.add_argument("--lr-clock",
+                       help="layer_tokens (LayerToken LR, default) or steps (iteration LR) for random-LTD")
     group.add_argument("--budget-ratio", type=float,
                        help="train random-LTD on R x the baseline's layer-tokens (e.g. 0.667; default: same steps)")
 

@@ -88,7 +88,8 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
         if state.global_step > 0:
             self._resume(state)
         if self.layer_token_lr and not isinstance(lr_scheduler, LayerTokenLR):
-            raise ConfigError("layer_token_lr", f"the Trainer already has an LR scheduler ({type(lr_scheduler).__name__}): "
+            raise ConfigError("layer_token_lr",
+                              f"the Trainer already has an LR scheduler ({type(lr_scheduler).__name__}): "
                               "train with RandomLTDTrainer (or a Trainer with RandomLTDTrainerMixin), pass "
                               "RandomLTDCallback in callbacks=[...] and no scheduler in optimizers=")
 
@@ -98,7 +99,8 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
         kept = driver.before_step()
         if isinstance(lr_scheduler, LayerTokenLR):  # the Trainer calls its step() without arguments
             lr_scheduler.layer_tokens_per_step = layer_tokens_per_step(
-                driver.seq_len, driver.batch_size, driver.num_layers, driver.drop_layers if driver.dropping else [], kept)
+                driver.seq_len, driver.batch_size, driver.num_layers,
+                driver.drop_layers if driver.dropping else [], kept)
 
     def on_step_end(self, args, state, control, **kwargs):
         self._require_driver().after_step()
@@ -151,7 +153,8 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
         warmup_steps = args.get_warmup_steps(num_training_steps)
         settings = dict(self.layer_token_lr) if isinstance(self.layer_token_lr, Mapping) else {}
         settings.setdefault("total_layer_tokens", total_layer_tokens(schedule, num_training_steps, **count))
-        settings.setdefault("warmup_layer_tokens", total_layer_tokens(schedule, warmup_steps, **count) if warmup_steps else 0)
+        settings.setdefault("warmup_layer_tokens",
+                            total_layer_tokens(schedule, warmup_steps, **count) if warmup_steps else 0)
         settings.setdefault("decay", _trainer_decay(args.lr_scheduler_type))
         scheduler = LayerTokenLR(optimizer, **settings)
         setattr(scheduler, BUILT_HERE, True)
@@ -235,7 +238,8 @@ class RandomLTDTrainerMixin:
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         callback = find_callback(self)
         current = self.lr_scheduler
-        if callback is not None and callback.layer_token_lr and (current is None or getattr(current, BUILT_HERE, False)):
+        if (callback is not None and callback.layer_token_lr
+                and (current is None or getattr(current, BUILT_HERE, False))):
             self.lr_scheduler = callback.build_lr_scheduler(self, num_training_steps, optimizer or self.optimizer)
         return super().create_scheduler(num_training_steps, optimizer)
 
@@ -256,7 +260,8 @@ def _check_schedule(schedule: Any) -> Any:
     if isinstance(schedule, Mapping):  # a state_dict, as stored in checkpoints
         kind = schedule.get("type")
         if kind not in SCHEDULE_TYPES:
-            raise ConfigError("schedule", f"a saved schedule of type {kind!r} cannot be rebuilt; known: {sorted(SCHEDULE_TYPES)}")
+            raise ConfigError("schedule", f"a saved schedule of type {kind!r} cannot be rebuilt; "
+                                          f"known: {sorted(SCHEDULE_TYPES)}")
         return SCHEDULE_TYPES[kind](**{key: value for key, value in schedule.items() if key != "type"})
     if not callable(schedule) or not isinstance(getattr(schedule, "seq_len", None), int):
         raise ConfigError("schedule", f"must be a kept-length schedule (callable step -> kept, with seq_len), "
@@ -268,7 +273,8 @@ def _check_layer_token_lr(value: Any) -> bool | dict:
     if value is None or isinstance(value, bool):
         return bool(value)
     if not isinstance(value, Mapping) or set(value) - set(LR_SETTINGS):
-        raise ConfigError("layer_token_lr", f"must be True/False or a dict with keys among {LR_SETTINGS}, got {value!r}")
+        raise ConfigError("layer_token_lr",
+                          f"must be True/False or a dict with keys among {LR_SETTINGS}, got {value!r}")
     return dict(value)
 
 

@@ -66,7 +66,8 @@ class RandomLTDCallback(pl.Callback):
                  batch_size: int | None = None, layer_token_lr: bool | Mapping = False, seed: int | None = None,
                  stack: str | None = None, keep_prefix_tokens: bool = False):
         if not callable(schedule) or not isinstance(getattr(schedule, "seq_len", None), int):
-            raise ConfigError("schedule", f"must be a kept-length schedule such as random_ltd.MSLG(...), got {schedule!r}")
+            raise ConfigError("schedule",
+                              f"must be a kept-length schedule such as random_ltd.MSLG(...), got {schedule!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ConfigError("seed", f"must be an integer >= 0 or None, got {seed!r}")
         self.schedule, self.layers, self.model_attr = schedule, layers, model_attr
@@ -91,7 +92,8 @@ class RandomLTDCallback(pl.Callback):
         if self._saved and self._saved.get("rng") is not None:
             restore_rng(self._saved["rng"])
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         if self.driver is None:
             self.batch_size = self.batch_size or batch_rows(batch)
             self._build_driver(trainer)
@@ -168,14 +170,16 @@ class RandomLTDCallback(pl.Callback):
             raise ConfigError("schedule", "a schedule with a fractional full_at needs Trainer(max_steps=...)")
         return schedule.resolve(
             total_steps=trainer.max_steps if needs_steps else None,
-            tokens_per_step=global_batch * schedule.seq_len if getattr(schedule, "tokens_per_step", 0) is None else None)
+            tokens_per_step=(global_batch * schedule.seq_len
+                             if getattr(schedule, "tokens_per_step", 0) is None else None))
 
     def _make_lr_scheduler(self, trainer: pl.Trainer, schedule: Any, global_batch: int) -> LayerTokenLR:
         if trainer.lr_scheduler_configs:
             raise ConfigError("layer_token_lr", "configure_optimizers already returns an LR scheduler; return only "
                               "the optimizer when the callback provides the LayerToken LR")
         if len(trainer.optimizers) != 1:
-            raise ConfigError("layer_token_lr", f"needs exactly one optimizer, the module has {len(trainer.optimizers)}")
+            raise ConfigError("layer_token_lr",
+                              f"needs exactly one optimizer, the module has {len(trainer.optimizers)}")
         settings = dict(self.layer_token_lr) if isinstance(self.layer_token_lr, Mapping) else {}
         if "total_layer_tokens" not in settings:
             if trainer.max_steps is None or trainer.max_steps < 0:
@@ -189,7 +193,8 @@ class RandomLTDCallback(pl.Callback):
         load_rank_state(self.driver, {**saved["driver"], "schedule": self.driver.schedule.state_dict()
                                       if self.driver.schedule is not None else None})
         if self.lr_scheduler is not None:  # the optimizer was restored with the LR of the step before the save
-            for group, lr in zip(self.lr_scheduler.optimizer.param_groups, self.lr_scheduler.get_last_lr(), strict=True):
+            groups = self.lr_scheduler.optimizer.param_groups
+            for group, lr in zip(groups, self.lr_scheduler.get_last_lr(), strict=True):
                 group["lr"] = lr
 
 
@@ -209,5 +214,6 @@ def _check_layer_token_lr(value: Any) -> bool | dict:
     if value is None or isinstance(value, bool):
         return bool(value)
     if not isinstance(value, Mapping) or set(value) - set(LR_SETTINGS):
-        raise ConfigError("layer_token_lr", f"must be True/False or a dict with keys among {LR_SETTINGS}, got {value!r}")
+        raise ConfigError("layer_token_lr",
+                          f"must be True/False or a dict with keys among {LR_SETTINGS}, got {value!r}")
     return dict(value)

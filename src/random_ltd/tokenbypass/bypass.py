@@ -50,5 +50,6 @@ class Selector:
     def __call__(self, input_ids: torch.Tensor, keep: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, keep)`` kept positions per sequence, sorted ascending."""
         scores = token_scores(input_ids, self.importance.on(input_ids.device),
-                              special_mask(input_ids, self.special_ids_on(input_ids.device)), self.padding(input_ids, attention_mask))
+                              special_mask(input_ids, self.special_ids_on(input_ids.device)),
+                              self.padding(input_ids, attention_mask))
         return top_k_indices(scores, min(keep, input_ids.shape[1]))

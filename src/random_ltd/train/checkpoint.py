@@ -4,8 +4,8 @@ checkpoint or the new one, never a torn file.
 A checkpoint holds everything the next step depends on: model, optimizer, the driver (step,
 layer-token counter, kept-length schedule, LR schedule, and the random-LTD handle's seed and
 kept length), torch's RNG state (dropout, and the stream random-LTD's draws come from), and
-the run's bookkeeping (wall-clock so far, FLOPs, evaluations, how many bytes of ``metrics.jsonl`` belong to it). Data order is a pure
-function of (seed, step), so the step is the data position.
+the run's bookkeeping (wall-clock so far, FLOPs, evaluations, how many bytes of ``metrics.jsonl``
+belong to it). Data order is a pure function of (seed, step), so the step is the data position.
 """
 from __future__ import annotations
 

@@ -99,7 +99,8 @@ class TrainConfig:
         if self.steps is not None and self.tokens is not None:
             raise flag_error("steps", "give a budget in --steps or in --tokens, not both")
         if not isinstance(self.drop_layers, str) or not self.drop_layers.strip():
-            raise flag_error("drop_layers", f"must be a slice like '1:-1' or indices like '1,2,3', got {self.drop_layers!r}")
+            raise flag_error("drop_layers",
+                             f"must be a slice like '1:-1' or indices like '1,2,3', got {self.drop_layers!r}")
 
     def _check_counts(self) -> None:
         for name in ("steps", "tokens", "batch_size", "seq_len", "patch_size", "layers", "vocab_size",

@@ -96,12 +96,14 @@ def _cell(arm: dict, name: str, fmt: str) -> str:
 def table(summary: dict) -> str:
     """The Markdown table of the report (also what the README's results section shows)."""
     vit = summary["task"] == "vit"
-    quality = ("final_val_accuracy", "val accuracy", ".4f") if vit else ("final_val_perplexity", "val perplexity", ".2f")
+    quality = (("final_val_accuracy", "val accuracy", ".4f") if vit
+               else ("final_val_perplexity", "val perplexity", ".2f"))
     lines = ["| arm | steps | layer-tokens | saving | FLOPs (est.) | wall-clock (s) | CPU (s) | val loss | "
              + quality[1] + " |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = summary["arms"].get("baseline")
     for name, arm in summary["arms"].items():
-        saving = f"{100 * (1 - arm['layer_tokens'] / base['layer_tokens']):.1f}%" if base and name != "baseline" else "—"
+        saving = (f"{100 * (1 - arm['layer_tokens'] / base['layer_tokens']):.1f}%"
+                  if base and name != "baseline" else "—")
         cells = [name, str(arm["steps"]), f"{arm['layer_tokens']:.4g}", saving, f"{arm['flops']:.3g}",
                  _cell(arm, "wall_clock_s", ".1f"), _cell(arm, "cpu_s", ".1f"), _cell(arm, "final_val_loss", ".4f"),
                  _cell(arm, quality[0], quality[2])]
@@ -120,7 +122,8 @@ def markdown(summary: dict, figures: list[str]) -> str:
         "```bash", summary["command"] or "(run through the Python API: random_ltd.train.run_training)", "```", "",
         table(summary), "",
         "Layer-tokens: tokens processed summed over layers. Wall-clock and CPU time (all threads of the process): "
-        "training steps only, evaluation and checkpoints excluded. Validation runs at full length, without dropping.", "",
+        "training steps only, evaluation and checkpoints excluded. "
+        "Validation runs at full length, without dropping.", "",
     ]
     parts += _comparison_lines(summary) + _schedule_lines(summary) + _load_lines(summary)
     parts += [f"Data: {json.dumps(data)}", ""]
@@ -155,5 +158,6 @@ def _schedule_lines(summary: dict) -> list[str]:
     if not ltd:
         return []
     settings = {k: v for k, v in (ltd["schedule"] or {}).items() if v is not None}
-    return [f"Random-LTD: layers {ltd['drop_layers']} drop tokens; schedule {settings}; LR clock: {ltd['lr_clock']}.", ""]
+    return [f"Random-LTD: layers {ltd['drop_layers']} drop tokens; schedule {settings}; "
+            f"LR clock: {ltd['lr_clock']}.", ""]
 

@@ -57,7 +57,8 @@ class RunDir:
             return cls(root)
         root = Path(config.out or default_out(config))
         if (root / CONFIG_FILE).exists():
-            raise flag_error("out", f"{root} already holds a run: continue it with --resume {root}, or choose another --out")
+            raise flag_error("out", f"{root} already holds a run: continue it with --resume {root}, "
+                                    "or choose another --out")
         return cls(root)
 
     def original_command(self) -> str | None:

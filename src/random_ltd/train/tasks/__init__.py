@@ -45,8 +45,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 def _vit_length(config: TrainConfig) -> TrainConfig:
     length = ViTTask.seq_len_for(config.patch_size)
     if config.seq_len is not None and config.seq_len != length:
-        raise flag_error("seq_len", f"--task vit's length follows --patch-size ({config.patch_size} -> {length} tokens), "
-                                     f"got {config.seq_len}")
+        raise flag_error("seq_len", f"--task vit's length follows --patch-size "
+                                     f"({config.patch_size} -> {length} tokens), got {config.seq_len}")
     return dataclasses.replace(config, seq_len=length)
 
 

@@ -93,7 +93,8 @@ class FinetuneTask(GPTTask):
 
         settings = AutoConfig.from_pretrained(self.model_dir)
         if self.config.layers is not None and self.config.layers > settings.num_hidden_layers:
-            raise flag_error("layers", f"SmolLM2-135M has {settings.num_hidden_layers} layers, got {self.config.layers}")
+            raise flag_error("layers",
+                             f"SmolLM2-135M has {settings.num_hidden_layers} layers, got {self.config.layers}")
         # SwiGLU has three d x f matrices where GPT-2 has two: count it as a 1.5 f-wide MLP
         return ModelShape(self.config.layers or settings.num_hidden_layers, settings.hidden_size, self.config.seq_len,
                           settings.intermediate_size * 3 // 2, settings.vocab_size)

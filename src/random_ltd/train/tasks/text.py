@@ -50,7 +50,8 @@ class TextTask(Task):
         config, count = self.config, len(self.train_examples)
         if count < config.batch_size:
             raise flag_error("data", f"the corpus gives {count} training sequences of {self.example_length} tokens, "
-                                      f"fewer than one batch of {config.batch_size}: add text or lower --batch-size/--seq-len")
+                                      f"fewer than one batch of {config.batch_size}: "
+                                      "add text or lower --batch-size/--seq-len")
         if len(self.val_examples) == 0:
             raise flag_error("data", f"the corpus's validation part ({self.split.val.size} tokens) is shorter than "
                                       f"one sequence of {self.example_length} tokens: add text or lower --seq-len")
@@ -170,7 +171,8 @@ class BERTTask(TextTask):
         ids = np.empty((count, length + 3), dtype=np.int64)
         types = np.zeros_like(ids)
         for row, cut in enumerate(cuts):
-            ids[row] = np.concatenate(([self.cls_id], chunks[row, :cut], [self.sep_id], chunks[row, cut:], [self.sep_id]))
+            ids[row] = np.concatenate(([self.cls_id], chunks[row, :cut], [self.sep_id], chunks[row, cut:],
+                                       [self.sep_id]))
             types[row, cut + 2:] = 1
         ordinary = (ids != self.cls_id) & (ids != self.sep_id)
         chosen = ordinary & (rng.random(ids.shape) < 0.15)

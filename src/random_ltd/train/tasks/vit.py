@@ -19,7 +19,8 @@ from random_ltd.train.sampling import EpochSampler
 from random_ltd.train.tasks.base import Batch, ModelShape, Task, check_not_set
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-INSTALL_HINT = "install it with: apt-get install -y dataset-fashion-mnist (or point --fashion-mnist-dir at its IDX files)"
+INSTALL_HINT = ("install it with: apt-get install -y dataset-fashion-mnist "
+                "(or point --fashion-mnist-dir at its IDX files)")
 IMAGE_SIZE = 28
 SIZES = {"tiny": (4, 64, 2), "small": (6, 128, 4), "base": (8, 192, 4)}
 # per-pixel statistics of the Fashion-MNIST training images
@@ -81,7 +82,8 @@ class ViTTask(Task):
         needed = self.config.eval_batches * self.config.batch_size
         self.val_images, self.val_labels = test_images[:needed], test_labels[:needed]
         if len(self.train_labels) < self.config.batch_size:
-            raise flag_error("batch_size", f"{self.config.batch_size} is more than the {len(self.train_labels)} training images")
+            raise flag_error("batch_size",
+                             f"{self.config.batch_size} is more than the {len(self.train_labels)} training images")
         self._samplers: dict[int, EpochSampler] = {}
 
     def describe_data(self) -> dict:
