@@ -22,7 +22,8 @@ class Block(nn.Module):
         return x + self.mix(self.norm(x)).relu()
 
 
-def test_counts_compilations_and_the_repeat_of_a_kept_length_compiles_nothing():
+def _count_block_compiles(kept_lengths: list[int]) -> dict:
+    """``count_compiles`` over a stack of four dropping ``Block``s at the given kept lengths."""
     random_ltd.register_layer(Block)
     try:
         model = nn.Sequential(*(Block(16) for _ in range(4))).train()
@@ -33,9 +34,13 @@ def test_counts_compilations_and_the_repeat_of_a_kept_length_compiles_nothing():
             handle.set_keep(keep)
             compiled(inputs).square().mean().backward()
 
-        result = count_compiles(model, train_step, [6, 12, 18])
+        return count_compiles(model, train_step, kept_lengths)
     finally:
         random_ltd.unregister_layer(Block)
+
+
+def test_counts_compilations_and_the_repeat_of_a_kept_length_compiles_nothing():
+    result = _count_block_compiles([6, 12, 18])
     assert result["distinct_kept"] == 3
     assert result["compiles"] >= result["compiles_first_length"] > 0
     assert result["compiles_on_repeat"] == 0, "a step at an already seen kept length must reuse its graphs"
@@ -55,21 +60,9 @@ def test_recompile_limit_warnings_are_counted():
 def test_under_fullgraph_a_recompile_limit_hit_stops_the_count_and_is_reported():
     import torch._dynamo
 
-    random_ltd.register_layer(Block)
-    try:
-        model = nn.Sequential(*(Block(16) for _ in range(4))).train()
-        handle = random_ltd.apply(model, seed=0)
-        inputs = torch.randn(2, 24, 16)
-
-        def train_step(keep, compiled):
-            handle.set_keep(keep)
-            compiled(inputs).square().mean().backward()
-
-        limit = torch._dynamo.config.recompile_limit
-        kept = list(range(2, 2 + 2 * (limit + 2), 2))  # more distinct lengths than the limit allows
-        result = count_compiles(model, train_step, kept)
-    finally:
-        random_ltd.unregister_layer(Block)
+    limit = torch._dynamo.config.recompile_limit
+    kept = list(range(2, 2 + 2 * (limit + 2), 2))  # more distinct lengths than the limit allows
+    result = _count_block_compiles(kept)
     assert result["recompile_limit_hits"] >= 1
     assert result["compiled_kept"] < len(kept) == result["distinct_kept"]
     assert result["graph_breaks"] == 0
