@@ -147,7 +147,8 @@ def test_kept_block_mask_is_the_original_mask_on_the_kept_positions():
     assert torch.equal(create_mask(kept.mask_mod, 2, 1, 12, 12, device="cpu")[:, 0], expected)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torchtitan compiles flex attention, which CPU inductor cannot run here")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs CUDA: torchtitan compiles flex attention, which CPU inductor cannot run here")
 def test_flex_attention_block_equals_the_original_block_on_the_kept_tokens():
     from torch.nn.attention.flex_attention import create_block_mask
     from torchtitan.models.common.attention import FlexAttention
