@@ -8,6 +8,7 @@ ordinary token-based one.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -102,3 +103,16 @@ class LayerTokenLR(LRScheduler):
             layer_tokens = self.layer_tokens_per_step
         self.consumed_layer_tokens += check_int("layer_tokens", layer_tokens, minimum=0)
         super().step()
+
+
+LR_SETTINGS = ("total_layer_tokens", "warmup_layer_tokens", "decay", "min_lr_ratio")
+
+
+def check_layer_token_lr(value: Any) -> bool | dict:
+    """An integration's ``layer_token_lr=`` option: off, on, or a dict of ``LayerTokenLR`` settings."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if not isinstance(value, Mapping) or set(value) - set(LR_SETTINGS):
+        raise ConfigError("layer_token_lr",
+                          f"must be True/False or a dict with keys among {LR_SETTINGS}, got {value!r}")
+    return dict(value)

@@ -39,11 +39,10 @@ from random_ltd.driver import Driver
 from random_ltd.errors import ConfigError
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
-from random_ltd.lr import LayerTokenLR
+from random_ltd.lr import LayerTokenLR, check_layer_token_lr
 from random_ltd.schedules import MSLG, ConstantKeep
 
 SCHEDULE_TYPES = {cls.__name__: cls for cls in (MSLG, ConstantKeep, DeepSpeedLinear)}
-LR_SETTINGS = ("total_layer_tokens", "warmup_layer_tokens", "decay", "min_lr_ratio")
 TRAINER_DECAYS = {"linear": "linear", "cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
 BUILT_HERE = "_random_ltd_built"  # marks the LayerTokenLR that create_scheduler built (rebuilt on a new call)
 
@@ -72,7 +71,7 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
                  seed: int | None = None, stack: str | None = None, keep_prefix_tokens: bool = False):
         self.schedule = _check_schedule(schedule)
         self.layers = layers if isinstance(layers, str) else [int(i) for i in layers]
-        self.layer_token_lr = _check_layer_token_lr(layer_token_lr)
+        self.layer_token_lr = check_layer_token_lr(layer_token_lr)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ConfigError("seed", f"must be an integer >= 0 or None, got {seed!r}")
         self.seed, self.stack, self.keep_prefix_tokens = seed, stack, bool(keep_prefix_tokens)
@@ -267,15 +266,6 @@ def _check_schedule(schedule: Any) -> Any:
         raise ConfigError("schedule", f"must be a kept-length schedule (callable step -> kept, with seq_len), "
                           f"e.g. random_ltd.MSLG(...); got {schedule!r}")
     return schedule
-
-
-def _check_layer_token_lr(value: Any) -> bool | dict:
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if not isinstance(value, Mapping) or set(value) - set(LR_SETTINGS):
-        raise ConfigError("layer_token_lr",
-                          f"must be True/False or a dict with keys among {LR_SETTINGS}, got {value!r}")
-    return dict(value)
 
 
 def _trainer_decay(lr_scheduler_type: Any) -> str:

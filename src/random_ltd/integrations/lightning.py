@@ -39,10 +39,8 @@ from random_ltd.driver import Driver
 from random_ltd.errors import ConfigError
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
-from random_ltd.lr import LayerTokenLR
+from random_ltd.lr import LayerTokenLR, check_layer_token_lr
 from random_ltd.train.checkpoint import restore_rng, rng_state
-
-LR_SETTINGS = ("total_layer_tokens", "warmup_layer_tokens", "decay", "min_lr_ratio")
 
 
 class RandomLTDCallback(pl.Callback):
@@ -72,7 +70,7 @@ class RandomLTDCallback(pl.Callback):
             raise ConfigError("seed", f"must be an integer >= 0 or None, got {seed!r}")
         self.schedule, self.layers, self.model_attr = schedule, layers, model_attr
         self.batch_size = batch_size
-        self.layer_token_lr = _check_layer_token_lr(layer_token_lr)
+        self.layer_token_lr = check_layer_token_lr(layer_token_lr)
         self.seed, self.stack, self.keep_prefix_tokens = seed, stack, keep_prefix_tokens
         self.handle: random_ltd.RandomLTDHandle | None = None
         self.driver: Driver | None = None
@@ -208,12 +206,3 @@ def batch_rows(batch: Any) -> int:
             return value.shape[0]
     raise ConfigError("batch_size", f"cannot read the batch size from a {type(batch).__name__}: "
                       "pass RandomLTDCallback(batch_size=...)")
-
-
-def _check_layer_token_lr(value: Any) -> bool | dict:
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if not isinstance(value, Mapping) or set(value) - set(LR_SETTINGS):
-        raise ConfigError("layer_token_lr",
-                          f"must be True/False or a dict with keys among {LR_SETTINGS}, got {value!r}")
-    return dict(value)
