@@ -121,12 +121,10 @@ def test_vit_is_the_papers_setting_judged_on_accuracy():
 
 
 @needs_smollm2
-def test_finetune_keeps_the_quick_layers_at_equal_steps():
-    from random_ltd.train.tasks.finetune import FinetuneTask
-
+def test_finetune_trains_the_whole_pretrained_model_at_equal_steps():
     arms, (claim,) = STUDIES["finetune"].build(False)
     configs = [resolve_config(arm.config(1, 0, "cpu")) for arm in arms]
-    assert {config.layers for config in configs} == {FinetuneTask.defaults(True)["layers"]}
+    assert {config.layers for config in configs} == {30}  # all of SmolLM2-135M's layers, none cut
     assert {config.steps for config in configs} == {configs[0].steps}
     assert claim.metric == "final_val_loss" and claim.b == ("plain finetuning",)
 

@@ -24,7 +24,7 @@ studies:
   gpt             4    GPT pretraining on 30% fewer layer-tokens vs the baseline at full budget
   bert            4    BERT masked LM at 28% fewer layer-tokens vs the baseline
   vit             4    ViT on Fashion-MNIST (197 tokens, kept from 66): accuracy vs the baseline
-  finetune        4    finetuning pretrained SmolLM2-135M (4 layers, 128 tokens): random-LTD vs plain
+  finetune        4    finetuning pretrained SmolLM2-135M (30 layers, 64 tokens): random-LTD vs plain
   bypass          5.1  random-LTD vs TokenBypass on causal LM, the paper's two layer ranges
   special-tokens  5.2  random-LTD with and without always keeping [CLS]/[SEP] (BERT)
   layers          5.3  which layers drop; single-layer sensitivity sweep (U shape)
