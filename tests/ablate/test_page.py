@@ -53,3 +53,26 @@ def test_scale_table_says_whether_a_verdict_changes(tmp_path):
     rows = [line for line in scale.splitlines() if line.startswith("| claim ") and "tiny:" not in line]
     assert rows[0].endswith("| **yes** |") and "-0.3000 ± 0.0200" in rows[0] and rows[1].endswith("| no |")
     assert "`budget` vs `budget-small` | — | not run yet" in scale
+
+
+def test_summary_counts_the_verdicts(tmp_path):
+    path = tmp_path / "results.md"
+    page.update(path, "lr", "## lr", {"judged": [judged("reproduced"), judged("reproduced", "claim two")]})
+    page.update(path, "layers", "## layers", {"judged": [judged("not reproduced"),
+                                                         judged("inconclusive at this scale", "claim two")]})
+    text = path.read_text()
+    summary = text[text.index("## Summary"):text.index("| § | study |")]
+    unrun = len(STUDIES) - 2
+    assert (f"4 claims judged: 2 reproduced, 1 not reproduced, 1 inconclusive at this scale; "
+            f"{unrun} studies still to run.") in summary
+
+
+def test_scale_section_says_in_words_whether_any_verdict_changes(tmp_path):
+    path = tmp_path / "results.md"
+    for name in ("lr", "lr-small", "budget", "budget-small"):
+        page.update(path, name, f"## {name}", {"judged": [judged("reproduced", f"{name} claim")]})
+    text = path.read_text()
+    assert "No verdict changes with model size (2 claims judged at both sizes)." in text
+    page.update(path, "budget-small", "## budget-small", {"judged": [judged("not reproduced", "budget claim")]})
+    text = path.read_text()
+    assert "1 of 2 verdicts changes with model size: budget claim." in text

@@ -86,27 +86,54 @@ def summary_table(blocks: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def rerun_pairs(blocks: dict[str, str], original: str, rerun: str) -> list[tuple[dict, dict]]:
+    """Each claim of study ``original`` beside the same claim of its rerun at another size."""
+    return list(zip(block_data(blocks[original])["judged"], block_data(blocks[rerun])["judged"], strict=True))
+
+
+def reruns() -> list[tuple[str, str]]:
+    return [(study.rerun_of, name) for name, study in STUDIES.items() if study.rerun_of]
+
+
 def scale_table(blocks: dict[str, str]) -> str:
     """Each claim of a study rerun at another model size beside its verdict in the original."""
     lines = ["| claim | tiny: A − B | tiny | small: A − B | small | verdict changes |",
              "|---|---:|---|---:|---|---|"]
-    reruns = [(name, study.rerun_of) for name, study in STUDIES.items() if study.rerun_of]
-    for name, original in reruns:
+    for original, name in reruns():
         if name not in blocks or original not in blocks:
             lines.append(f"| `{original}` vs `{name}` | — | not run yet | — | not run yet | — |")
             continue
-        pairs = zip(block_data(blocks[original])["judged"], block_data(blocks[name])["judged"], strict=True)
-        for tiny, small in pairs:
+        for tiny, small in rerun_pairs(blocks, original, name):
             changes = "no" if tiny["verdict"] == small["verdict"] else "**yes**"
             lines.append(f"| {tiny['claim']} | {interval_text(tiny)} | {tiny['verdict']} | {interval_text(small)} | "
                          f"{small['verdict']} | {changes} |")
     return "\n".join(lines)
 
 
+def verdict_counts(blocks: dict[str, str]) -> str:
+    """One sentence: how many claims got each verdict, and how many studies are still to run."""
+    verdicts = [item["verdict"] for _, item in judged_rows(blocks)]
+    counted = ", ".join(f"{verdicts.count(name)} {name}" for name in verdict.VERDICTS)
+    unrun = sum(name not in blocks for name in STUDIES)
+    return f"{len(verdicts)} claims judged: {counted}" + (f"; {unrun} studies still to run." if unrun else ".")
+
+
+def scale_changes(blocks: dict[str, str]) -> str:
+    """One sentence: whether any claim judged at both model sizes changes its verdict."""
+    pairs = [pair for original, name in reruns() if original in blocks and name in blocks
+             for pair in rerun_pairs(blocks, original, name)]
+    changed = [tiny["claim"] for tiny, small in pairs if tiny["verdict"] != small["verdict"]]
+    if not changed:
+        return f"No verdict changes with model size ({len(pairs)} claims judged at both sizes)."
+    verb = "changes" if len(changed) == 1 else "change"
+    return f"{len(changed)} of {len(pairs)} verdicts {verb} with model size: {'; '.join(changed)}."
+
+
 def render(blocks: dict[str, str], figures: str = "results") -> str:
     """The page; ``figures`` is the folder (beside the page) holding the forest plot."""
-    parts = [HEADER, "## Summary", "", f"![every claim's difference and interval]({figures}/forest.png)", "",
-             summary_table(blocks), "", "## Does a verdict change with model size?", "",
+    parts = [HEADER, "## Summary", "", verdict_counts(blocks), "",
+             f"![every claim's difference and interval]({figures}/forest.png)", "",
+             summary_table(blocks), "", "## Does a verdict change with model size?", "", scale_changes(blocks), "",
              "`lr` and `budget` at the `tiny` GPT-2 (width 64) and again at `small` (width 192); "
              "the seeds differ (10 and 5), so an interval that narrows or widens does not by itself mean an "
              "effect of size.", "", scale_table(blocks), ""]

@@ -36,6 +36,7 @@ def _start_worker(threads: int) -> None:
 
     torch.set_num_threads(threads)
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # N workers' weight-loading bars would interleave in one log
 
 
 def _train(arm: runs.Arm, seeds: int, options) -> list[dict]:

@@ -57,7 +57,6 @@ def forest(path: Path, rows: list[tuple[str, dict]]) -> None:
                     "band: ±1 tolerance; linear within ±2, logarithmic beyond")
     axes.legend(handles=[Patch(color=colour, label=name) for name, colour in COLOURS.items()] +
                 [Patch(color="tab:blue", alpha=0.12, label="±1 tolerance")], fontsize=7, loc="lower right")
-    figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")  # tight_layout alone clipped the long claim labels
     plt.close(figure)

@@ -20,6 +20,7 @@ import statistics
 from collections.abc import Sequence
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive at this scale"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
 KINDS = ("better", "no_worse")
 DEFAULT_TOLERANCE = 0.01  # relative to B's mean
 
