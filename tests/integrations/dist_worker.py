@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 
 import torch
 import torch.distributed as dist
 import transformers
 from torch.nn.parallel import DistributedDataParallel
+from worker_output import finish
 
 import random_ltd
-from random_ltd.integrations.distributed import check_kept_lengths_agree, exit_process, rank_seed, shard_layers
+from random_ltd.integrations.distributed import check_kept_lengths_agree, rank_seed, shard_layers
 
 SEQ, BATCH, VOCAB, STEPS, BASE_SEED = 32, 2, 101, 4, 1234
 SCHEDULE = random_ltd.MSLG(seq_len=SEQ, start=8, increment=8, every_steps=1)  # 8, 16, 24, 32 (full)
@@ -151,11 +151,8 @@ def main() -> None:
     reference = train_reference(dist.get_world_size())
     results = {mode: run_mode(mode, rank, reference) for mode in args.modes.split(",")}
     results["world_size"] = dist.get_world_size()
-    if rank == 0:
-        with open(args.out, "w") as file:
-            json.dump(results, file, indent=1)
+    finish(results, args.out)
 
 
 if __name__ == "__main__":
     main()
-    exit_process()

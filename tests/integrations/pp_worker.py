@@ -20,9 +20,9 @@ import torch.nn.functional as F
 import transformers
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 from torch.utils.checkpoint import checkpoint
+from worker_output import finish
 
 import random_ltd
-from random_ltd.integrations.distributed import exit_process
 from random_ltd.integrations.pipeline import apply_to_stage
 
 SEQ, MICRO, N_MICRO, VOCAB, LAYERS, STEPS, SEED = 16, 2, 4, 64, 6, 2, 2024
@@ -201,11 +201,7 @@ def main() -> None:
         dist.gather_object(run, gathered if dist.get_rank() == 0 else None, dst=0)
         if dist.get_rank() == 0:
             results[mode] = compare(gathered)
-    if dist.get_rank() == 0:
-        with open(args.out, "w") as file:
-            json.dump(results, file, indent=1)
-    dist.barrier()
-    exit_process()  # gloo can abort at interpreter exit after destroy_process_group
+    finish(results, args.out)
 
 
 if __name__ == "__main__":

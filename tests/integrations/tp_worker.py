@@ -18,9 +18,10 @@ import torch
 import torch.distributed as dist
 import transformers
 from torch.distributed.device_mesh import init_device_mesh
+from worker_output import finish
 
 import random_ltd
-from random_ltd.integrations.distributed import exit_process, rank_seed
+from random_ltd.integrations.distributed import rank_seed
 from random_ltd.integrations.tensor_parallel import mesh_rank_seed
 
 SEQ, BATCH, VOCAB, BASE_SEED = 32, 2, 96, 77
@@ -187,11 +188,7 @@ def main() -> None:
             "sp_indivisible": run_sp_indivisible, "hf_tp_plan": lambda: run_hf_tp_plan(reference, folder),
             "seeds": seeds_on_meshes}
     results = {mode: runs[mode]() for mode in args.modes.split(",")}
-    if dist.get_rank() == 0:
-        with open(args.out, "w") as file:
-            json.dump(results, file, indent=1)
-    dist.barrier()
-    exit_process()  # gloo can abort at interpreter exit after destroy_process_group
+    finish(results, args.out)
 
 
 if __name__ == "__main__":
