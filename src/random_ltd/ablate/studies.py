@@ -109,43 +109,43 @@ def saving_label(settings: dict) -> str:
     return f"random-LTD, {layer_token_saving(settings):.0%} fewer layer-tokens"
 
 
+def against_baseline(claim_text: str, settings: dict, ltd_settings: dict | None = None,
+                     baseline_label: str = "baseline", **claim_options) -> tuple[list[Arm], list[Claim]]:
+    """A Section 4 study: the baseline at ``settings`` against one random-LTD arm (``ltd_settings``,
+    default the same), named by its layer-token saving; the claim: random-LTD is no worse."""
+    ltd_settings = ltd_settings or settings
+    ltd = saving_label(ltd_settings)
+    claim = Claim("4", claim_text, "no_worse", (ltd,), (baseline_label,), **claim_options)
+    return [baseline(settings, baseline_label), random_ltd(ltd, ltd_settings)], [claim]
+
+
 def gpt_pretraining(quick: bool):
     """MSLG from s/16 (the paper's 128 of 2048) to full at 90% of training: 30% fewer layer-tokens
     with 4 of 6 layers dropping (the paper's 1/3 is with 22 of 24)."""
     settings = base(quick)
-    ltd_settings = {**settings, "kept_start": settings["seq_len"] // 16, "full_at": 0.9}
-    ltd = saving_label(ltd_settings)
-    claim = Claim("4", "GPT pretraining: random-LTD on about 1/3 fewer layer-tokens reaches the baseline's validation "
-                       "loss at full budget (comparable quality)", "no_worse", (ltd,), ("baseline",))
-    return [baseline(settings), random_ltd(ltd, ltd_settings)], [claim]
+    return against_baseline("GPT pretraining: random-LTD on about 1/3 fewer layer-tokens reaches the baseline's "
+                            "validation loss at full budget (comparable quality)",
+                            settings, {**settings, "kept_start": settings["seq_len"] // 16, "full_at": 0.9})
 
 
 def bert_pretraining(quick: bool):
     """MSLG from s/8 to full at 90% of training: 28% fewer layer-tokens (the paper's 26.2-31.1%)."""
     settings = base(quick, task="bert")
-    ltd_settings = {**settings, "kept_start": settings["seq_len"] // 8, "full_at": 0.9}
-    ltd = saving_label(ltd_settings)
-    claim = Claim("4", "BERT pretraining: random-LTD at the paper's 26-31% layer-token saving reaches the baseline's "
-                       "validation MLM loss (comparable or better)", "no_worse", (ltd,), ("baseline",))
-    return [baseline(settings), random_ltd(ltd, ltd_settings)], [claim]
+    return against_baseline("BERT pretraining: random-LTD at the paper's 26-31% layer-token saving reaches the "
+                            "baseline's validation MLM loss (comparable or better)",
+                            settings, {**settings, "kept_start": settings["seq_len"] // 8, "full_at": 0.9})
 
 
 def vit(quick: bool):
-    settings = VIT_QUICK if quick else VIT
-    ltd = saving_label(settings)
-    claim = Claim("4", "ViT on Fashion-MNIST: random-LTD (kept length from 66 of 197, full at 80% of training) reaches "
-                       "the baseline's validation accuracy (comparable accuracy)", "no_worse", (ltd,), ("baseline",),
-                  metric="final_val_accuracy", higher_is_better=True)
-    return [baseline(settings), random_ltd(ltd, settings)], [claim]
+    return against_baseline("ViT on Fashion-MNIST: random-LTD (kept length from 66 of 197, full at 80% of training) "
+                            "reaches the baseline's validation accuracy (comparable accuracy)",
+                            VIT_QUICK if quick else VIT, metric="final_val_accuracy", higher_is_better=True)
 
 
 def finetune(quick: bool):
-    settings = FINETUNE_QUICK if quick else FINETUNE
-    ltd, plain = saving_label(settings), "plain finetuning"
-    claim = Claim("4", "Finetuning pretrained SmolLM2-135M: random-LTD reaches plain finetuning's validation "
-                       "perplexity at equal steps (judged on its log, the validation loss)", "no_worse",
-                  (ltd,), (plain,))
-    return [baseline(settings, plain), random_ltd(ltd, settings)], [claim]
+    return against_baseline("Finetuning pretrained SmolLM2-135M: random-LTD reaches plain finetuning's validation "
+                            "perplexity at equal steps (judged on its log, the validation loss)",
+                            FINETUNE_QUICK if quick else FINETUNE, baseline_label="plain finetuning")
 
 
 def bypass(quick: bool):
