@@ -40,3 +40,27 @@ def test_unmarked_blocks_run_as_written(page, tmp_path, monkeypatch):
 def test_the_checks_cover_every_page():
     assert "README.md" in pages() and "docs/usage.md" in pages()
     assert UNMARKED_PAGES, "nothing is run here: the generic check would be vacuous"
+
+
+def anchors(page_text: str) -> set[str]:
+    """GitHub's heading anchors (lower case, punctuation dropped, spaces to hyphens, repeats numbered)."""
+    found: set[str] = set(re.findall(r'<a id="([^"]+)"></a>', page_text))
+    counts: dict[str, int] = {}
+    for heading in re.findall(r"^#+ (.*)$", re.sub(r"^```.*?^```", "", page_text, flags=re.S | re.M), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        found.add(slug if slug not in counts else f"{slug}-{counts[slug]}")
+        counts[slug] = counts.get(slug, 0) + 1
+    return found
+
+
+@pytest.mark.parametrize("page", pages())
+def test_links_between_pages_resolve(page):
+    source = REPO / page
+    for target in re.findall(r"\]\(([^)\s]+)\)", source.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (source.parent / path).resolve() if path else source
+        assert linked.exists(), f"{page}: link to a missing file {target}"
+        if anchor and linked.suffix == ".md":
+            assert anchor in anchors(linked.read_text()), f"{page}: no heading for {target}"
