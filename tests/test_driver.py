@@ -176,7 +176,7 @@ def test_errors():
 def readme_plan_section():
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "planning.md").read_text()
     return text.split("<!-- section: plan -->")[1].split("<!-- /section: plan -->")[0]
 
 
@@ -185,7 +185,7 @@ def test_readme_training_loop_example_runs(one_thread, capsys):
 
     (example,) = re.findall(r"```python\n(.*?)```", readme_plan_section(), flags=re.S)
     namespace: dict = {}
-    exec(compile(example, "README plan example", "exec"), namespace)
+    exec(compile(example, "docs/planning.md plan example", "exec"), namespace)
     driver, plan = namespace["driver"], namespace["plan"]
     assert driver.step == 12 and driver.kept == 64
     assert driver.layer_tokens == plan.random_ltd_layer_tokens  # the loop consumed what the plan said

@@ -188,7 +188,7 @@ def test_deepspeed_config_errors_name_the_key(capsys, tmp_path):
 def test_readme_shows_what_the_command_prints(capsys):
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "planning.md").read_text()
     section = text.split("<!-- section: plan -->")[1].split("<!-- /section: plan -->")[0]
     command = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1).replace("\\\n", " ").split()
     shown = re.search(r"```text\n(.*?)```", section, flags=re.S).group(1)

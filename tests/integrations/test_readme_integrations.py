@@ -1,4 +1,5 @@
-"""The README's integration snippets run as written, and produce what they claim.
+"""The integration snippets of docs/integrations.md (and the README's install command) run as written,
+and produce what they claim.
 
 Python blocks run in-process, or under torchrun when their first line says so; bash blocks run
 from the repository root (with a rendezvous on a free port, and DeepSpeed's CPU kernel build skipped:
@@ -13,22 +14,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from doc_blocks import section
 from launching import HERE, REPO, TORCHRUN, accelerate_launch, check_training_log, run_command
 
 import random_ltd
 
-SECTION = "integrations"
+PAGE = "docs/integrations.md"
 
 
 def readme_blocks() -> list[tuple[str, str]]:
-    text = (REPO / "README.md").read_text()
-    body = text.split(f"<!-- section: {SECTION} -->")[1].split(f"<!-- /section: {SECTION} -->")[0]
-    return re.findall(r"```(python|bash)\n(.*?)```", body, flags=re.S)
+    return re.findall(r"```(python|bash)\n(.*?)```", section(PAGE, "integrations"), flags=re.S)
 
 
 def block(kind: str) -> str:
     matches = [code for language, code in readme_blocks() if _kind(language, code) == kind]
-    assert len(matches) == 1, f"expected one README block for {kind}"
+    assert len(matches) == 1, f"expected one {PAGE} block for {kind}"
     return matches[0]
 
 
@@ -39,20 +39,18 @@ def _kind(language: str, code: str) -> str:
         return next((kind for kind in ("lightning", "peft") if f"import {kind}" in code), "trainer")
     if "--report-to" in code:
         return "trackers"
-    if code.strip() == "random-ltd --version":
-        return "version"
     return "accelerate" if code.startswith("accelerate launch") else "deepspeed"
 
 
 def test_every_block_is_checked():
     assert sorted(_kind(*b) for b in readme_blocks()) == [
-        "accelerate", "deepspeed", "lightning", "peft", "torchrun", "trackers", "trainer", "version"]
+        "accelerate", "deepspeed", "lightning", "peft", "torchrun", "trackers", "trainer"]
 
 
 def test_trainer_snippet(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(block("trainer"), "README trainer snippet", "exec"), namespace)
+    exec(compile(block("trainer"), f"{PAGE} trainer snippet", "exec"), namespace)
     schedule = namespace["schedule"].resolve(total_steps=10)
     logged = [log for log in namespace["trainer"].state.log_history if "loss" in log]
     assert [log["random_ltd/kept_len"] for log in logged] == [schedule(4), schedule(9)] == [80, 128]
@@ -99,7 +97,7 @@ def test_lightning_snippet(tmp_path, monkeypatch):
     pytest.importorskip("lightning")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "readme_lightning"}
-    exec(compile(block("lightning"), "README Lightning snippet", "exec"), namespace)
+    exec(compile(block("lightning"), f"{PAGE} Lightning snippet", "exec"), namespace)
     trainer = namespace["trainer"]
     schedule = namespace["schedule"].resolve(total_steps=10)
     kept = [schedule(step) for step in range(10)]
@@ -136,7 +134,7 @@ def test_trackers_command(tmp_path, monkeypatch):
 def test_peft_snippet():
     pytest.importorskip("peft")
     namespace: dict = {}
-    exec(compile(block("peft"), "README PEFT snippet", "exec"), namespace)
+    exec(compile(block("peft"), f"{PAGE} PEFT snippet", "exec"), namespace)
     handle, model = namespace["handle"], namespace["model"]
     assert handle.drop_layers == [1, 2] and handle.keep == 32
     with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
@@ -145,6 +143,7 @@ def test_peft_snippet():
 
 
 def test_version_command():
-    command = shlex.split(block("version").strip())
+    (install,) = re.findall(r"```bash\n(.*?)```", section("README.md", "install"), flags=re.S)
+    command = shlex.split(install.strip())
     done = run_command([str(Path(sys.executable).parent / command[0]), *command[1:]])
     assert done.stdout.strip() == f"random-ltd {random_ltd.__version__}"
