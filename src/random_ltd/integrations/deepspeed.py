@@ -100,8 +100,7 @@ class EngineClock:
         """Begin an optimizer step if none is open; return its kept length."""
         if self._steps_at_begin is None:
             self._steps_at_begin = self.engine.global_steps
-            self.driver.step = self.engine.global_steps  # the engine's clock rules (checkpoints, resumes)
-            self.driver.before_step()
+            self.driver.before_step(self.engine.global_steps)  # the engine's clock rules (checkpoints, resumes)
         return self.driver.kept
 
     def after_engine_step(self) -> bool:

@@ -94,8 +94,7 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
 
     def on_step_begin(self, args, state, control, lr_scheduler=None, **kwargs):
         driver = self._require_driver()
-        driver.step = state.global_step  # the Trainer's clock rules (resume, skipped batches)
-        kept = driver.before_step()
+        kept = driver.before_step(state.global_step)  # the Trainer's clock rules (resume, skipped batches)
         if isinstance(lr_scheduler, LayerTokenLR):  # the Trainer calls its step() without arguments
             lr_scheduler.layer_tokens_per_step = layer_tokens_per_step(
                 driver.seq_len, driver.batch_size, driver.num_layers,
@@ -177,10 +176,7 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
         if saved is None or saved.get("step") != state.global_step:
             warnings.warn(f"no random-LTD state for step {state.global_step} in the checkpoint: counters recomputed "
                           "from the schedule; the index stream restarts", stacklevel=2)
-            driver.step = state.global_step
-            driver.layer_tokens = total_layer_tokens(driver.schedule, state.global_step, batch_size=driver.batch_size,
-                                                     num_layers=driver.num_layers, drop_layers=driver.drop_layers)
-            driver.tokens = state.global_step * driver.batch_size * driver.seq_len
+            driver.restart_at(state.global_step)
             return
         current_schedule = driver.schedule.state_dict() if driver.schedule else None  # today's settings win
         load_rank_state(driver, {**saved, "schedule": current_schedule})

@@ -35,12 +35,11 @@ import torch
 
 import random_ltd
 from random_ltd.accounting import total_layer_tokens
-from random_ltd.driver import Driver
+from random_ltd.driver import Driver, restore_rng, rng_state
 from random_ltd.errors import ConfigError
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
 from random_ltd.lr import LayerTokenLR, check_layer_token_lr
-from random_ltd.train.checkpoint import restore_rng, rng_state
 
 
 class RandomLTDCallback(pl.Callback):
@@ -96,8 +95,7 @@ class RandomLTDCallback(pl.Callback):
             self.batch_size = self.batch_size or batch_rows(batch)
             self._build_driver(trainer)
         if self._step_started != trainer.global_step:  # the first micro-batch of an optimizer step
-            self.driver.step = trainer.global_step
-            self.driver.before_step()
+            self.driver.before_step(trainer.global_step)
             self._step_started, self._window_rows = trainer.global_step, 0
         self._window_rows += self._rows(batch)
 
