@@ -9,13 +9,16 @@ from typing import Any
 from random_ltd.driver import Driver
 from random_ltd.errors import ConfigError
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
-from random_ltd.schedules import check_int
 from random_ltd.surgery import RandomLTDHandle, apply, get_handle
 
 
-def check_seed(seed: Any) -> int | None:
-    """An integration's ``seed=`` option: an integer >= 0, or ``None`` for the engine's own seed."""
-    return check_int("seed", seed, minimum=0, optional=True)
+def check_seed(seed: Any, field: str = "seed", *, optional: bool = True) -> int | None:
+    """A base seed (or a rank): an integer >= 0; ``None`` (the engine's own seed) where ``optional``."""
+    if seed is None and optional:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(field, f"must be an integer >= 0, got {seed!r}")
+    return seed
 
 
 def ensure_applied(model: Any, layers: LayerSelection, *, seed: int, stack: str | None = None,
