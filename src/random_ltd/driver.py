@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from random_ltd.accounting import count_drop_layers
 from random_ltd.errors import ConfigError, RandomLTDError
 from random_ltd.lr import LayerTokenLR
 from random_ltd.run import Run
@@ -64,9 +63,7 @@ class Driver:
             return handle.num_layers, list(handle.drop_layers)
         if num_layers is None:
             raise ConfigError("num_layers", "is needed when there is no handle (baseline arm)")
-        drop_layers = list(drop_layers or [])
-        count_drop_layers(num_layers, drop_layers)  # validates
-        return num_layers, drop_layers
+        return num_layers, list(drop_layers or [])  # validated by Run.build
 
     @property
     def dropping(self) -> bool:
@@ -156,7 +153,6 @@ class Driver:
                 raise ConfigError(name, "the saved driver state and this driver disagree on whether there is one")
             if target is not None:
                 target.load_state_dict(saved)
-
 
 
 def rng_state() -> dict[str, Any]:
