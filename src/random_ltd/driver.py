@@ -30,8 +30,8 @@ class Driver:
     counted and the LR still follows them, so both arms of a comparison share one loop.
     ``schedule=None`` also means no dropping. A schedule that grows every N tokens and has no
     ``tokens_per_step`` gets ``batch_size * seq_len`` (under data parallelism pass the global
-    batch size, or ``schedule.resolve(tokens_per_step=...)`` yourself). ``num_layers`` / ``drop_layers`` default to
-    the handle's and are needed without one (``drop_layers`` is then only informative).
+    batch size); ``driver.run`` holds these numbers (``random_ltd.run.Run``). ``num_layers`` /
+    ``drop_layers`` default to the handle's and are needed without one (then only informative).
     ``lr_scheduler``: a ``LayerTokenLR`` is stepped by the layer-tokens of each step; any other
     ``torch.optim.lr_scheduler`` is stepped once per step (iteration-based).
     """
