@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from random_ltd.accounting import (
-    LayerTokenCounter,
     count_drop_layers,
     flops_per_step,
     kept_segments,
@@ -30,24 +29,6 @@ def test_per_step_equals_brute_force(kept):
 
 def test_nothing_dropped_is_the_baseline():
     assert layer_tokens_per_step(64, 3, 6, [1, 2], None) == layer_tokens_per_step(64, 3, 6, 0, 5) == 3 * 64 * 6
-
-
-def test_counter_equals_brute_force_sum_and_resumes():
-    schedule = MSLG(48, 8, 8, every_steps=3)
-    counter = LayerTokenCounter(48, 4, 5, [1, 2, 3])
-    expected = 0
-    for step in range(25):
-        batch = 2 if step == 24 else None  # a short last batch
-        counter.add(schedule(step), batch_size=batch)
-        expected += brute_force_layer_tokens(48, batch or 4, 5, [1, 2, 3], schedule(step))
-        if step == 11:
-            saved = counter.state_dict()
-    assert counter.total == expected and counter.steps == 25
-    resumed = LayerTokenCounter(48, 4, 5, [1, 2, 3])
-    resumed.load_state_dict(saved)
-    for step in range(12, 25):
-        resumed.add(schedule(step), batch_size=2 if step == 24 else None)
-    assert resumed.state_dict() == counter.state_dict()
 
 
 SCHEDULES = [

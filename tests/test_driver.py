@@ -190,3 +190,38 @@ def test_readme_training_loop_example_runs(one_thread, capsys):
     assert driver.step == 12 and driver.kept == 64
     assert driver.layer_tokens == plan.random_ltd_layer_tokens  # the loop consumed what the plan said
     assert driver.lr_scheduler.get_last_lr()[0] == pytest.approx(1e-4)  # the floor, reached at the end
+
+
+def test_the_step_is_an_argument_and_the_schedule_a_function_of_it():
+    schedule = MSLG(SEQ, 8, 8, every_steps=2)
+    handle = FakeHandle()
+    driver = Driver(handle, schedule, batch_size=BATCH, seq_len=SEQ)
+    assert driver.before_step(5) == schedule(5) and handle.keep == schedule(5)
+    assert driver.after_step() == BATCH * (len(DROP) * schedule(5) + (LAYERS - len(DROP)) * SEQ)
+    assert driver.step == 6 and driver.before_step() == schedule(6)  # without an argument: the next step
+    driver.after_step()
+    assert driver.before_step(2) == schedule(2)  # the engine's clock rules (a resume, a skipped batch)
+
+
+def test_nobody_writes_the_drivers_step():
+    driver = Driver(FakeHandle(), ConstantKeep(SEQ, 8), batch_size=BATCH, seq_len=SEQ)
+    with pytest.raises(AttributeError):
+        driver.step = 3
+    with pytest.raises(ConfigError, match="step"):
+        driver.before_step(-1)
+
+
+def test_restart_at_recomputes_the_counters_of_the_steps_before():
+    schedule = MSLG(SEQ, 8, 8, every_steps=3)
+    straight = Driver(FakeHandle(), schedule, batch_size=BATCH, seq_len=SEQ)
+    train(straight, 7)
+    restarted = Driver(FakeHandle(), schedule, batch_size=BATCH, seq_len=SEQ)
+    restarted.restart_at(7)
+    assert (restarted.step, restarted.layer_tokens, restarted.tokens) == (7, straight.layer_tokens, straight.tokens)
+
+
+def test_rng_state_round_trips():
+    saved = random_ltd.driver.rng_state()
+    first = torch.rand(3)
+    random_ltd.driver.restore_rng(saved)
+    assert torch.equal(torch.rand(3), first)

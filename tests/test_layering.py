@@ -11,7 +11,20 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 # Pure arithmetic: no torch model, no surgery. They may import each other and nothing else.
 ARITHMETIC = {"random_ltd.errors", "random_ltd.search", "random_ltd.layer_selection", "random_ltd.schedules",
               "random_ltd.accounting", "random_ltd.lr", "random_ltd.planner", "random_ltd.deepspeed_config",
-              "random_ltd.plan_request"}
+              "random_ltd.plan_request", "random_ltd.run"}
+# docs/architecture.md's layers, bottom to top: a module imports only from its own layer or those below.
+# A module is placed by its name or the package it is in; every module must have a place.
+LAYERS = [
+    {"random_ltd.errors"},
+    ARITHMETIC - {"random_ltd.errors"},
+    {"random_ltd.ops", "random_ltd.rng", "random_ltd.sharding"},
+    {"random_ltd.swap", "random_ltd.calls", "random_ltd.inputs", "random_ltd.selection", "random_ltd.layer",
+     "random_ltd.surgery", "random_ltd.attention", "random_ltd.adapters", "random_ltd.tokenbypass"},
+    {"random_ltd.driver", "random_ltd"},  # the package's own names (``import random_ltd``) sit with the driver
+    {"random_ltd.integrations"},
+    {"random_ltd.train", "random_ltd.bench", "random_ltd.ablate"},
+    {"random_ltd.cli", "random_ltd.__main__"},
+]
 # Private names still shared by the class swap of TokenBypass (to go with the one mechanism).
 
 
@@ -74,6 +87,28 @@ def test_arithmetic_modules_import_nothing_above_them():
     for name in sorted(ARITHMETIC):
         above = edges(name) - ARITHMETIC
         assert not above, f"{name} imports {sorted(above)}"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def layer_of(name: str) -> int | None:
+    """The index in ``LAYERS`` of the module or of the nearest package holding it (not the root package)."""
+    parts = name.split(".")
+    for length in range(len(parts), 1 if len(parts) > 1 else 0, -1):
+        prefix = ".".join(parts[:length])
+        for index, members in enumerate(LAYERS):
+            if prefix in members:
+                return index
+    return None
+
+
+def test_every_module_has_a_layer():
+    assert [name for name in MODULES if layer_of(name) is None] == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_imports_a_layer_above_its_own(name):
+    above = sorted(target for target in edges(name) if (layer_of(target) or 0) > layer_of(name))
+    assert not above, f"{name} (layer {layer_of(name)}) imports {above} from a layer above it"
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

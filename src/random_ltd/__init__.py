@@ -6,7 +6,6 @@
 __version__ = "0.1.0"
 
 from random_ltd.accounting import (  # noqa: E402
-    LayerTokenCounter,
     flops_per_step,
     kept_segments,
     layer_tokens_per_step,
@@ -39,7 +38,6 @@ __all__ = [
     "DeepSpeedLinear",
     "DeepSpeedRandomLTD",
     "from_deepspeed_config",
-    "LayerTokenCounter",
     "flops_per_step",
     "kept_segments",
     "layer_tokens_per_step",

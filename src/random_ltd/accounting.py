@@ -54,32 +54,6 @@ def routed_tokens_per_step(seq_len: int, batch_size: int, moe_layers: int, drop_
     return check_int("top_k", top_k) * layer_tokens_per_step(seq_len, batch_size, moe_layers, drop_layers, kept)
 
 
-class LayerTokenCounter:
-    """Accumulates layer-tokens step by step; ``add(kept)`` once per optimizer step."""
-
-    def __init__(self, seq_len: int, batch_size: int, num_layers: int, drop_layers: DropLayers):
-        layer_tokens_per_step(seq_len, batch_size, num_layers, drop_layers, None)  # validates
-        self.seq_len, self.batch_size, self.num_layers = seq_len, batch_size, num_layers
-        self.drop_layers = drop_layers if isinstance(drop_layers, int) else list(drop_layers)
-        self.total = 0
-        self.steps = 0
-
-    def add(self, kept: int | None, batch_size: int | None = None) -> int:
-        """Count one step with kept length ``kept`` (``batch_size`` overrides this step's batch)."""
-        tokens = layer_tokens_per_step(self.seq_len, batch_size or self.batch_size, self.num_layers,
-                                       self.drop_layers, kept)
-        self.total += tokens
-        self.steps += 1
-        return tokens
-
-    def state_dict(self) -> dict:
-        return {"total": self.total, "steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.total = check_int("total", state["total"], minimum=0)
-        self.steps = check_int("steps", state["steps"], minimum=0)
-
-
 def kept_segments(schedule: KeptLengthSchedule, total_steps: int) -> list[tuple[int, int, int]]:
     """``[(first_step, kept, number_of_steps), ...]`` covering steps 0 .. total_steps - 1."""
     points = change_points(schedule, total_steps)

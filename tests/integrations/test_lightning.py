@@ -123,3 +123,13 @@ def test_a_short_accumulation_window_at_the_end_of_an_epoch_counts_the_sequences
                 for sequences, k in zip([4, 4, 2], kept, strict=True)]
     assert [row["random_ltd/layer_tokens"] for row in logged(tmp_path)] == [sum(per_step[: i + 1]) for i in range(3)]
     assert logged(tmp_path)[-1]["random_ltd/tokens"] == 10 * SEQ
+
+
+def test_a_schedule_counted_in_steps_needs_no_max_steps(tmp_path):
+    module = TinyGPT()
+    fit = trainer(tmp_path, -1, max_epochs=1, callbacks=[RandomLTDCallback(schedule())])  # trained by epochs
+    fit.fit(module, loader(8, batch_size=2))
+    assert [row["random_ltd/kept_len"] for row in logged(tmp_path)] == [8, 16, 24, 32]
+    with pytest.raises(random_ltd.ConfigError, match="total_steps"):  # a fraction of the run does need it
+        trainer(tmp_path / "fraction", -1, max_epochs=1, callbacks=[RandomLTDCallback(
+            random_ltd.MSLG(seq_len=SEQ, start=8, increment=8, full_at=0.5))]).fit(TinyGPT(), loader(8, batch_size=2))

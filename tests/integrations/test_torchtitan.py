@@ -135,12 +135,16 @@ def two_documents(device):
     return same_document_causal
 
 
-def test_kept_block_mask_is_the_original_mask_on_the_kept_positions():
+def test_the_blocks_mask_is_the_original_mask_on_the_kept_positions():
     from torch.nn.attention.flex_attention import create_block_mask, create_mask
 
     mask_mod = two_documents("cpu")
-    index = random_ltd.ops.sample_indices(2, 32, 12, generator=torch.Generator().manual_seed(0))
-    kept = ltd_titan.kept_block_mask(create_block_mask(mask_mod, 2, None, 32, 32, device="cpu"), index)
+    generator = torch.Generator().manual_seed(0)
+    index = torch.stack([torch.randperm(32, generator=generator)[:12].sort().values for _ in range(2)])
+    arguments = {"attention_masks": create_block_mask(mask_mod, 2, None, 32, 32, device="cpu"), "positions": None}
+    ltd_titan.ADAPTER.prepare(None, arguments, index)
+    kept = arguments["attention_masks"]
+    assert torch.equal(arguments["positions"], index)  # RoPE sees the kept tokens' own positions
     assert kept.seq_lengths == (12, 12)
     full = create_mask(mask_mod, 2, 1, 32, 32, device="cpu")[:, 0]
     expected = torch.stack([full[b][index[b]][:, index[b]] for b in range(2)])

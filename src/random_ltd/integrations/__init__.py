@@ -1,5 +1,6 @@
 """Random-LTD inside the training engines people already use.
 
+- ``random_ltd.integrations.common``: what they share (``ensure_applied``, ``check_seed``, ``StepClock``).
 - ``random_ltd.integrations.hf``: ``RandomLTDCallback`` and ``RandomLTDTrainer`` for the Hugging Face ``Trainer``.
 - ``random_ltd.integrations.distributed``: per-rank seeds, kept-length agreement checks and
   FSDP2 sharding of the same layers random-LTD wraps (DDP needs nothing else).

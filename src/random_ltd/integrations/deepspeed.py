@@ -28,6 +28,7 @@ import random_ltd
 from random_ltd.deepspeed_config import DeepSpeedRandomLTD, from_deepspeed_config
 from random_ltd.driver import Driver
 from random_ltd.errors import ConfigError
+from random_ltd.integrations.common import StepClock
 from random_ltd.integrations.distributed import rank_seed
 from random_ltd.lr import LayerTokenLR
 
@@ -83,31 +84,15 @@ def layer_token_lr(optimizer: Any, settings: DeepSpeedRandomLTD) -> LayerTokenLR
                         warmup_layer_tokens=lr["warmup_layer_tokens"], decay="linear")
 
 
-class EngineClock:
-    """Runs a ``Driver`` on a DeepSpeed engine's optimizer steps.
-
-    The engine accumulates gradients over micro-batches and steps its optimizer every
-    ``gradient_accumulation_steps`` calls of ``engine.step()``; the kept length must stay the
-    same across the micro-batches of one optimizer step. Call ``before_forward()`` before every
-    micro-batch and ``after_engine_step()`` after every ``engine.step()``.
-    """
+class EngineClock(StepClock):
+    """Runs a ``Driver`` on a DeepSpeed engine's optimizer steps (``engine.global_steps``): call
+    ``before_forward()`` before every micro-batch and ``after_engine_step()`` after every
+    ``engine.step()``; every micro-batch of one optimizer step keeps the same length."""
 
     def __init__(self, engine: Any, driver: Driver):
-        self.engine, self.driver = engine, driver
-        self._steps_at_begin: int | None = None
-
-    def before_forward(self) -> int:
-        """Begin an optimizer step if none is open; return its kept length."""
-        if self._steps_at_begin is None:
-            self._steps_at_begin = self.engine.global_steps
-            self.driver.step = self.engine.global_steps  # the engine's clock rules (checkpoints, resumes)
-            self.driver.before_step()
-        return self.driver.kept
+        super().__init__(driver, lambda: engine.global_steps)
+        self.engine = engine
 
     def after_engine_step(self) -> bool:
         """Close the step if the engine took an optimizer step; True when it did."""
-        if self._steps_at_begin is None or self.engine.global_steps == self._steps_at_begin:
-            return False
-        self.driver.after_step()
-        self._steps_at_begin = None
-        return True
+        return self.after_micro_batch()

@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from random_ltd.errors import RandomLTDError
+from random_ltd.integrations.common import check_seed
 from random_ltd.layer import is_wrapped, layer_state, unwrap_layer, wrap_layer
 from random_ltd.rng import derive_seed
 from random_ltd.surgery import RandomLTDHandle, find_layer_stack, get_handle
@@ -69,11 +70,8 @@ def rank_seed(base_seed: int, rank: int | None = None) -> int:
     Different ranks get well-separated seeds; the same ``(base_seed, rank)`` always gives the
     same seed, so a run restarted on the same number of ranks draws the same indices.
     """
-    if isinstance(base_seed, bool) or not isinstance(base_seed, int) or base_seed < 0:
-        raise RandomLTDError(f"base_seed must be an integer >= 0, got {base_seed!r}")
-    rank = current_rank() if rank is None else rank
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-        raise RandomLTDError(f"rank must be an integer >= 0, got {rank!r}")
+    check_seed(base_seed, "base_seed", optional=False)
+    rank = check_seed(current_rank() if rank is None else rank, "rank", optional=False)
     return derive_seed(base_seed, rank)
 
 

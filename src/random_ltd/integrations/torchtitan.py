@@ -1,29 +1,13 @@
-"""Random-LTD in torchtitan (0.3.0), from a user config function.
-
-    from random_ltd.integrations import torchtitan as ltd_titan
+"""Random-LTD in torchtitan (0.3.0), through its extension points (docs/scale.md):
 
     def llama3_debugmodel_random_ltd() -> Trainer.Config:
-        config = llama3_debugmodel()
-        ltd = ltd_titan.RandomLTDConverter.Config(seq_len=2048, start=128, increment=16, every_steps=10)
-        return ltd_titan.enable(config, ltd)
+        ltd = RandomLTDConverter.Config(seq_len=2048, start=128, increment=16, every_steps=10)
+        return enable(llama3_debugmodel(), ltd)
 
-``enable`` does three things, all through torchtitan's extension points:
-
-- **Model**: ``RandomLTDConverter`` (a ``ModelConfigConverter``) wraps the model config so that the
-  built model's middle blocks drop tokens (``layers``, default ``"1:-1"``: all but the first and
-  the last). The blocks are built, then swapped to their dropping class, before torchtitan
-  parallelizes them (TP, activation checkpointing, compile, FSDP), so every wrapper sees them.
-- **Kept length**: ``ModelSpec.post_optimizer_build_fn`` registers an optimizer step hook that sets
-  the kept length of the next step from the MSLG schedule (once per optimizer step: every
-  microbatch and gradient-accumulation pass of a step uses the same length), and gives each
-  data-parallel group its own seed (torchtitan seeds every DP and TP rank alike).
-- **LR**: ``LayerTokenLRSchedulers`` replaces the trainer's LR schedule by the LayerToken one
-  (paper Section 3.3): warmup then decay over the layer-tokens the schedule will consume. On
-  resume from a torchtitan checkpoint it restores the step, hence the LR and the kept length.
-
-Attention: torchtitan's language models build a FlexAttention ``BlockMask`` from the token
-positions; a dropping block rebuilds it for its kept tokens (``mask_mod`` on the kept positions).
-Varlen attention metadata cannot be gathered and raises ``RandomLTDError``.
+``RandomLTDConverter`` (a ``ModelConfigConverter``) makes the built model's blocks in ``layers`` drop
+tokens before torchtitan parallelizes them; ``post_optimizer_build`` seeds each data-parallel group
+and sets the kept length after each optimizer step; ``LayerTokenLRSchedulers`` clocks the LR by
+layer-tokens and restores the step on resume. A flex ``BlockMask`` is rebuilt on the kept tokens.
 """
 from __future__ import annotations
 
@@ -37,11 +21,12 @@ from torchtitan.components.optimizer import LRSchedulersContainer  # noqa: E402 
 from torchtitan.protocols.model import ModelConfigConverter  # noqa: E402
 
 import random_ltd
-from random_ltd.accounting import count_drop_layers, layer_tokens_per_step
 from random_ltd.adapters import LayerAdapter, register_layer
+from random_ltd.attention.flex import gather_block_mask, is_block_mask
 from random_ltd.errors import RandomLTDError
 from random_ltd.integrations.distributed import rank_seed
 from random_ltd.lr import lr_factor
+from random_ltd.run import Run
 from random_ltd.surgery import get_handle, parse_layer_selection
 
 BLOCK_CLASS = "torchtitan.models.common.decoder.TransformerBlock"
@@ -55,26 +40,10 @@ def _gather_attention_inputs(layer: torch.nn.Module, arguments: dict, indices: t
     masks = arguments.get("attention_masks")
     if masks is None:
         return
-    from torch.nn.attention.flex_attention import BlockMask  # noqa: PLC0415
-
-    if not isinstance(masks, BlockMask):
+    if not is_block_mask(masks):
         raise RandomLTDError(f"attention_masks of type {type(masks).__name__} cannot be gathered for the kept tokens; "
                              "use the flex attention backend")
-    arguments["attention_masks"] = kept_block_mask(masks, indices)
-
-
-def kept_block_mask(mask: Any, indices: torch.Tensor) -> Any:
-    """The ``BlockMask`` of the kept tokens: ``mask_mod(b, h, idx[b, q], idx[b, kv])`` at the kept length."""
-    from torch.nn.attention.flex_attention import create_block_mask  # noqa: PLC0415
-
-    original = mask.mask_mod
-
-    def kept_mask_mod(b, h, q_idx, kv_idx):
-        return original(b, h, indices[b, q_idx], indices[b, kv_idx])
-
-    batch, keep = indices.shape
-    return create_block_mask(kept_mask_mod, batch, None, keep, keep, device=indices.device,
-                             BLOCK_SIZE=mask.BLOCK_SIZE)
+    arguments["attention_masks"] = gather_block_mask(masks, indices, masks.shape[-2])  # self-attention
 
 
 ADAPTER = LayerAdapter(name="torchtitan", hidden="x", positions=("positions",), prepare=_gather_attention_inputs)
@@ -135,24 +104,19 @@ def _dropping_config_class(config_class: type, ltd: RandomLTDConverter.Config) -
 
 
 class KeptLengthStepper:
-    """Sets the kept length of every model part from the schedule, once per optimizer step."""
+    """Sets the kept length of every model part from the run's schedule, once per optimizer step."""
 
-    def __init__(self, handles: list, schedule: random_ltd.MSLG):
-        self.handles, self.schedule, self.step = handles, schedule, 0
-        self._apply()
+    def __init__(self, handles: list, run: Run):
+        self.handles, self.run, self.step = handles, run, 0
+        self.resume(0)
 
     def resume(self, step: int) -> None:
         self.step = step
-        self._apply()
-
-    def _apply(self) -> None:
-        kept = self.schedule(self.step)
         for handle in self.handles:
-            handle.set_keep(None if kept >= self.schedule.seq_len else kept)
+            handle.set_keep(self.run.keep(step))
 
     def advance(self, *args: Any, **kwargs: Any) -> None:
-        self.step += 1
-        self._apply()
+        self.resume(self.step + 1)
 
 
 def post_optimizer_build(optimizers: Any, model_parts: list, parallel_dims: Any, *, ltd: RandomLTDConverter.Config,
@@ -166,7 +130,8 @@ def post_optimizer_build(optimizers: Any, model_parts: list, parallel_dims: Any,
     dp_index = parallel_dims.get_mesh("batch").get_local_rank() if parallel_dims.dp_enabled else 0
     for handle in handles:
         handle.load_state_dict({**handle.state_dict(), "seed": rank_seed(ltd.seed, dp_index)})
-    stepper = KeptLengthStepper(handles, ltd.schedule())
+    run = Run.build(ltd.schedule(), batch_size=1, num_layers=handles[0].num_layers, drop_layers=handles[0].drop_layers)
+    stepper = KeptLengthStepper(handles, run)
     optimizers.register_step_post_hook(stepper.advance)
     optimizers.random_ltd_stepper = stepper  # LayerTokenLRSchedulers restores its step on resume
     return stepper
@@ -211,22 +176,16 @@ def layer_token_lr_lambda(ltd: RandomLTDConverter.Config, num_layers: int, total
     """``step -> LR factor``: warmup over ``warmup_steps`` full steps, then decay over the layer-tokens left."""
     if decay not in ("cosine", "linear"):
         raise RandomLTDError(f"LayerToken LR decays 'cosine' or 'linear', not {decay!r}")
-    schedule, drop_layers = ltd.schedule(), parse_layer_selection(ltd.layers, num_layers)
-    count_drop_layers(num_layers, drop_layers)
-    per_step = [layer_tokens_per_step(schedule.seq_len, 1, num_layers, drop_layers, schedule(step))
-                for step in range(total_steps + 1)]
-    consumed = [0]
-    for tokens in per_step:
-        consumed.append(consumed[-1] + tokens)
-    warmup = min(warmup_steps, total_steps) * schedule.seq_len * num_layers
-    total = max(consumed[total_steps + 1], warmup + 1)  # a step past the end: the last step does not get LR 0
-    return functools.partial(_factor_at, consumed=consumed, total=total, warmup=warmup, decay=decay,
-                             min_lr_ratio=min_lr_ratio)
+    run = Run.build(ltd.schedule(), batch_size=1, num_layers=num_layers,
+                    drop_layers=parse_layer_selection(ltd.layers, num_layers), total_steps=total_steps)
+    warmup = min(warmup_steps, total_steps) * run.layer_tokens(run.seq_len)
+    total = max(run.layer_tokens_before(total_steps + 1), warmup + 1)  # a step past the end: the last LR is not 0
+    return functools.partial(_factor_at, run=run, total=total, warmup=warmup, decay=decay, min_lr_ratio=min_lr_ratio)
 
 
-def _factor_at(step: int, *, consumed: list[int], total: int, warmup: int, decay: str, min_lr_ratio: float) -> float:
+def _factor_at(step: int, *, run: Run, total: int, warmup: int, decay: str, min_lr_ratio: float) -> float:
     # Step t's LR counts its own layer-tokens (consumed through t): warmup never starts at 0, as torchtitan's.
-    tokens = consumed[min(step + 1, len(consumed) - 1)]
+    tokens = run.layer_tokens_before(min(step + 1, run.total_steps + 1))
     return lr_factor(min(tokens, total), total, min(warmup, total), decay, min_lr_ratio)
 
 
