@@ -124,6 +124,8 @@ def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_
     full = full if layout is None else layout.to_sharded(full)
     if isinstance(output, torch.Tensor):
         return full
+    if hasattr(output, "_fields"):  # a NamedTuple: built from its fields, not from one iterable
+        return type(output)(full, *output[1:])
     return type(output)((full, *output[1:])) if isinstance(output, tuple) else [full, *output[1:]]
 
 
