@@ -2,7 +2,8 @@
 
 ``wrap_layer`` swaps the layer's class (``random_ltd.swap``) for one whose ``forward``
 1. binds the call's arguments by name (``random_ltd.calls``),
-2. asks the model's selection strategy which tokens to keep (``random_ltd.selection``),
+2. asks the model's selection strategy which tokens to keep (``random_ltd.selection``), with the
+   context of the forward this call belongs to (``random_ltd.contexts``),
 3. splits the hidden states into kept tokens and the rest (``ops.split_tokens``),
 4. gathers masks, positions and caches to the kept tokens (``random_ltd.inputs``),
 5. calls the original ``forward`` on them and merges its output back (``ops.merge_tokens``):
@@ -19,8 +20,9 @@ import torch.nn as nn
 from random_ltd import ops, swap
 from random_ltd.adapters.base import LayerAdapter
 from random_ltd.calls import CallPlan, LayerCall
+from random_ltd.contexts import ForwardContexts
 from random_ltd.inputs import gather_inputs
-from random_ltd.selection import ForwardContext, Selection
+from random_ltd.selection import LayerInfo, Strategy
 from random_ltd.sharding import ShardedLayout
 
 _STATE_ATTR = "_random_ltd_state"
@@ -30,24 +32,32 @@ _STATE_ATTR = "_random_ltd_state"
 class DropControl:
     """Shared by every wrapped layer of one model; owned by its handle.
 
-    ``keep`` is the kept length (``None``: no dropping), ``selection`` the strategy choosing the
-    kept tokens, ``context`` what the model's inputs told the strategy about this forward pass
-    (only for strategies with ``needs_context``).
+    ``keep`` is the kept length (``None``: no dropping), ``strategy`` chooses the kept tokens
+    (``random_ltd.selection``), ``contexts`` holds its per-forward contexts (only for strategies
+    with ``needs_context``).
     """
 
-    selection: Selection
+    strategy: Strategy
     keep: int | None = None
-    context: ForwardContext = dataclasses.field(default_factory=ForwardContext)
+    contexts: ForwardContexts = dataclasses.field(default_factory=ForwardContexts)
 
 
 @dataclasses.dataclass
 class LayerState:
     adapter: LayerAdapter
-    position: int
+    info: LayerInfo
     control: DropControl
     original_class: type
     plan: CallPlan
     cache_layer_idx: int | None = None
+
+    @property
+    def position(self) -> int:
+        return self.info.position
+
+    @position.setter
+    def position(self, position: int) -> None:
+        self.info.position = position
 
 
 def _find_layer_idx(layer: nn.Module) -> int | None:
@@ -77,11 +87,12 @@ class RandomLTDLayerMixin(swap.SwappedModule):
         seq_len = hidden.shape[1] if batch_first else hidden.shape[0]
         if keep >= seq_len or _cache_holds_tokens(state, call):
             return super().forward(*args, **kwargs)
+        strategy = control.strategy
+        context = control.contexts.for_layer(state.info.position, hidden) if strategy.needs_context else None
         layout = _sharded_layout(hidden, batch_first)  # sequence parallel: DTensor hidden states
         hidden = hidden if layout is None else layout.to_full(hidden)
         tokens = hidden if batch_first else hidden.transpose(0, 1)
-        context = control.context.for_layer(state.position, hidden) if control.selection.needs_context else None
-        indices = control.selection(state.position, tokens, keep, context)
+        indices = strategy.select(state.info, tokens, keep, context)
         if indices is None or indices.shape[1] >= tokens.shape[1]:
             return super().forward(*args, **kwargs)
         return _forward_on_kept(self, state, call, hidden_name, tokens, indices, batch_first, layout)
@@ -145,9 +156,9 @@ def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
     return False
 
 
-def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: DropControl) -> None:
-    state = LayerState(adapter, position, control, original_class=type(layer), plan=CallPlan.of(type(layer)),
-                       cache_layer_idx=_find_layer_idx(layer))
+def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: DropControl, name: str = "") -> None:
+    state = LayerState(adapter, LayerInfo(position, name), control, original_class=type(layer),
+                       plan=CallPlan.of(type(layer)), cache_layer_idx=_find_layer_idx(layer))
     swap.swap(layer, RandomLTDLayerMixin, _STATE_ATTR, state)
 
 
