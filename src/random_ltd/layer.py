@@ -8,7 +8,8 @@
 4. gathers masks, positions and caches to the kept tokens (``random_ltd.inputs``),
 5. calls the original ``forward`` on them and merges its output back (``ops.merge_tokens``):
    dropped tokens pass through unchanged.
-Random-LTD, protected tokens and TokenBypass differ only in the strategy of step 2.
+Random-LTD, protected tokens and TokenBypass differ only in the strategy of step 2. A strategy
+with ``routes`` carries one kept subset through several layers instead (``random_ltd.routes``).
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import dataclasses
 import torch
 import torch.nn as nn
 
-from random_ltd import ops, swap
+from random_ltd import ops, routes, swap
 from random_ltd.adapters.base import LayerAdapter
 from random_ltd.calls import CallPlan, LayerCall
 from random_ltd.contexts import ForwardContexts
+from random_ltd.errors import RandomLTDError
 from random_ltd.inputs import gather_inputs
 from random_ltd.selection import LayerInfo, Strategy
 from random_ltd.sharding import ShardedLayout
@@ -84,10 +86,12 @@ class RandomLTDLayerMixin(swap.SwappedModule):
         hidden_name = state.adapter.hidden or state.plan.first()
         hidden = call.get(hidden_name)
         batch_first = _batch_first(self, state.adapter)
+        strategy = control.strategy
+        if getattr(strategy, "routes", False):
+            return _forward_on_route(self, state, call, hidden_name, hidden, batch_first)
         seq_len = hidden.shape[1] if batch_first else hidden.shape[0]
         if keep >= seq_len or _cache_holds_tokens(state, call):
             return super().forward(*args, **kwargs)
-        strategy = control.strategy
         context = control.contexts.for_layer(state.info.position, hidden) if strategy.needs_context else None
         layout = _sharded_layout(hidden, batch_first)  # sequence parallel: DTensor hidden states
         hidden = hidden if layout is None else layout.to_full(hidden)
@@ -119,6 +123,31 @@ def _forward_on_kept(layer, state: LayerState, call: LayerCall, hidden_name: str
     gather_inputs(layer, state.adapter, call, indices, seq_len)
     output = call.call(state.original_class.forward, layer)
     return replace_hidden(output, passthrough, flat, batch_first, layout)
+
+
+def _forward_on_route(layer, state: LayerState, call: LayerCall, hidden_name: str, hidden: torch.Tensor,
+                      batch_first: bool):
+    """This layer's part of a route (``random_ltd.routes``): start, continue and/or end it."""
+    control, original = state.control, state.original_class.forward
+    if _cache_holds_tokens(state, call):
+        return call.call(original, layer)
+    if _sharded_layout(hidden, batch_first) is not None:
+        raise RandomLTDError("routes do not support sequence-parallel (DTensor) hidden states yet")
+    context = control.contexts.for_layer(state.info.position, hidden) if control.strategy.needs_context else None
+    tokens = hidden if batch_first else hidden.transpose(0, 1)
+    step = control.strategy.select(state.info, tokens, control.keep, context)
+    if step is None:
+        return call.call(original, layer)
+    routes.check_gradient_path(tokens, step)
+    route = step.route
+    if step.first:
+        tokens = route.start(tokens)
+    else:
+        route.check_continues(tokens)
+    call[hidden_name] = tokens if batch_first else tokens.transpose(0, 1)
+    gather_inputs(layer, state.adapter, call, route.indices, route.seq_len, memo=route.gathered)
+    output = call.call(original, layer)
+    return replace_hidden(output, route.passthrough, route.flat, batch_first) if step.last else output
 
 
 def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_first: bool, layout=None):

@@ -11,6 +11,8 @@ A strategy (``Strategy``) has
   context of the forward this call belongs to (under gradient checkpointing, of the forward a
   replay replays: ``random_ltd.contexts``), ``None`` without ``needs_context``.
 - ``state_dict()`` / ``load_state_dict(state)``: saved and restored with the handle's.
+- ``routes``: ``True`` for a strategy whose kept subset spans several layers (``select`` then
+  returns a ``random_ltd.routes.RouteStep``: start, continue or end a route).
 
 - ``UniformSelection``: random-LTD. Each layer draws its own uniform subset (``rng``), with
   optional protected tokens (positions, or positions holding given ids) chosen first.
@@ -44,6 +46,7 @@ class Strategy:
     """Base of selection strategies: no context, no state; ``select`` is the one method to write."""
 
     needs_context: bool = False
+    routes: bool = False  # True: select returns random_ltd.routes.RouteStep (a span of layers), not indices
 
     def begin_forward(self, inputs: Mapping[str, object], keep: int):
         """The context of one training forward, from the model's arguments (``needs_context`` only)."""
