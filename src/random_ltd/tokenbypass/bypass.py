@@ -45,6 +45,11 @@ class TokenBypass(Strategy):
                                  f"got hidden states {tuple(tokens.shape)}")
         return indices
 
+    @property
+    def selector(self) -> TokenBypass:
+        """The strategy itself (``handle.selector`` before the one surgery: the special ids, the padding rule)."""
+        return self
+
     def update(self, token_ids: torch.Tensor, per_token_loss: torch.Tensor) -> None:
         self.importance.update(token_ids, per_token_loss)
 
