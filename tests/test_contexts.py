@@ -13,8 +13,11 @@ from random_ltd.errors import RandomLTDError
 
 
 def _fresh_call(contexts: ForwardContexts, context, hidden: torch.Tensor, position: int = 1):
+    """One forward of the model: it begins, its layer runs on ``hidden``, it ends."""
     contexts.begin(context)
-    return contexts.for_layer(position, hidden)
+    found = contexts.for_layer(position, hidden)
+    contexts.end()
+    return found
 
 
 def test_replays_find_their_forward_through_detach_and_views_in_any_order():
@@ -35,6 +38,7 @@ def test_positions_and_offsets_are_kept_apart():
     contexts.begin("B")
     contexts.for_layer(1, buffer[1])
     contexts.for_layer(2, buffer[0])
+    contexts.end()
     assert [contexts.for_layer(1, buffer[0]), contexts.for_layer(1, buffer[1]), contexts.for_layer(2, buffer[0])] \
         == ["A", "B", "B"]
 
@@ -53,8 +57,28 @@ def test_entries_leave_with_their_tensors_and_need_no_capacity():
 
 def test_a_layer_called_twice_in_one_forward_gets_the_forward_context_both_times():
     contexts = ForwardContexts()
-    assert _fresh_call(contexts, "A", torch.randn(2, 3)) == "A"
-    assert contexts.for_layer(1, torch.randn(2, 3)) == "A"  # a layer shared by two positions of the stack
+    contexts.begin("A")
+    first, second = torch.randn(2, 3), torch.randn(2, 3)
+    assert contexts.for_layer(1, first) == "A"
+    assert contexts.for_layer(1, second) == "A"  # a layer shared by two positions of the stack
+    contexts.end()
+    assert contexts.for_layer(1, second) == "A"
+
+
+def test_a_replay_after_an_evaluation_forward_gets_its_own_context():
+    """Evaluation forwards begin too (with no context) and call no dropping layer."""
+    contexts = ForwardContexts()
+    hidden = torch.randn(2, 8, 4)
+    _fresh_call(contexts, "A", hidden)
+    contexts.begin(None)
+    contexts.end()
+    assert contexts.for_layer(1, hidden.detach()) == "A"
+
+
+def test_a_layer_called_outside_any_forward_gets_no_context():
+    contexts = ForwardContexts()
+    _fresh_call(contexts, "A", torch.randn(2, 3))
+    assert contexts.for_layer(1, torch.randn(2, 3)) is None
 
 
 def test_a_replay_that_cannot_tell_two_forwards_apart_is_refused():
@@ -99,4 +123,4 @@ def test_sequence_parallel_hidden_states_are_keyed_by_their_local_shard(one_proc
     _fresh_call(contexts, "B", second)
     gathered = first.redistribute(one_process_mesh, [Replicate()]).to_local().clone()  # a fresh buffer
     assert contexts.for_layer(1, first.detach()) == "A" and contexts.for_layer(1, second) == "B"
-    assert contexts.for_layer(1, gathered) == "B", "a buffer made after the forward is no key of it"
+    assert contexts.for_layer(1, gathered) is None, "a buffer made after the forward is no key of it"

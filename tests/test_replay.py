@@ -89,7 +89,18 @@ def _accumulated(model):
         _loss(model, seed).backward()
 
 
-SCENARIOS = {"sum-of-three": _sum_of_three, "interleaved": _interleaved, "accumulated": _accumulated}
+def _evaluated_in_between(model):
+    """forward A, an evaluation forward (nothing drops), backward A."""
+    loss = _loss(model, 1)
+    model.eval()
+    with torch.no_grad():
+        _loss(model, 2)
+    model.train()
+    loss.backward()
+
+
+SCENARIOS = {"sum-of-three": _sum_of_three, "interleaved": _interleaved, "accumulated": _accumulated,
+             "evaluated-in-between": _evaluated_in_between}
 
 
 def _hf(name: str, reentrant: bool | None):
@@ -145,7 +156,7 @@ def test_a_replay_given_the_latest_context_would_change_the_gradients(method, mo
     reference = _grads(MODELS["llama-hf"], None, "interleaved", method)
 
     def latest(self, position, hidden):
-        return self.current.context
+        return self.current
 
     monkeypatch.setattr(contexts.ForwardContexts, "for_layer", latest)
     replayed = _grads(MODELS["llama-hf"], False, "interleaved", method)

@@ -14,11 +14,13 @@ its tensors), no address (a freed address reused by another forward cannot alias
 private torch API. Within a storage, the entry is keyed by offset, shape and the layer's position.
 A ``DTensor`` (sequence parallel) is keyed by its local shard, the tensor checkpointing keeps.
 
-A call is the fresh call of the running forward when this forward has not yet called the layer
-at that position; any other call is a replay (or a repeated call, e.g. a layer shared by several
-positions of the stack), which looks its input up. A tensor reused as a dropping layer's input
-by two forwards before the first one's backward (only possible for a model's own input tensor)
-cannot tell its replays apart: such a replay is refused rather than given either context.
+A call made while the model's forward runs (between its pre-hook, ``begin``, and its post-hook,
+``end``) is a call of that forward: it files the forward's context under its input. A call made
+outside it is a replay (backward runs after the forward returned, also when other forwards,
+evaluation ones included, ran since), which looks its input up; a layer called outside any model
+forward, on an input no forward filed, gets no context. A tensor reused as a dropping layer's
+input by two forwards before the first one's backward (only possible for a model's own input
+tensor) cannot tell its replays apart: such a replay is refused rather than given either context.
 """
 from __future__ import annotations
 
@@ -32,14 +34,6 @@ from random_ltd.sharding import is_dtensor
 
 
 @dataclasses.dataclass(eq=False)
-class Forward:
-    """One training forward of the model: its context and the layer positions it called so far."""
-
-    context: object
-    called: set = dataclasses.field(default_factory=set)
-
-
-@dataclasses.dataclass(eq=False)
 class Entry:
     context: object
     replayed: bool = False
@@ -50,12 +44,17 @@ class ForwardContexts:
     """The current forward's context, and every live layer input's context (see the module doc)."""
 
     def __init__(self) -> None:
-        self.current: Forward | None = None
+        self.current = None
+        self.running = False
         self._by_storage: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def begin(self, context) -> None:
-        """A new forward of the model starts (``None``: a forward that drops nothing)."""
-        self.current = Forward(context)
+        """A forward of the model starts (``context`` ``None``: a forward that drops nothing)."""
+        self.current, self.running = context, True
+
+    def end(self) -> None:
+        """The forward returned (or raised): from now on a layer call is a replay."""
+        self.running = False
 
     def for_layer(self, position: int, hidden: torch.Tensor):
         """The context of the forward that ``hidden`` (a dropping layer's input) belongs to."""
@@ -63,12 +62,10 @@ class ForwardContexts:
         entries = self._by_storage.get(local.untyped_storage())
         key = (position, local.storage_offset(), tuple(local.shape))
         entry = None if entries is None else entries.get(key)
-        forward = self.current
-        if forward is not None and position not in forward.called:
-            forward.called.add(position)
-            return self._file(local, key, entry, forward.context)
-        if entry is None:  # called again in one forward on new hidden states, or outside a forward
-            return self._file(local, key, None, None if forward is None else forward.context)
+        if self.running:
+            return self._file(local, key, entry, self.current)
+        if entry is None:  # a layer called outside any forward of the model
+            return None
         if entry.ambiguous:
             raise RandomLTDError(
                 f"layer {position} is replayed by gradient checkpointing on an input tensor that two forward passes "

@@ -77,7 +77,7 @@ class RandomLTDHandle:
         self.layers = layers
         self.num_layers = num_layers
         self._control = control
-        self._hook = None
+        self._hooks: tuple = ()
         self.router_loss: moe.RouterLoss | None = None  # MoE models: see random_ltd.adapters.moe
         self._hook_for(control.strategy)
 
@@ -113,13 +113,18 @@ class RandomLTDHandle:
     selection = strategy  # the name of version 0.1
 
     def _hook_for(self, strategy: Strategy) -> None:
-        """One model forward pre-hook while the strategy reads the model's inputs, none otherwise."""
-        if strategy.needs_context and self._hook is None:
-            self._hook = self.model.register_forward_pre_hook(BeginForward(self._control),
-                                                              with_kwargs=True)
-        elif not strategy.needs_context and self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        """Model forward hooks while the strategy reads the model's inputs, none otherwise: one before
+        the forward (the context) and one after it, also on an error (later layer calls are replays)."""
+        if strategy.needs_context and not self._hooks:
+            self._hooks = (self.model.register_forward_pre_hook(BeginForward(self._control), with_kwargs=True),
+                           self.model.register_forward_hook(EndForward(self._control), always_call=True))
+        elif not strategy.needs_context:
+            self.remove_hooks()
+
+    def remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = ()
 
     def set_keep(self, keep: int | None) -> None:
         self._control.keep = check_keep(keep)
@@ -184,6 +189,16 @@ class BeginForward:
             if parameter.kind is parameter.VAR_KEYWORD and parameter.name in bound:
                 bound.update(bound.pop(parameter.name))
         return bound
+
+
+class EndForward:
+    """The model's forward hook: the forward returned, so later layer calls are checkpoint replays."""
+
+    def __init__(self, control: DropControl):
+        self.control = control
+
+    def __call__(self, module: nn.Module, args: tuple, output) -> None:
+        self.control.contexts.end()
 
 
 def _cache_holds_tokens(inputs: dict) -> bool:
@@ -331,8 +346,7 @@ def remove(model: nn.Module) -> None:
         check_unwrappable(module)  # all or nothing: never leave a half-restored model
     for module in wrapped:
         unwrap_layer(module)
-    if handle._hook is not None:
-        handle._hook.remove()
+    handle.remove_hooks()
     if handle.router_loss is not None:
         handle.router_loss.remove()
     del model.__dict__[_HANDLE_ATTR]
