@@ -75,10 +75,12 @@ def test_a_replay_after_an_evaluation_forward_gets_its_own_context():
     assert contexts.for_layer(1, hidden.detach()) == "A"
 
 
-def test_a_layer_called_outside_any_forward_gets_no_context():
+def test_a_layer_called_outside_any_forward_is_an_error():
+    """E.g. a wrapper calling ``model.forward`` directly: the model's hooks never ran."""
     contexts = ForwardContexts()
     _fresh_call(contexts, "A", torch.randn(2, 3))
-    assert contexts.for_layer(1, torch.randn(2, 3)) is None
+    with pytest.raises(RandomLTDError, match="outside a forward of the model"):
+        contexts.for_layer(1, torch.randn(2, 3))
 
 
 def test_a_replay_that_cannot_tell_two_forwards_apart_is_refused():
@@ -123,4 +125,5 @@ def test_sequence_parallel_hidden_states_are_keyed_by_their_local_shard(one_proc
     _fresh_call(contexts, "B", second)
     gathered = first.redistribute(one_process_mesh, [Replicate()]).to_local().clone()  # a fresh buffer
     assert contexts.for_layer(1, first.detach()) == "A" and contexts.for_layer(1, second) == "B"
-    assert contexts.for_layer(1, gathered) is None, "a buffer made after the forward is no key of it"
+    with pytest.raises(RandomLTDError, match="outside a forward"):  # a buffer made after the forward is no key
+        contexts.for_layer(1, gathered)

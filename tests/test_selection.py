@@ -184,3 +184,10 @@ def test_replacing_the_strategy_of_a_protect_ids_handle_works(monkeypatch):
     handle.strategy = random_ltd.UniformSelection(seed=1, protect_ids=SPECIAL)
     kept_sets = kept_positions(monkeypatch, model, special_batch(torch.Generator().manual_seed(0)))
     assert len(kept_sets) == 2 and all({0, 7, 15} <= set(row.tolist()) for kept in kept_sets for row in kept)
+
+
+def test_a_wrapper_skipping_the_model_hooks_is_a_clear_error_for_protect_ids():
+    model = zoo.bert().train()
+    random_ltd.apply(model, keep=5, protect_ids=SPECIAL)
+    with pytest.raises(random_ltd.RandomLTDError, match="outside a forward of the model"):
+        model.forward(**special_batch(torch.Generator().manual_seed(0)))  # what a wrapper calling forward does

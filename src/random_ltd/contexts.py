@@ -18,9 +18,10 @@ A call made while the model's forward runs (between its pre-hook, ``begin``, and
 ``end``) is a call of that forward: it files the forward's context under its input. A call made
 outside it is a replay (backward runs after the forward returned, also when other forwards,
 evaluation ones included, ran since), which looks its input up; a layer called outside any model
-forward, on an input no forward filed, gets no context. A tensor reused as a dropping layer's
-input by two forwards before the first one's backward (only possible for a model's own input
-tensor) cannot tell its replays apart: such a replay is refused rather than given either context.
+forward, on an input no forward filed, is an error (its strategy would silently miss its inputs).
+A tensor reused as a dropping layer's input by two forwards before the first one's backward (only
+possible for a model's own input tensor) cannot tell its replays apart: such a replay is refused
+rather than given either context.
 """
 from __future__ import annotations
 
@@ -64,8 +65,12 @@ class ForwardContexts:
         entry = None if entries is None else entries.get(key)
         if self.running:
             return self._file(local, key, entry, self.current)
-        if entry is None:  # a layer called outside any forward of the model
-            return None
+        if entry is None:
+            raise RandomLTDError(
+                f"layer {position} ran outside a forward of the model random_ltd.apply was given, and its strategy "
+                "reads that model's inputs: call the model itself (a wrapper calling model.forward(...) directly, "
+                "or a submodule called alone, skips the model's forward hooks)"
+            )
         if entry.ambiguous:
             raise RandomLTDError(
                 f"layer {position} is replayed by gradient checkpointing on an input tensor that two forward passes "
