@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import typing
 
 import pytest
 import torch
@@ -259,3 +260,63 @@ def test_dropping_stays_inside_each_sequence(case):
     after = model(**{**inputs, name: changed}).logits
     assert torch.equal(after[[0, 2]], before[[0, 2]])
     assert not torch.equal(after[1], before[1])
+
+
+class _Output(typing.NamedTuple):
+    hidden: torch.Tensor
+    norm: torch.Tensor
+
+
+class _NamedTupleBlock(torch.nn.Module):
+    """A layer whose forward takes a shared ``(s, s)`` mask and returns a ``NamedTuple``."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+
+    def forward(self, x, mask=None):
+        batch, seq, dim = x.shape
+        q, k, v = (t.view(batch, seq, 2, -1).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))
+        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = x + self.proj(attended.transpose(1, 2).reshape(batch, seq, dim))
+        return _Output(y, y.norm(dim=-1))
+
+
+class _NamedTupleStack(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(_NamedTupleBlock() for _ in range(3))
+
+    def forward(self, x, mask=None):
+        for layer in self.layers:
+            x = layer(x, mask).hidden
+        return x
+
+
+@pytest.fixture
+def named_tuple_block():
+    random_ltd.register_layer(_NamedTupleBlock, masks=("mask",))
+    yield
+    random_ltd.unregister_layer(_NamedTupleBlock)
+
+
+def test_layer_returning_a_named_tuple_with_a_shared_square_mask(named_tuple_block, monkeypatch):
+    torch.manual_seed(0)
+    model = _NamedTupleStack().train()
+    random_ltd.apply(model, "1", keep=5, seed=3)
+    drawn = _spy(monkeypatch)
+    x = torch.randn(4, 9, 8)
+    mask = torch.rand(9, 9, generator=torch.Generator().manual_seed(1)) > 0.4
+    mask |= torch.eye(9, dtype=torch.bool)
+    layer = model.layers[1]
+    out = layer(x, mask)
+    assert type(out) is _Output and out.hidden.shape == x.shape
+    (indices,) = drawn
+    original = layer_state(layer).original_class.forward
+    for b in range(4):
+        idx = indices[b]
+        dropped = torch.ones(9, dtype=torch.bool).index_fill(0, idx, False)
+        assert torch.equal(out.hidden[b, dropped], x[b, dropped])
+        expected = original(layer, x[b : b + 1, idx], mask[idx][:, idx])
+        torch.testing.assert_close(out.hidden[b, idx], expected.hidden[0])
+    model(x, mask).sum().backward()

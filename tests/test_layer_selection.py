@@ -50,3 +50,9 @@ def test_parses_slices_and_indices(selection, expected):
 def test_bad_selection_says_what_is_wrong(selection):
     with pytest.raises(RandomLTDError, match="layer"):
         parse_layer_selection(selection, 6)
+
+
+@pytest.mark.parametrize("selection", [[1.5, 2], [True, 2], ["1", 2]])
+def test_a_list_of_layers_must_hold_integers(selection):
+    with pytest.raises(RandomLTDError, match=r"layers=.*integers"):
+        parse_layer_selection(selection, 6)

@@ -143,3 +143,18 @@ def test_two_dimensional_mask_is_a_padding_mask_even_when_batch_equals_seq():
     mask = torch.rand(4, 4, generator=_gen(0)) > 0.3
     indices = ops.sample_indices(4, 4, 2, generator=_gen(1))
     assert torch.equal(ops.gather_mask(mask, indices), torch.stack([mask[b, indices[b]] for b in range(4)]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
+def test_shared_square_mask_is_gathered_per_sequence(dtype):
+    """A shared ``(s, s)`` mask becomes ``(B, 1, k, k)``: each sequence's kept queries and keys."""
+    mask = torch.rand(9, 9, generator=_gen(3)) > 0.5
+    mask = mask if dtype == torch.bool else torch.where(mask, 0.0, torch.finfo(dtype).min)
+    indices = ops.sample_indices(3, 9, 4, generator=_gen(4))
+    expected = torch.stack([mask[indices[b]][:, indices[b]] for b in range(3)]).unsqueeze(1)
+    assert torch.equal(ops.gather_mask(mask, indices), expected)
+
+
+def test_two_dimensional_mask_of_neither_form_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(5, 9\).*\(B, s\) padding mask.*\(s, s\)"):
+        ops.gather_mask(torch.ones(5, 9, dtype=torch.bool), ops.sample_indices(3, 9, 4, generator=_gen(4)))

@@ -126,3 +126,68 @@ def test_context_of_the_replayed_forward_under_interleaved_checkpointing(method,
     reference, replayed = grads(False), grads(True)
     for name in reference:
         torch.testing.assert_close(replayed[name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_protected_tokens_beyond_keep_are_chosen_uniformly(monkeypatch):
+    """Ten protected positions and keep=4: each protected position is kept 4 times in 10."""
+    protected = tuple(range(10))
+    model = zoo.bert().train()
+    random_ltd.apply(model, "1:-1", keep=4, seed=1, protect_positions=protected)
+    counts = torch.zeros(zoo.SEQ)
+    torch.manual_seed(0)
+    for step in range(50):
+        for kept in kept_positions(monkeypatch, model, special_batch(torch.Generator().manual_seed(step))):
+            assert set(kept.reshape(-1).tolist()) <= set(protected)
+            counts += torch.bincount(kept.reshape(-1), minlength=zoo.SEQ)
+    share = counts[:10] / counts.sum()  # 1200 picks; one standard deviation is about 0.009
+    assert (share - 0.1).abs().max() < 0.03, share
+
+
+@pytest.mark.parametrize("position", [36, 16, -17])
+def test_protected_position_outside_the_sequence_is_an_error_naming_it(position):
+    model = zoo.bert().train()
+    random_ltd.apply(model, keep=5, protect_positions=(0, position))
+    with pytest.raises(random_ltd.RandomLTDError, match=rf"protect_positions.*{position}.*{zoo.SEQ} tokens"):
+        model(**special_batch(torch.Generator().manual_seed(0)))
+
+
+def test_last_position_counted_from_the_end_is_protected(monkeypatch):
+    model = zoo.bert().train()
+    random_ltd.apply(model, keep=3, protect_positions=(-16, -1))
+    for kept in kept_positions(monkeypatch, model, special_batch(torch.Generator().manual_seed(0))):
+        assert (kept[:, 0] == 0).all() and (kept[:, -1] == zoo.SEQ - 1).all()
+
+
+@pytest.mark.parametrize("ids, message", [((3, -1), "protect_ids.*-1.*negative"),
+                                          ((3, zoo.VOCAB), f"protect_ids.*{zoo.VOCAB}.*vocabulary of {zoo.VOCAB}")])
+def test_protect_ids_outside_the_vocabulary_are_refused_at_apply(ids, message):
+    model = zoo.bert().train()
+    classes = [type(m) for m in model.modules()]
+    with pytest.raises(random_ltd.RandomLTDError, match=message):
+        random_ltd.apply(model, keep=5, protect_ids=ids)
+    assert [type(m) for m in model.modules()] == classes and not model._forward_pre_hooks
+
+
+def _first_tokens(position, tokens, keep, context):
+    return torch.arange(keep, device=tokens.device).expand(tokens.shape[0], keep)
+
+
+_first_tokens.needs_context = False
+
+
+def test_replacing_the_strategy_of_a_protect_ids_handle_works(monkeypatch):
+    model = zoo.bert().train()
+    handle = random_ltd.apply(model, keep=5, seed=1, protect_ids=SPECIAL)
+    handle.selection = _first_tokens
+    model(**special_batch(torch.Generator().manual_seed(0)))
+    assert handle.strategy is handle.selection
+    handle.strategy = random_ltd.UniformSelection(seed=1, protect_ids=SPECIAL)
+    kept_sets = kept_positions(monkeypatch, model, special_batch(torch.Generator().manual_seed(0)))
+    assert len(kept_sets) == 2 and all({0, 7, 15} <= set(row.tolist()) for kept in kept_sets for row in kept)
+
+
+def test_a_wrapper_skipping_the_model_hooks_is_a_clear_error_for_protect_ids():
+    model = zoo.bert().train()
+    random_ltd.apply(model, keep=5, protect_ids=SPECIAL)
+    with pytest.raises(random_ltd.RandomLTDError, match="outside a forward of the model"):
+        model.forward(**special_batch(torch.Generator().manual_seed(0)))  # what a wrapper calling forward does

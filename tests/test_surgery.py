@@ -234,7 +234,8 @@ def _snapshot(model):
 @pytest.mark.parametrize("arguments", [
     {"keep": 0}, {"keep": -3}, {"keep": 2.5}, {"keep": True}, {"seed": "abc"}, {"seed": 1.0}, {"seed": True},
     {"layers": "1:x"}, {"layers": [9]}, {"stack": "nowhere"}, {"protect_positions": "0"},
-    {"protect_ids": [1.5]}, {"keep_prefix_tokens": "yes"},
+    {"protect_ids": [1.5]}, {"keep_prefix_tokens": "yes"}, {"layers": [1.5, 2]}, {"protect_ids": [-1]},
+    {"protect_ids": [zoo.VOCAB]},
 ])
 def test_a_refused_apply_leaves_the_model_exactly_as_it_was(arguments):
     model = zoo.llama().train()

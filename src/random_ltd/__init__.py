@@ -19,12 +19,16 @@ from random_ltd.errors import ConfigError, RandomLTDError  # noqa: E402
 from random_ltd.lr import LayerTokenLR, lr_factor  # noqa: E402
 from random_ltd.planner import FlopModel, Plan, Training, build_plan, solve_for_saving  # noqa: E402
 from random_ltd.schedules import MSLG, ConstantKeep, change_points  # noqa: E402
+from random_ltd.selection import LayerInfo, Strategy, UniformSelection  # noqa: E402
 from random_ltd.surgery import RandomLTDHandle, apply, get_handle, remove  # noqa: E402
 
 __all__ = [
     "LayerAdapter",
     "RandomLTDError",
     "RandomLTDHandle",
+    "LayerInfo",
+    "Strategy",
+    "UniformSelection",
     "apply",
     "get_handle",
     "register_family",

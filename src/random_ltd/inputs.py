@@ -17,17 +17,15 @@ from random_ltd.errors import RandomLTDError
 
 
 def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor,
-                  seq_len: int) -> None:
+                  seq_len: int, memo: dict | None = None) -> None:
+    """``memo``: gathered masks and positions by argument name, reused while the call passes the same
+    tensor (the layers of one route share one dict: ``random_ltd.routes``)."""
     gather_attention_inputs(layer, adapter, call, indices, seq_len)  # reads positions before they are gathered
-    _gather_masks(adapter, call, indices, seq_len)
+    _gather_masks(adapter, call, indices, seq_len, memo)
     for name in adapter.positions:
-        positions = call.get(name)
-        if positions is not None:
-            call[name] = ops.gather_sequence(positions, indices)
+        _replace(call, name, memo, lambda positions: ops.gather_sequence(positions, indices))
     for name in adapter.position_pairs:
-        pair = call.get(name)
-        if pair is not None:
-            call[name] = tuple(ops.gather_sequence(part, indices) for part in pair)
+        _replace(call, name, memo, lambda pair: tuple(ops.gather_sequence(part, indices) for part in pair))
     for name in adapter.caches:
         call.set_if_present(name, None)
     if adapter.use_cache:
@@ -36,20 +34,34 @@ def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indi
         adapter.prepare(layer, call, indices)
 
 
-def _gather_masks(adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor, seq_len: int) -> None:
+def _replace(call: LayerCall, name: str, memo: dict | None, gather) -> None:
+    """``call[name] = gather(call[name])`` unless it is ``None``; from ``memo`` when it holds this very value."""
+    value = call.get(name)
+    if value is None:
+        return
+    if memo is not None and name in memo and memo[name][0] is value:
+        call[name] = memo[name][1]
+        return
+    call[name] = gathered = gather(value)
+    if memo is not None:
+        memo[name] = (value, gathered)
+
+
+def _gather_masks(adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor, seq_len: int,
+                  memo: dict | None) -> None:
     for name in adapter.masks:
         mask = call.get(name)
         if mask is not None and not is_block_mask(mask):  # block masks: gathered by gather_attention_inputs
             check_tensor_mask(name, mask)
-            call[name] = ops.attend_somewhere(ops.gather_mask(mask, indices), adapter.bool_means_keep)
+            _replace(call, name, memo, lambda mask: ops.attend_somewhere(ops.gather_mask(mask, indices),
+                                                                         adapter.bool_means_keep))
     for name in adapter.query_masks:
         mask = call.get(name)
         if mask is not None and mask.shape[-2] == seq_len:
-            call[name] = ops.gather_sequence(mask, indices, dim=mask.dim() - 2)
+            _replace(call, name, memo, lambda mask: ops.gather_sequence(mask, indices, dim=mask.dim() - 2))
     for name in adapter.padding_masks:
-        mask = call.get(name)
-        if mask is not None:
-            call[name] = ops.attend_somewhere(ops.gather_sequence(mask, indices), adapter.bool_means_keep)
+        _replace(call, name, memo, lambda mask: ops.attend_somewhere(ops.gather_sequence(mask, indices),
+                                                                     adapter.bool_means_keep))
 
 
 def check_tensor_mask(name: str, mask) -> None:

@@ -2,12 +2,14 @@
 
 ``wrap_layer`` swaps the layer's class (``random_ltd.swap``) for one whose ``forward``
 1. binds the call's arguments by name (``random_ltd.calls``),
-2. asks the model's selection strategy which tokens to keep (``random_ltd.selection``),
+2. asks the model's selection strategy which tokens to keep (``random_ltd.selection``), with the
+   context of the forward this call belongs to (``random_ltd.contexts``),
 3. splits the hidden states into kept tokens and the rest (``ops.split_tokens``),
 4. gathers masks, positions and caches to the kept tokens (``random_ltd.inputs``),
 5. calls the original ``forward`` on them and merges its output back (``ops.merge_tokens``):
    dropped tokens pass through unchanged.
-Random-LTD, protected tokens and TokenBypass differ only in the strategy of step 2.
+Random-LTD, protected tokens and TokenBypass differ only in the strategy of step 2. A strategy
+with ``routes`` carries one kept subset through several layers instead (``random_ltd.routes``).
 """
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ import dataclasses
 import torch
 import torch.nn as nn
 
-from random_ltd import ops, swap
+from random_ltd import ops, routes, swap
 from random_ltd.adapters.base import LayerAdapter
 from random_ltd.calls import CallPlan, LayerCall
+from random_ltd.contexts import ForwardContexts
+from random_ltd.errors import RandomLTDError
 from random_ltd.inputs import gather_inputs
-from random_ltd.selection import ForwardContext, Selection
+from random_ltd.selection import LayerInfo, Strategy
 from random_ltd.sharding import ShardedLayout
 
 _STATE_ATTR = "_random_ltd_state"
@@ -30,24 +34,32 @@ _STATE_ATTR = "_random_ltd_state"
 class DropControl:
     """Shared by every wrapped layer of one model; owned by its handle.
 
-    ``keep`` is the kept length (``None``: no dropping), ``selection`` the strategy choosing the
-    kept tokens, ``context`` what the model's inputs told the strategy about this forward pass
-    (only for strategies with ``needs_context``).
+    ``keep`` is the kept length (``None``: no dropping), ``strategy`` chooses the kept tokens
+    (``random_ltd.selection``), ``contexts`` holds its per-forward contexts (only for strategies
+    with ``needs_context``).
     """
 
-    selection: Selection
+    strategy: Strategy
     keep: int | None = None
-    context: ForwardContext = dataclasses.field(default_factory=ForwardContext)
+    contexts: ForwardContexts = dataclasses.field(default_factory=ForwardContexts)
 
 
 @dataclasses.dataclass
 class LayerState:
     adapter: LayerAdapter
-    position: int
+    info: LayerInfo
     control: DropControl
     original_class: type
     plan: CallPlan
     cache_layer_idx: int | None = None
+
+    @property
+    def position(self) -> int:
+        return self.info.position
+
+    @position.setter
+    def position(self, position: int) -> None:
+        self.info.position = position
 
 
 def _find_layer_idx(layer: nn.Module) -> int | None:
@@ -74,14 +86,17 @@ class RandomLTDLayerMixin(swap.SwappedModule):
         hidden_name = state.adapter.hidden or state.plan.first()
         hidden = call.get(hidden_name)
         batch_first = _batch_first(self, state.adapter)
+        strategy = control.strategy
+        if getattr(strategy, "routes", False):
+            return _forward_on_route(self, state, call, hidden_name, hidden, batch_first)
         seq_len = hidden.shape[1] if batch_first else hidden.shape[0]
         if keep >= seq_len or _cache_holds_tokens(state, call):
             return super().forward(*args, **kwargs)
+        context = control.contexts.for_layer(state.info.position, hidden) if strategy.needs_context else None
         layout = _sharded_layout(hidden, batch_first)  # sequence parallel: DTensor hidden states
         hidden = hidden if layout is None else layout.to_full(hidden)
         tokens = hidden if batch_first else hidden.transpose(0, 1)
-        context = control.context.for_layer(state.position, hidden) if control.selection.needs_context else None
-        indices = control.selection(state.position, tokens, keep, context)
+        indices = strategy.select(state.info, tokens, keep, context)
         if indices is None or indices.shape[1] >= tokens.shape[1]:
             return super().forward(*args, **kwargs)
         return _forward_on_kept(self, state, call, hidden_name, tokens, indices, batch_first, layout)
@@ -110,6 +125,31 @@ def _forward_on_kept(layer, state: LayerState, call: LayerCall, hidden_name: str
     return replace_hidden(output, passthrough, flat, batch_first, layout)
 
 
+def _forward_on_route(layer, state: LayerState, call: LayerCall, hidden_name: str, hidden: torch.Tensor,
+                      batch_first: bool):
+    """This layer's part of a route (``random_ltd.routes``): start, continue and/or end it."""
+    control, original = state.control, state.original_class.forward
+    if _cache_holds_tokens(state, call):
+        return call.call(original, layer)
+    if _sharded_layout(hidden, batch_first) is not None:
+        raise RandomLTDError("routes do not support sequence-parallel (DTensor) hidden states yet")
+    context = control.contexts.for_layer(state.info.position, hidden) if control.strategy.needs_context else None
+    tokens = hidden if batch_first else hidden.transpose(0, 1)
+    step = control.strategy.select(state.info, tokens, control.keep, context)
+    if step is None:
+        return call.call(original, layer)
+    routes.check_gradient_path(tokens, step)
+    route = step.route
+    if step.first:
+        tokens = route.start(tokens)
+    else:
+        route.check_continues(tokens)
+    call[hidden_name] = tokens if batch_first else tokens.transpose(0, 1)
+    gather_inputs(layer, state.adapter, call, route.indices, route.seq_len, memo=route.gathered)
+    output = call.call(original, layer)
+    return replace_hidden(output, route.passthrough, route.flat, batch_first) if step.last else output
+
+
 def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_first: bool, layout=None):
     """Merge the layer's short output into the full sequence, keeping the output's structure.
 
@@ -124,6 +164,8 @@ def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_
     full = full if layout is None else layout.to_sharded(full)
     if isinstance(output, torch.Tensor):
         return full
+    if hasattr(output, "_fields"):  # a NamedTuple: built from its fields, not from one iterable
+        return type(output)(full, *output[1:])
     return type(output)((full, *output[1:])) if isinstance(output, tuple) else [full, *output[1:]]
 
 
@@ -143,9 +185,9 @@ def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
     return False
 
 
-def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: DropControl) -> None:
-    state = LayerState(adapter, position, control, original_class=type(layer), plan=CallPlan.of(type(layer)),
-                       cache_layer_idx=_find_layer_idx(layer))
+def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: DropControl, name: str = "") -> None:
+    state = LayerState(adapter, LayerInfo(position, name), control, original_class=type(layer),
+                       plan=CallPlan.of(type(layer)), cache_layer_idx=_find_layer_idx(layer))
     swap.swap(layer, RandomLTDLayerMixin, _STATE_ATTR, state)
 
 

@@ -17,11 +17,18 @@ def parse_layer_selection(selection: LayerSelection, num_layers: int) -> list[in
     if isinstance(selection, str):
         chosen = _parse_text(selection, num_layers)
     else:
-        chosen = [check_index(int(i), num_layers) for i in selection]
+        chosen = [check_index(i, num_layers) for i in _integers(selection)]
     chosen = sorted(set(chosen))
     if not chosen:
         raise RandomLTDError(f"layers={selection!r} selects no layer of a stack of {num_layers}")
     return chosen
+
+
+def _integers(selection: Sequence[int]) -> list[int]:
+    values = list(selection)
+    if not all(isinstance(value, int) and not isinstance(value, bool) for value in values):
+        raise RandomLTDError(f"layers={selection!r} must hold integers (layer indices), a slice string or a list")
+    return values
 
 
 def _parse_text(selection: str, num_layers: int) -> list[int]:

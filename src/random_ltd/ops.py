@@ -148,15 +148,26 @@ def gather_mask(mask: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
     Covers Hugging Face 4-D masks ``(B, 1, s, s)`` and ``(B, 1, 1, s)``, boolean or additive,
     and 3-D ``(B, q, s)`` masks. The key dimension is always gathered; the query dimension when
-    it spans the sequence (``q == s``). A shared ``(s, s)`` mask becomes per-sequence once
-    unsqueezed to ``(1, s, s)``. A 2-D mask is a ``(B, s)`` padding mask (flash attention's form).
+    it spans the sequence (``q == s``). A 2-D mask whose rows are the batch (or one row) is a
+    ``(B, s)`` padding mask (flash attention's form), also when ``B == s``; any other square
+    ``(s, s)`` mask is shared by the batch and becomes ``(B, 1, k, k)``, which broadcasts over
+    heads as the shared mask did (pass a shared mask as ``(1, 1, s, s)`` when ``B == s``).
     """
     if mask.dim() == 2:
-        return gather_sequence(mask, indices, dim=1)
+        return _gather_two_dimensional(mask, indices)
     seq_len = mask.shape[-1]
     if mask.shape[-2] == seq_len and seq_len > 1:
         mask = gather_sequence(mask, indices, dim=mask.dim() - 2)
     return gather_sequence(mask, indices, dim=mask.dim() - 1)
+
+
+def _gather_two_dimensional(mask: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    if mask.shape[0] in (1, indices.shape[0]):
+        return gather_sequence(mask, indices, dim=1)
+    if mask.shape[0] == mask.shape[1]:
+        return gather_mask(mask[None, None], indices)
+    raise ValueError(f"a 2-D attention mask of shape {tuple(mask.shape)} is neither a (B, s) padding mask for "
+                     f"{indices.shape[0]} sequences nor a shared (s, s) mask")
 
 
 def attend_somewhere(mask: torch.Tensor, bool_means_keep: bool = True) -> torch.Tensor:

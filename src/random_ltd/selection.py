@@ -1,21 +1,28 @@
-"""Which tokens a dropping layer keeps: selection strategies, and per-forward context.
+"""Which tokens a dropping layer keeps: the strategy interface, and random-LTD's uniform strategy.
 
-A strategy is called by every dropping layer as ``strategy(position, tokens, keep, context)``
-and returns the kept positions ``(B, keep)`` sorted ascending, or ``None`` to run the layer on
-every token. ``tokens`` are the layer's batch-first hidden states; ``context`` is what the
-model's inputs said about this forward pass (see ``ForwardContext``), ``None`` for strategies
-that need nothing from them.
+A strategy (``Strategy``) has
+- ``needs_context``: ``True`` when it reads the model's inputs. Then ``begin_forward(inputs, keep)``
+  runs once at the start of each training forward, from one forward pre-hook on the model, with
+  the model's forward arguments bound by name (``inputs["input_ids"]``); what it returns is the
+  forward's *context*. Strategies without it do no context work at all.
+- ``select(layer, tokens, keep, context)``: called by each dropping layer with its ``LayerInfo``,
+  its batch-first hidden states ``(B, s, d)`` and the kept length; returns the kept positions
+  ``(B, keep)`` sorted ascending, or ``None`` to run the layer on every token. ``context`` is the
+  context of the forward this call belongs to (under gradient checkpointing, of the forward a
+  replay replays: ``random_ltd.contexts``), ``None`` without ``needs_context``.
+- ``state_dict()`` / ``load_state_dict(state)``: saved and restored with the handle's.
+- ``routes``: ``True`` for a strategy whose kept subset spans several layers (``select`` then
+  returns a ``random_ltd.routes.RouteStep``: start, continue or end a route).
 
 - ``UniformSelection``: random-LTD. Each layer draws its own uniform subset (``rng``), with
   optional protected tokens (positions, or positions holding given ids) chosen first.
-- TokenBypass's importance top-k (``random_ltd.tokenbypass``) chooses once per forward pass, from
-  the input ids, and every layer of its range reads that choice from the context.
+- ``random_ltd.tokenbypass.TokenBypass``: importance top-k chosen once per forward from the input
+  ids (its context), shared by every layer of its range.
 """
 from __future__ import annotations
 
-import collections
-from collections.abc import Sequence
-from typing import Protocol
+import dataclasses
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -23,19 +30,45 @@ from random_ltd import ops, rng
 from random_ltd.errors import RandomLTDError
 
 
-class Selection(Protocol):
-    needs_context: bool
+@dataclasses.dataclass
+class LayerInfo:
+    """What a strategy knows of the dropping layer calling it.
 
-    def __call__(self, position: int, tokens: torch.Tensor, keep: int, context) -> torch.Tensor | None: ...
+    ``position``: the layer's index in its stack (under pipeline parallelism, in the whole
+    model's stack); ``name``: its module name in the model.
+    """
+
+    position: int
+    name: str = ""
 
 
-class UniformSelection:
+class Strategy:
+    """Base of selection strategies: no context, no state; ``select`` is the one method to write."""
+
+    needs_context: bool = False
+    routes: bool = False  # True: select returns random_ltd.routes.RouteStep (a span of layers), not indices
+
+    def begin_forward(self, inputs: Mapping[str, object], keep: int):
+        """The context of one training forward, from the model's arguments (``needs_context`` only)."""
+        return None
+
+    def select(self, layer: LayerInfo, tokens: torch.Tensor, keep: int, context) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class UniformSelection(Strategy):
     """Uniform random subsets, independent per layer, sequence and forward pass.
 
     ``protect_positions`` (negative counts from the end) and tokens whose id is in
-    ``protect_ids`` are kept before any drawn token; when they outnumber ``keep``, the first
-    ``keep`` of them in key order are kept. ``protect_ids`` need the model's ``input_ids``,
-    which ``random_ltd.apply`` passes as the context (a ``(B, s)`` boolean tensor).
+    ``protect_ids`` are kept before any drawn token; when they outnumber ``keep``, a uniform
+    subset of them is kept (they keep their drawn keys, raised above every unprotected one).
+    ``protect_ids`` need the model's ``input_ids``: the context is where they hold a protected id.
     """
 
     def __init__(self, seed: int, protect_positions: Sequence[int] = (), protect_ids: Sequence[int] = ()):
@@ -48,12 +81,18 @@ class UniformSelection:
     def needs_context(self) -> bool:
         return bool(self.protect_ids)
 
-    def __call__(self, position: int, tokens: torch.Tensor, keep: int, context) -> torch.Tensor:
+    def begin_forward(self, inputs: Mapping[str, object], keep: int) -> torch.Tensor:
+        input_ids = inputs.get("input_ids")
+        if not isinstance(input_ids, torch.Tensor):
+            raise RandomLTDError("protect_ids finds protected tokens by id: call the model with input_ids")
+        return self.ids_mask(input_ids)
+
+    def select(self, layer: LayerInfo, tokens: torch.Tensor, keep: int, context) -> torch.Tensor:
         batch, seq_len = tokens.shape[:2]
-        keys = rng.uniform_keys(self.seed, position, batch, seq_len, tokens.device)
+        keys = rng.uniform_keys(self.seed, layer.position, batch, seq_len, tokens.device)
         protected = self._protected(seq_len, tokens.device, context)
         if protected is not None:
-            keys = keys.masked_fill(protected, rng.KEY_LIMIT)
+            keys = torch.where(protected, keys + rng.KEY_LIMIT, keys)
         return ops.keep_top(keys, keep)
 
     def _protected(self, seq_len: int, device: torch.device, by_id: torch.Tensor | None) -> torch.Tensor | None:
@@ -61,6 +100,9 @@ class UniformSelection:
         if self.protect_positions:
             arange = torch.arange(seq_len, device=device)
             for index in self.protect_positions:
+                if not -seq_len <= index < seq_len:
+                    raise RandomLTDError(f"protect_positions={self.protect_positions}: position {index} lies outside "
+                                         f"sequences of {seq_len} tokens")
                 hit = arange == index % seq_len
                 protected = hit if protected is None else protected | hit
         return protected
@@ -72,43 +114,34 @@ class UniformSelection:
             ids = self._ids_by_device[input_ids.device] = torch.tensor(self.protect_ids, device=input_ids.device)
         return torch.isin(input_ids, ids)
 
+    def state_dict(self) -> dict:
+        return {"seed": self.seed}
 
-def _replaying() -> bool:
-    """True inside a backward pass: where gradient checkpointing re-runs a layer's forward."""
-    return torch._C._current_graph_task_id() != -1
+    def load_state_dict(self, state: dict) -> None:
+        seed = state["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise RandomLTDError(f"seed must be an integer, got {seed!r}")
+        self.seed = seed
 
 
-class ForwardContext:
-    """What the model's inputs say about the current forward pass, as each layer will see it.
+class FunctionStrategy(Strategy):
+    """A plain function ``(position, tokens, keep, context) -> indices`` used as a strategy (no context)."""
 
-    ``set`` is called by a forward pre-hook on the model. A layer reads the context with
-    ``for_layer``; a checkpointed layer replayed during backward gets the context of the forward
-    it replays, found by its input hidden states (checkpointing keeps them alive until then),
-    not the context of whatever forward ran last.
-    """
+    def __init__(self, function):
+        self.function = function
 
-    def __init__(self, capacity: int = 4096) -> None:
-        self.current = None
-        self.capacity = capacity
-        self._seen: collections.OrderedDict = collections.OrderedDict()
+    def select(self, layer: LayerInfo, tokens: torch.Tensor, keep: int, context) -> torch.Tensor | None:
+        return self.function(layer.position, tokens, keep, context)
 
-    def set(self, value) -> None:
-        self.current = value
 
-    def for_layer(self, position: int, hidden: torch.Tensor):
-        key = (position, hidden.data_ptr(), tuple(hidden.shape))
-        if _replaying():
-            if key not in self._seen:
-                raise RandomLTDError(
-                    "a checkpointed layer is replayed for a forward pass whose context was forgotten "
-                    f"(more than {self.capacity} layer calls ago): run backward sooner"
-                )
-            return self._seen[key]
-        self._seen[key] = self.current
-        self._seen.move_to_end(key)
-        while len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
-        return self.current
-
-    def __getstate__(self) -> dict:
-        return {"current": None, "capacity": self.capacity, "_seen": collections.OrderedDict()}
+def as_strategy(strategy) -> Strategy:
+    """``strategy`` itself when it has ``select``; a context-free plain function wrapped."""
+    if callable(getattr(strategy, "select", None)) and hasattr(strategy, "needs_context"):
+        if strategy.needs_context and not callable(getattr(strategy, "begin_forward", None)):
+            raise RandomLTDError("a strategy with needs_context makes its context in begin_forward(inputs, keep)")
+        return strategy
+    if callable(strategy) and not getattr(strategy, "needs_context", False):
+        return FunctionStrategy(strategy)
+    raise RandomLTDError("a selection strategy has select(layer, tokens, keep, context) and needs_context "
+                         "(see random_ltd.selection.Strategy); a plain function (position, tokens, keep, context) "
+                         "needs no context")

@@ -1,7 +1,9 @@
-"""``apply`` / ``remove``: find a model's stack of transformer layers by class and wrap a selection."""
+"""``apply`` / ``remove``: find a model's stack of transformer layers by class and wrap them with a
+selection strategy (random-LTD's uniform draws, protected tokens, TokenBypass, or your own)."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from collections.abc import Sequence
 
@@ -13,7 +15,7 @@ from random_ltd.adapters import moe
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer import DropControl, check_unwrappable, is_wrapped, layer_state, unwrap_layer, wrap_layer
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
-from random_ltd.selection import UniformSelection
+from random_ltd.selection import Strategy, UniformSelection, as_strategy
 from random_ltd.swap import original_class
 
 _HANDLE_ATTR = "_random_ltd_handle"
@@ -58,90 +60,153 @@ def _inside_registered(name: str, groups: dict[str, list]) -> bool:
 
 
 class RandomLTDHandle:
-    """What ``apply`` returns: sets the kept length and reports what was wrapped.
+    """What ``apply`` returns: sets the kept length, holds the strategy, reports what was wrapped.
 
     ``set_keep(k)`` applies to every wrapped layer; ``None`` or ``k >= s`` disables dropping.
-    A layer's kept tokens are a hash of ``seed``, the layer's position and values drawn from
-    torch's default generator (``random_ltd.rng``): gradient checkpointing replays them exactly,
-    and a resumed run draws the same tokens once torch's RNG state is restored with the model.
+    With the default strategy a layer's kept tokens are a hash of ``seed``, the layer's position
+    and values drawn from torch's default generator (``random_ltd.rng``): gradient checkpointing
+    replays them exactly, and a resumed run draws the same tokens once torch's RNG state is
+    restored with the model. Attributes the handle lacks are read from its strategy (TokenBypass:
+    ``handle.importance``, ``handle.indices``, ``handle.update(...)``).
     """
 
     def __init__(self, model: nn.Module, stack_name: str, layers: list[WrappedLayer], num_layers: int,
-                 control: DropControl, selection: UniformSelection):
+                 control: DropControl):
         self.model = model
         self.stack_name = stack_name
         self.layers = layers
         self.num_layers = num_layers
         self._control = control
-        self._selection = selection
-        self._hook = model.register_forward_pre_hook(_IdsContext(control), with_kwargs=True) \
-            if selection.needs_context else None
+        self._hooks: tuple = ()
         self.router_loss: moe.RouterLoss | None = None  # MoE models: see random_ltd.adapters.moe
+        self._hook_for(control.strategy)
 
     @property
     def keep(self) -> int | None:
         return self._control.keep
 
     @property
-    def seed(self) -> int:
-        return self._selection.seed
+    def seed(self) -> int | None:
+        """The strategy's seed (random-LTD's draws), ``None`` for a strategy without one."""
+        return getattr(self._control.strategy, "seed", None)
 
     @property
     def drop_layers(self) -> list[int]:
         return [layer.index for layer in self.layers]
 
     @property
-    def selection(self):
+    def strategy(self) -> Strategy:
         """The strategy choosing each dropping layer's kept tokens (``random_ltd.selection``).
 
-        Assign another callable ``(position, tokens, keep, context) -> (B, keep) indices`` with a
-        ``needs_context`` attribute to change how tokens are chosen (e.g. in an experiment).
+        Assign another (a ``Strategy``, or a plain context-free function ``(position, tokens,
+        keep, context) -> (B, keep) indices``) to change how tokens are chosen; a strategy that
+        reads the model's inputs gets them from the next forward on.
         """
-        return self._control.selection
+        return self._control.strategy
 
-    @selection.setter
-    def selection(self, strategy) -> None:
-        if not callable(strategy) or not hasattr(strategy, "needs_context"):
-            raise RandomLTDError("a selection strategy is a callable with a needs_context attribute")
-        if strategy.needs_context and not self._selection.needs_context:
-            raise RandomLTDError("this handle feeds no per-forward context; apply() with protect_ids for one")
-        self._control.selection = strategy
+    @strategy.setter
+    def strategy(self, strategy) -> None:
+        strategy = as_strategy(strategy)
+        self._hook_for(strategy)
+        self._control.strategy = strategy
+
+    selection = strategy  # the name of version 0.1
+
+    def _hook_for(self, strategy: Strategy) -> None:
+        """Model forward hooks while the strategy reads the model's inputs, none otherwise: one before
+        the forward (the context) and one after it, also on an error (later layer calls are replays)."""
+        if strategy.needs_context and not self._hooks:
+            self._hooks = (self.model.register_forward_pre_hook(BeginForward(self._control), with_kwargs=True),
+                           self.model.register_forward_hook(EndForward(self._control), always_call=True))
+        elif not strategy.needs_context:
+            self.remove_hooks()
+
+    def remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = ()
 
     def set_keep(self, keep: int | None) -> None:
         self._control.keep = check_keep(keep)
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "keep": self.keep}
+        return {**self.strategy.state_dict(), "keep": self.keep}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``state_dict()`` (a ``forward_count`` saved by version 0.1 is ignored)."""
-        self._selection.seed = check_seed(state["seed"])
+        self.strategy.load_state_dict(state)
         self.set_keep(state.get("keep"))
 
     def remove(self) -> None:
         remove(self.model)
 
+    def __getattr__(self, name: str):
+        if name.startswith("_") or "_control" not in self.__dict__:  # copying and unpickling find no strategy
+            raise AttributeError(name)
+        try:
+            return getattr(self._control.strategy, name)
+        except AttributeError:
+            raise AttributeError(f"neither the handle nor its {type(self._control.strategy).__name__} strategy "
+                                 f"has {name!r}") from None
+
     def __repr__(self) -> str:
         families = sorted({layer.family for layer in self.layers})
         return (
             f"RandomLTDHandle(stack={self.stack_name!r}, layers={self.drop_layers} of {self.num_layers}, "
-            f"family={','.join(families)}, keep={self.keep})"
+            f"family={','.join(families)}, strategy={type(self.strategy).__name__}, keep={self.keep})"
         )
 
 
-class _IdsContext:
-    """Forward pre-hook: where the model's ``input_ids`` hold a protected id, for this forward."""
+class BeginForward:
+    """The model's forward pre-hook: the strategy's context for this forward, from the model's arguments.
+
+    The arguments are bound by name with the signature of the model's ``forward``, read once.
+    No context (nothing drops) in evaluation, without a kept length, or while generating with a
+    cache that already holds tokens.
+    """
+
+    def __init__(self, control: DropControl):
+        self.control = control
+        self.signature: inspect.Signature | None = None
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        keep = self.control.keep
+        if not module.training or keep is None:
+            self.control.contexts.begin(None)
+            return
+        inputs = self.bind(module, args, kwargs)
+        context = None if _cache_holds_tokens(inputs) else self.control.strategy.begin_forward(inputs, keep)
+        self.control.contexts.begin(context)
+
+    def __getstate__(self) -> dict:
+        return {"control": self.control, "signature": None}
+
+    def bind(self, module: nn.Module, args: tuple, kwargs: dict) -> dict:
+        if self.signature is None:
+            self.signature = inspect.signature(module.forward)
+        bound = self.signature.bind_partial(*args, **kwargs).arguments
+        for parameter in self.signature.parameters.values():
+            if parameter.kind is parameter.VAR_KEYWORD and parameter.name in bound:
+                bound.update(bound.pop(parameter.name))
+        return bound
+
+
+class EndForward:
+    """The model's forward hook: the forward returned, so later layer calls are checkpoint replays."""
 
     def __init__(self, control: DropControl):
         self.control = control
 
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if not module.training or self.control.keep is None:
-            return
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if not isinstance(input_ids, torch.Tensor):
-            raise RandomLTDError("protect_ids finds protected tokens by id: call the model with input_ids")
-        self.control.context.set(self.control.selection.ids_mask(input_ids))
+    def __call__(self, module: nn.Module, args: tuple, output) -> None:
+        self.control.contexts.end()
+
+
+def _cache_holds_tokens(inputs: dict) -> bool:
+    for name in ("past_key_values", "cache"):
+        cache = inputs.get(name)
+        if cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0:
+            return True
+    return False
 
 
 def check_keep(keep) -> int | None:
@@ -171,12 +236,13 @@ def apply(
     *,
     keep: int | None = None,
     seed: int | None = None,
+    strategy: Strategy | None = None,
     keep_prefix_tokens: bool = False,
     protect_positions: Sequence[int] = (),
     protect_ids: Sequence[int] = (),
     stack: str | None = None,
 ) -> RandomLTDHandle:
-    """Apply random-LTD to ``model`` in place and return its handle.
+    """Apply token dropping to ``model`` in place and return its handle.
 
     Every argument is checked before the model is touched: on any error the model is left
     exactly as it was.
@@ -189,6 +255,9 @@ def apply(
             ``torch.manual_seed`` makes runs reproducible); ``None`` draws one from that stream.
             Under data parallelism give each rank its own
             (``random_ltd.integrations.distributed.rank_seed``).
+        strategy: how the kept tokens are chosen (``random_ltd.selection.Strategy``); default
+            random-LTD's ``UniformSelection`` built from ``seed`` and the protections below,
+            which configure only that default.
         keep_prefix_tokens: always keep prefix tokens such as a ViT's CLS (the paper does not).
         protect_positions: positions always kept (negative: from the end), e.g. ``(0,)``.
         protect_ids: token ids always kept, found in the model's ``input_ids`` at each forward
@@ -197,31 +266,56 @@ def apply(
     """
     if not isinstance(model, nn.Module):
         raise RandomLTDError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
-    if get_handle(model) is not None:
-        raise RandomLTDError("random-LTD is already applied to this model; random_ltd.remove(model) first")
+    check_unapplied(model)
     keep = check_keep(keep)
     if not isinstance(keep_prefix_tokens, bool):
         raise RandomLTDError(f"keep_prefix_tokens must be True or False, got {keep_prefix_tokens!r}")
-    positions, ids = _check_ints("protect_positions", protect_positions), _check_ints("protect_ids", protect_ids)
-    seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else check_seed(seed)
+    positions, ids = _check_ints("protect_positions", protect_positions), _check_protect_ids(model, protect_ids)
+    if strategy is not None:
+        if seed is not None or positions or ids or keep_prefix_tokens:
+            raise RandomLTDError("seed, protect_positions, protect_ids and keep_prefix_tokens configure the default "
+                                 "strategy: pass them to your strategy instead")
+        strategy = as_strategy(strategy)
+    elif seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    else:
+        seed = check_seed(seed)
     stack_name, members = find_layer_stack(model, stack)
     chosen = [(index, *members[index]) for index in parse_layer_selection(layers, len(members))]
     _check_free(chosen)
     if keep_prefix_tokens:
         prefix = max(adapters.adapter_for(type(layer)).num_prefix_tokens for _, _, layer in chosen)
         positions = tuple(range(prefix)) + positions
-    selection = UniformSelection(seed, positions, ids)
-    control = DropControl(selection=selection, keep=keep)
+    control = DropControl(strategy=strategy or UniformSelection(seed, positions, ids), keep=keep)
     selected = {layer: adapters.adapter_for(type(layer)) for _, _, layer in chosen}
     router_loss = moe.attach(model, selected, control)
     wrapped = [_wrap(index, name, layer, control) for index, name, layer in chosen]
-    handle = RandomLTDHandle(model, stack_name, wrapped, len(members), control, selection)
+    handle = RandomLTDHandle(model, stack_name, wrapped, len(members), control)
     handle.router_loss = router_loss
     model.__dict__[_HANDLE_ATTR] = handle
     if len(wrapped) == len(members) and len(members) > 2:
         warnings.warn("random-LTD drops tokens in every layer; the paper keeps the first and last layers full",
                       stacklevel=2)
     return handle
+
+
+def check_unapplied(model: nn.Module) -> None:
+    handle = get_handle(model)
+    if handle is not None:
+        raise RandomLTDError(f"random-LTD ({type(handle.strategy).__name__}) is already applied to this model, its "
+                             "layers are already wrapped: random_ltd.remove(model) first")
+
+
+def _check_protect_ids(model: nn.Module, protect_ids) -> tuple[int, ...]:
+    """Integers, none negative, all inside the vocabulary where the model's config tells its size."""
+    ids = _check_ints("protect_ids", protect_ids)
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    for token_id in ids:
+        if token_id < 0:
+            raise RandomLTDError(f"protect_ids={ids}: {token_id} is negative, and token ids are not")
+        if isinstance(vocab_size, int) and token_id >= vocab_size:
+            raise RandomLTDError(f"protect_ids={ids}: {token_id} is outside the model's vocabulary of {vocab_size} ids")
+    return ids
 
 
 def _check_free(chosen: list[tuple[int, str, nn.Module]]) -> None:
@@ -233,7 +327,7 @@ def _check_free(chosen: list[tuple[int, str, nn.Module]]) -> None:
 
 def _wrap(index: int, name: str, layer: nn.Module, control: DropControl) -> WrappedLayer:
     adapter = adapters.adapter_for(type(layer))
-    wrap_layer(layer, adapter, index, control)
+    wrap_layer(layer, adapter, index, control, name)
     return WrappedLayer(index=index, name=name, family=adapter.name)
 
 
@@ -252,8 +346,7 @@ def remove(model: nn.Module) -> None:
         check_unwrappable(module)  # all or nothing: never leave a half-restored model
     for module in wrapped:
         unwrap_layer(module)
-    if handle._hook is not None:
-        handle._hook.remove()
+    handle.remove_hooks()
     if handle.router_loss is not None:
         handle.router_loss.remove()
     del model.__dict__[_HANDLE_ATTR]

@@ -260,3 +260,21 @@ def test_driver_sets_keep_counts_layer_tokens_and_saves_the_importance():
     resumed = random_ltd.Driver(fresh, random_ltd.ConstantKeep(zoo.SEQ, 8), batch_size=zoo.BATCH, seq_len=zoo.SEQ)
     resumed.load_state_dict(saved)
     assert torch.equal(fresh.importance.scores, handle.importance.scores) and fresh.keep == 8
+
+
+def test_repr_names_the_range_and_the_kept_length():
+    _, model, _ = build("gpt2-sdpa")
+    handle = apply(model, "second", keep=4)
+    assert "layers=[1, 2] of 4" in repr(handle) and "keep=4" in repr(handle)
+
+
+def test_remove_is_all_or_nothing():
+    _, model, _ = build("gpt2-sdpa")
+    handle = apply(model, "second", keep=4)
+    layers = stack_of(model)
+    layers[2].__class__ = type("ShardedBlock", (type(layers[2]),), {})  # what fully_shard does to a layer
+    hooks = dict(model._forward_pre_hooks)
+    with pytest.raises(RandomLTDError, match="changed after"):
+        remove(model)
+    assert get_handle(model) is handle and dict(model._forward_pre_hooks) == hooks
+    assert type(layers[1]).__qualname__.startswith("RandomLTD[")

@@ -7,6 +7,7 @@
 A contiguous range of layers runs on the ``keep`` most important tokens of each sequence; the
 others bypass the whole range and re-join before the next layer. See docs/tokenbypass.md.
 """
+from random_ltd.tokenbypass.bypass import TokenBypass
 from random_ltd.tokenbypass.importance import (
     TokenImportance,
     causal_lm_token_losses,
@@ -18,6 +19,7 @@ from random_ltd.tokenbypass.surgery import NAMED_RANGES, TokenBypassHandle, appl
 
 __all__ = [
     "NAMED_RANGES",
+    "TokenBypass",
     "TokenBypassHandle",
     "TokenImportance",
     "apply",
