@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -406,3 +408,15 @@ def test_kept_length_and_layer_tokens():
     assert [(r.first, r.last) for r in routes] == [(3, 6), (7, 10)]
     # 12 layers x 256 tokens, less 4 layers x 128 and 4 layers x 77 routed around
     assert span.routed_layer_tokens(routes, 256, 12) == 12 * 256 - 4 * 128 - 4 * 77
+
+
+def test_the_routing_page_blocks_run(tmp_path, monkeypatch):
+    """docs/routing.md's Python blocks, in order, in one namespace (their asserts are the page's claims)."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "routing.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "docs_routing"}
+    for number, code in enumerate(blocks):
+        exec(compile(code, f"docs/routing.md block {number}", "exec"), namespace)
+    assert random_ltd.get_handle(namespace["model"]) is None
