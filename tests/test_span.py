@@ -126,7 +126,11 @@ def _check_route(calls: list[dict], indices: torch.Tensor, valid: torch.Tensor |
         assert torch.equal(end[b, indices[b]][rows], tokens[b][rows])
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+# per-layer inputs that differ between a route's layers (sliding and full masks) or per-key biases (ALiBi)
+MORE_INPUTS = ["gemma2-sliding-eager-pad", "falcon-alibi-eager-pad", "modernbert-sdpa-pad", "gpt-neox-eager-pad"]
+
+
+@pytest.mark.parametrize("name", FAMILIES + MORE_INPUTS)
 def test_each_route_equals_its_original_layers_on_the_gathered_subsequence(name, monkeypatch):
     case, model = _build(name)
     handle = random_ltd.apply(model, routes=TWO_ROUTES, seed=3)
@@ -420,3 +424,28 @@ def test_the_routing_page_blocks_run(tmp_path, monkeypatch):
     for number, code in enumerate(blocks):
         exec(compile(code, f"docs/routing.md block {number}", "exec"), namespace)
     assert random_ltd.get_handle(namespace["model"]) is None
+
+
+def test_masks_positions_and_tokens_are_gathered_once_per_route(monkeypatch):
+    """A route over three layers gathers mask, positions and rotary table, splits and merges as often as one layer."""
+    counts = {"gather_sequence": 0, "split_tokens": 0, "merge_tokens": 0}
+    for function in counts:
+        original = getattr(ops, function)
+
+        def counting(*args, _original=original, _name=function, **kwargs):
+            counts[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(ops, function, counting)
+
+    def counted(routes):
+        case, model = _build("llama-sdpa-pad")
+        random_ltd.apply(model, routes=routes, seed=1)
+        for function in counts:
+            counts[function] = 0
+        case.loss(model, case.inputs(torch.Generator().manual_seed(0)))
+        return dict(counts)
+
+    one, three = counted([(0.5, 1, 1)]), counted([(0.5, 1, 3)])
+    assert one["gather_sequence"] > 0 and three == one, (one, three)
+    assert three["split_tokens"] == three["merge_tokens"] == 1
