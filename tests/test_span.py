@@ -162,6 +162,22 @@ def test_a_route_equals_the_same_subset_dropped_layer_by_layer_bit_for_bit(name,
         assert torch.equal(grads[key], ref_grads[key]), key
 
 
+@pytest.mark.parametrize("name", ["mixtral-sdpa-pad", "qwen2-moe-eager-pad"])
+def test_a_routed_moe_decoder_s_load_balancing_loss_covers_the_tokens_each_router_saw(name, monkeypatch):
+    """With padding and router logits, the aux loss of a route equals per-layer dropping of the same subset."""
+    case, model = _build(name)
+    reference = copy.deepcopy(model)
+    handle = random_ltd.apply(model, routes=[(0.5, 1, 2)], seed=3)
+    drawn = _spy_draws(monkeypatch)
+    inputs = case.inputs(torch.Generator().manual_seed(0))
+    output = model(**inputs, labels=inputs["input_ids"], output_router_logits=True)
+    (indices,) = drawn
+    assert handle.router_loss.routed_tokens == [zoo.BATCH * zoo.SEQ] + [indices.numel()] * 2 + [zoo.BATCH * zoo.SEQ]
+    random_ltd.apply(reference, "1:3", keep=indices.shape[1], strategy=lambda position, tokens, keep, _: indices)
+    expected = reference(**inputs, labels=inputs["input_ids"], output_router_logits=True)
+    assert torch.equal(output.aux_loss, expected.aux_loss) and torch.equal(output.loss, expected.loss)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_full_keep_equals_the_unwrapped_model(name):
     case, model = _build(name)
