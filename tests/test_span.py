@@ -221,6 +221,23 @@ def test_every_parameter_gets_a_gradient_and_the_model_is_restored(name):
     assert [type(m) for m in model.modules()] == classes
 
 
+@pytest.mark.parametrize("name", ["gpt2-sdpa", "llama-sdpa-pad"])
+def test_a_tiny_language_model_trains_with_routes_from_the_command_line_form(name):
+    case, model = _build(name)
+    random_ltd.apply(model, routes=span.parse_routes("0.5:1:2"), seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    inputs = case.inputs(torch.Generator().manual_seed(5))
+    losses = []
+    for _ in range(12):
+        optimizer.zero_grad()
+        loss = case.loss(model, inputs)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+
+
 def test_the_kept_length_follows_each_forward_s_sequence_length(monkeypatch):
     case, model = _build("llama-sdpa")
     random_ltd.apply(model, routes=[(0.5, 1, 1), (0.7, 2, 3)], seed=3)
