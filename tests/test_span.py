@@ -413,6 +413,16 @@ def test_a_model_without_a_token_stream_to_route_is_refused():
     assert _fingerprint(model) == before
 
 
+def test_span_routing_set_on_a_handle_must_route_exactly_its_wrapped_layers():
+    _, model = _build("llama-sdpa")
+    handle = random_ltd.apply(model, "1:3", keep=6, seed=0)
+    with pytest.raises(random_ltd.RandomLTDError, match=r"layers \[1, 2, 3\].*wrapped layers \[1, 2\]"):
+        handle.strategy = span.SpanRouting(span.check_routes([(0.5, 1, 3)], 4), seed=0)
+    assert isinstance(handle.strategy, random_ltd.UniformSelection)
+    handle.strategy = span.SpanRouting(span.check_routes([(0.5, 1, 2)], 4), seed=0)
+    assert handle.drop_layers == [1, 2]
+
+
 def test_set_keep_is_refused_and_the_state_round_trips():
     _, model = _build("llama-sdpa")
     handle = random_ltd.apply(model, routes=TWO_ROUTES, seed=4)

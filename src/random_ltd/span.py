@@ -156,6 +156,13 @@ class SpanRouting(Strategy):
         self.spans = tuple(routes)
         self.seed = seed
 
+    def check_layers(self, wrapped: Sequence[int]) -> None:
+        """Refuse a handle whose wrapped layers are not exactly the routes' (a route must start, run and end)."""
+        needed = route_layers(self.spans)
+        if list(wrapped) != needed:
+            raise RandomLTDError(f"the routes {self.as_tuples()} run layers {needed}, not the handle's wrapped layers "
+                                 f"{list(wrapped)}: apply(model, routes=...) wraps them")
+
     def begin_forward(self, inputs: Mapping[str, object], keep) -> dict:
         return {}  # this forward's routes, by first layer, made by the first layers as they run
 
@@ -184,17 +191,21 @@ class SpanRouting(Strategy):
         keys = rng.uniform_keys(self.seed, span.first, batch, seq_len, tokens.device)
         return Route(ops.keep_top(keys, kept))
 
+    def as_tuples(self) -> list[tuple]:
+        """The routes as ``apply`` takes them, ``[(keep, first, last), ...]`` (indices non-negative)."""
+        return [dataclasses.astuple(span) for span in self.spans]
+
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "routes": [dataclasses.astuple(span) for span in self.spans]}
+        return {"seed": self.seed, "routes": self.as_tuples()}
 
     def load_state_dict(self, state: dict) -> None:
         seed = state["seed"]
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise RandomLTDError(f"seed must be an integer, got {seed!r}")
         saved = [tuple(span) for span in state.get("routes", ())]
-        if saved and saved != [dataclasses.astuple(span) for span in self.spans]:
-            raise RandomLTDError(f"the saved routes {saved} differ from this model's "
-                                 f"{[dataclasses.astuple(span) for span in self.spans]}: apply the same routes")
+        if saved and saved != self.as_tuples():
+            raise RandomLTDError(f"the saved routes {saved} differ from this model's {self.as_tuples()}: "
+                                 "apply the same routes")
         self.seed = seed
 
     def __repr__(self) -> str:

@@ -107,6 +107,8 @@ class RandomLTDHandle:
     @strategy.setter
     def strategy(self, strategy) -> None:
         strategy = as_strategy(strategy)
+        if callable(getattr(strategy, "check_layers", None)):  # span routing: its routes need these layers
+            strategy.check_layers(self.drop_layers)
         self._hook_for(strategy)
         self._control.strategy = strategy
 
