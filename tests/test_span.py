@@ -39,11 +39,15 @@ def _grads(model) -> dict:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def _step(case, model, seed=0):
+def _step_on(case, model, inputs):
     model.zero_grad(set_to_none=True)
-    loss = case.loss(model, case.inputs(torch.Generator().manual_seed(seed)))
+    loss = case.loss(model, inputs)
     loss.backward()
     return loss.detach(), _grads(model)
+
+
+def _step(case, model, seed=0):
+    return _step_on(case, model, case.inputs(torch.Generator().manual_seed(seed)))
 
 
 def _spy_draws(monkeypatch) -> list[torch.Tensor]:
@@ -236,6 +240,21 @@ def test_a_tiny_language_model_trains_with_routes_from_the_command_line_form(nam
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) < sum(losses[:3]), losses
+
+
+@pytest.mark.parametrize("name", ["llama-sdpa-pad", "gpt2-eager-pad", "bert-eager-pad", "torch-encoder-pad",
+                                  "manual-softmax-bidir-pad"])
+def test_heavy_padding_and_a_small_keep_stay_finite(name):
+    """A route may keep only padding of a sequence: no attention row may be left without a key."""
+    case, model = _build(name)
+    random_ltd.apply(model, routes=[(0.15, 0, 1), (2, 2, 3)], seed=7)
+    for draw in range(4):
+        inputs = case.inputs(torch.Generator().manual_seed(100 + draw))
+        inputs["attention_mask"][:, :] = 0
+        inputs["attention_mask"][:, -(2 + draw):] = 1  # rows with 2..5 valid tokens
+        loss, grads = _step_on(case, model, inputs)
+        assert torch.isfinite(loss), draw
+        assert all(torch.isfinite(grad).all() for grad in grads.values()), draw
 
 
 def test_the_kept_length_follows_each_forward_s_sequence_length(monkeypatch):
