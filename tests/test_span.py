@@ -257,6 +257,19 @@ def test_heavy_padding_and_a_small_keep_stay_finite(name):
         assert all(torch.isfinite(grad).all() for grad in grads.values()), draw
 
 
+@pytest.mark.parametrize("name", ["llama-sdpa", "bert-sdpa"])
+def test_recorded_hidden_states_inside_a_route_are_the_kept_tokens(name):
+    case, model = _build(name)
+    random_ltd.apply(model, routes=[(0.5, 0, 2)], seed=1)
+    inputs = case.inputs(torch.Generator().manual_seed(0))
+    shapes = [tuple(h.shape) for h in model(**inputs, output_hidden_states=True).hidden_states]
+    full, kept = (zoo.BATCH, zoo.SEQ, 32), (zoo.BATCH, zoo.SEQ // 2, 32)
+    assert shapes == [full, kept, kept, full, full]  # the embeddings, then each layer's output
+    with torch.no_grad():
+        shapes = [tuple(h.shape) for h in model.eval()(**inputs, output_hidden_states=True).hidden_states]
+    assert shapes == [full] * 5
+
+
 def test_the_kept_length_follows_each_forward_s_sequence_length(monkeypatch):
     case, model = _build("llama-sdpa")
     random_ltd.apply(model, routes=[(0.5, 1, 1), (0.7, 2, 3)], seed=3)
