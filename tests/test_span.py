@@ -503,7 +503,7 @@ def test_the_routing_page_blocks_run(tmp_path, monkeypatch):
 
 def test_masks_positions_and_tokens_are_gathered_once_per_route(monkeypatch):
     """A route over three layers gathers mask, positions and rotary table, splits and merges as often as one layer."""
-    counts = {"gather_sequence": 0, "split_tokens": 0, "merge_tokens": 0}
+    counts = {"gather_sequence": 0, "gather_mask": 0, "split_tokens": 0, "merge_tokens": 0}
     for function in counts:
         original = getattr(ops, function)
 
@@ -522,5 +522,5 @@ def test_masks_positions_and_tokens_are_gathered_once_per_route(monkeypatch):
         return dict(counts)
 
     one, three = counted([(0.5, 1, 1)]), counted([(0.5, 1, 3)])
-    assert one["gather_sequence"] > 0 and three == one, (one, three)
+    assert one["gather_sequence"] > 0 and one["gather_mask"] > 0 and three == one, (one, three)
     assert three["split_tokens"] == three["merge_tokens"] == 1
