@@ -43,6 +43,11 @@ class DropControl:
     keep: int | None = None
     contexts: ForwardContexts = dataclasses.field(default_factory=ForwardContexts)
 
+    @property
+    def dropping(self) -> bool:
+        """A kept length is set, or the strategy has its own (span routing's fractions): training drops."""
+        return self.keep is not None or getattr(self.strategy, "keeps_own_length", False)
+
 
 @dataclasses.dataclass
 class LayerState:
@@ -80,7 +85,7 @@ class RandomLTDLayerMixin(swap.SwappedModule):
         state: LayerState = self.__dict__[_STATE_ATTR]
         control = state.control
         keep = control.keep
-        if not self.training or keep is None:
+        if not self.training or not control.dropping:
             return super().forward(*args, **kwargs)
         call = LayerCall(state.plan, args, kwargs)
         hidden_name = state.adapter.hidden or state.plan.first()

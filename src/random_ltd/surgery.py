@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from random_ltd import adapters
+from random_ltd import adapters, span
 from random_ltd.adapters import moe
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer import DropControl, check_unwrappable, is_wrapped, layer_state, unwrap_layer, wrap_layer
@@ -107,6 +107,8 @@ class RandomLTDHandle:
     @strategy.setter
     def strategy(self, strategy) -> None:
         strategy = as_strategy(strategy)
+        if callable(getattr(strategy, "check_layers", None)):  # span routing: its routes need these layers
+            strategy.check_layers(self.drop_layers)
         self._hook_for(strategy)
         self._control.strategy = strategy
 
@@ -127,6 +129,9 @@ class RandomLTDHandle:
         self._hooks = ()
 
     def set_keep(self, keep: int | None) -> None:
+        if keep is not None and getattr(self._control.strategy, "keeps_own_length", False):
+            raise RandomLTDError(f"set_keep({keep!r}): {type(self._control.strategy).__name__} keeps its own fraction "
+                                 "per route; apply other routes to change them")
         self._control.keep = check_keep(keep)
 
     def state_dict(self) -> dict:
@@ -171,7 +176,7 @@ class BeginForward:
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         keep = self.control.keep
-        if not module.training or keep is None:
+        if not module.training or not self.control.dropping:
             self.control.contexts.begin(None)
             return
         inputs = self.bind(module, args, kwargs)
@@ -241,6 +246,7 @@ def apply(
     protect_positions: Sequence[int] = (),
     protect_ids: Sequence[int] = (),
     stack: str | None = None,
+    routes: Sequence[tuple[float | int, int, int]] | None = None,
 ) -> RandomLTDHandle:
     """Apply token dropping to ``model`` in place and return its handle.
 
@@ -263,6 +269,10 @@ def apply(
         protect_ids: token ids always kept, found in the model's ``input_ids`` at each forward
             (the special-tokens variant the paper tests and rejects, Section 5.2).
         stack: name of the layer container when the model has several (encoder-decoder).
+        routes: span routing (TREAD) instead of random-LTD: ``[(keep, first_layer, last_layer), ...]``,
+            each route keeping a uniform fraction ``keep`` in (0, 1] of the tokens (or an int count)
+            through layers ``first..last`` (inclusive, non-overlapping); only ``seed`` and ``stack``
+            combine with it (``random_ltd.span``, docs/routing.md).
     """
     if not isinstance(model, nn.Module):
         raise RandomLTDError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
@@ -271,6 +281,8 @@ def apply(
     if not isinstance(keep_prefix_tokens, bool):
         raise RandomLTDError(f"keep_prefix_tokens must be True or False, got {keep_prefix_tokens!r}")
     positions, ids = _check_ints("protect_positions", protect_positions), _check_protect_ids(model, protect_ids)
+    if routes is not None:
+        span.check_route_options(layers, keep, strategy, positions, ids, keep_prefix_tokens)
     if strategy is not None:
         if seed is not None or positions or ids or keep_prefix_tokens:
             raise RandomLTDError("seed, protect_positions, protect_ids and keep_prefix_tokens configure the default "
@@ -281,6 +293,9 @@ def apply(
     else:
         seed = check_seed(seed)
     stack_name, members = find_layer_stack(model, stack)
+    if routes is not None:
+        spans = span.check_routes(routes, len(members))
+        strategy, layers = span.SpanRouting(spans, seed), span.route_layers(spans)
     chosen = [(index, *members[index]) for index in parse_layer_selection(layers, len(members))]
     _check_free(chosen)
     if keep_prefix_tokens:
@@ -293,7 +308,7 @@ def apply(
     handle = RandomLTDHandle(model, stack_name, wrapped, len(members), control)
     handle.router_loss = router_loss
     model.__dict__[_HANDLE_ATTR] = handle
-    if len(wrapped) == len(members) and len(members) > 2:
+    if len(wrapped) == len(members) and len(members) > 2 and routes is None:
         warnings.warn("random-LTD drops tokens in every layer; the paper keeps the first and last layers full",
                       stacklevel=2)
     return handle

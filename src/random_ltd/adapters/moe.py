@@ -92,7 +92,7 @@ class RouterLoss:
         wanted = bound.arguments.get("output_router_logits")
         wanted = model.config.output_router_logits if wanted is None else wanted
         mask = bound.arguments.get("attention_mask")
-        if not (wanted and isinstance(mask, torch.Tensor) and mask.dim() == 2 and self.control.keep is not None):
+        if not (wanted and isinstance(mask, torch.Tensor) and mask.dim() == 2 and self.control.dropping):
             return None
         self._recording, self._mask = [], mask
         bound.arguments["output_router_logits"] = False
@@ -134,8 +134,9 @@ def attach(model: nn.Module, layers: dict[nn.Module, object], control) -> Router
     """Install ``RouterLoss`` on a transformers MoE causal LM; ``None`` for any other model.
 
     ``layers`` maps the layers that will drop to their adapters; they may drop while
-    ``control.keep`` (the handle's ``DropControl``) is set. Refuses a MoE model whose dropping layers' adapter
-    does not remember their kept tokens (``remember_kept``): its router loss would be wrong.
+    ``control.dropping`` (the handle's ``DropControl``: a kept length is set, or span routing).
+    Refuses a MoE model whose dropping layers' adapter does not remember their kept tokens
+    (``remember_kept``): its router loss would be wrong.
     """
     routing = router_class(model)
     if routing is None or not all(hasattr(model, name) for name in ("router_aux_loss_coef", "num_experts",
