@@ -207,6 +207,7 @@ def apply(
     stack_name, members = find_layer_stack(model, stack)
     chosen = [(index, *members[index]) for index in parse_layer_selection(layers, len(members))]
     _check_free(chosen)
+    _check_supported(chosen)
     if keep_prefix_tokens:
         prefix = max(adapters.adapter_for(type(layer)).num_prefix_tokens for _, _, layer in chosen)
         positions = tuple(range(prefix)) + positions
@@ -229,6 +230,14 @@ def _check_free(chosen: list[tuple[int, str, nn.Module]]) -> None:
         if original_class(layer) is not type(layer):
             raise RandomLTDError(f"layer {name} ({type(layer).__qualname__}) is already wrapped "
                                  "(by random-LTD or TokenBypass): remove that first")
+
+
+def _check_supported(chosen: list[tuple[int, str, nn.Module]]) -> None:
+    """Each family's own refusal (``LayerAdapter.check``), before any layer is wrapped."""
+    for _, _, layer in chosen:
+        check = adapters.adapter_for(type(layer)).check
+        if check is not None:
+            check(layer)
 
 
 def _wrap(index: int, name: str, layer: nn.Module, control: DropControl) -> WrappedLayer:
