@@ -12,6 +12,7 @@ Random-LTD, protected tokens and TokenBypass differ only in the strategy of step
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -48,6 +49,9 @@ class LayerState:
     original_class: type
     plan: CallPlan
     cache_layer_idx: int | None = None
+    # The class's forward as a plain function, read once: diffusers marks its blocks
+    # allow_in_graph, and Dynamo cannot trace reading `forward` off such a class inside a graph.
+    original_forward: Callable | None = None
 
 
 def _find_layer_idx(layer: nn.Module) -> int | None:
@@ -109,7 +113,7 @@ def _forward_on_kept(layer, state: LayerState, call: LayerCall, hidden_name: str
     kept = kept if batch_first else kept.transpose(0, 1)
     call[hidden_name] = kept if layout is None else layout.to_sharded(kept)
     gather_inputs(layer, state.adapter, call, indices, seq_len)
-    output = call.call(state.original_class.forward, layer)
+    output = call.call(state.original_forward, layer)
     return replace_hidden(output, passthrough, flat, batch_first, layout, state.adapter.output_index)
 
 
@@ -150,6 +154,7 @@ def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
 
 def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: DropControl) -> None:
     state = LayerState(adapter, position, control, original_class=type(layer), plan=CallPlan.of(type(layer)),
+                       original_forward=type(layer).forward,
                        cache_layer_idx=_find_layer_idx(layer))
     swap.swap(layer, RandomLTDLayerMixin, _STATE_ATTR, state)
 
