@@ -244,9 +244,36 @@ def test_flux_with_both_block_kinds_asks_which_stack():
     before = _untouched(model)
     with pytest.raises(random_ltd.RandomLTDError, match="single_transformer_blocks"):
         random_ltd.apply(model, keep=8)
+    for bad in (("transformer.transformer_blocks", "transformer.nothing"), ("transformer.transformer_blocks",) * 2):
+        with pytest.raises(random_ltd.RandomLTDError, match="distinct stacks"):
+            random_ltd.apply(model, keep=8, stack=bad)
     assert _untouched(model) == before
     handle = random_ltd.apply(model, keep=8, stack="transformer.single_transformer_blocks")
     assert [layer.name for layer in handle.layers] == ["transformer.single_transformer_blocks.1"]
+
+
+FLUX_STACKS = ("transformer.transformer_blocks", "transformer.single_transformer_blocks")
+
+
+def test_flux_drops_in_both_block_kinds_as_one_stack():
+    """Double-stream blocks then single-stream blocks, one stack of 5: each dropping block matches
+    the original block run on its kept image tokens (with the table's image rows gathered)."""
+    case = CASES["flux-double"]
+    torch.manual_seed(0)
+    model = zoo.flux(2, 3).train()
+    reference = copy.deepcopy(model)
+    handle = random_ltd.apply(model, keep=zoo.SEQ, seed=3, stack=FLUX_STACKS)
+    assert handle.drop_layers == [1, 2, 3] and handle.num_layers == 5
+    inputs = case.inputs(torch.Generator().manual_seed(0))
+    assert torch.equal(case.loss(model, inputs), case.loss(reference, inputs))  # full keep: the unwrapped model
+    handle.set_keep(5)
+    records = _spy_blocks(model, index=1)
+    loss = case.loss(model, inputs)
+    loss.backward()
+    assert len(records) == 3 and torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters())
+    for record in records:
+        assert ((record["image_out"] != record["image_in"]).any(dim=-1).sum(dim=1) == 5).all()
 
 
 def test_flux_joint_attention_mask_is_refused_at_forward():
