@@ -485,7 +485,9 @@ def _dit_inputs(gen):
 def _pixart_inputs(gen):
     text_valid = torch.ones(BATCH, TEXT, dtype=torch.long)
     text_valid[0, 2:] = 0  # a padded caption: its mask covers text keys only
-    return {"pixel_values": _latents(gen), "target": _latents(gen),
+    image_valid = torch.ones(BATCH, SEQ, dtype=torch.long)
+    image_valid[1, :6] = 0  # image keys PixArt's self-attention may not see
+    return {"pixel_values": _latents(gen), "target": _latents(gen), "attention_mask": image_valid,
             "timestep": torch.randint(0, 1000, (BATCH,), generator=gen),
             "encoder_hidden_states": torch.randn(BATCH, TEXT, 24, generator=gen),
             "encoder_attention_mask": text_valid, "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
@@ -523,7 +525,7 @@ def _diffusion_case(name, family, build, inputs):
 
 DIFFUSION_CASES = [
     _diffusion_case("dit", "diffusers.basic_block", dit, _dit_inputs),
-    _diffusion_case("pixart-text-pad", "diffusers.basic_block", pixart, _pixart_inputs),
+    _diffusion_case("pixart-masks", "diffusers.basic_block", pixart, _pixart_inputs),
     _diffusion_case("sd3", "diffusers.joint_block", sd3, _sd3_inputs),
     _diffusion_case("sd35-dual-attention", "diffusers.joint_block", lambda: sd3((0, 1)), _sd3_inputs),
     # Flux's two stacks (double-stream blocks, then single-stream blocks), one per case:
