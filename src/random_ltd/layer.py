@@ -51,7 +51,10 @@ class LayerState:
     cache_layer_idx: int | None = None
     # The class's forward as a plain function, read once: diffusers marks its blocks
     # allow_in_graph, and Dynamo cannot trace reading `forward` off such a class inside a graph.
-    original_forward: Callable | None = None
+    original_forward: Callable = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.original_forward = self.original_class.forward
 
 
 def _find_layer_idx(layer: nn.Module) -> int | None:
@@ -154,7 +157,6 @@ def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
 
 def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: DropControl) -> None:
     state = LayerState(adapter, position, control, original_class=type(layer), plan=CallPlan.of(type(layer)),
-                       original_forward=type(layer).forward,
                        cache_layer_idx=_find_layer_idx(layer))
     swap.swap(layer, RandomLTDLayerMixin, _STATE_ATTR, state)
 
