@@ -14,6 +14,7 @@ with ``routes`` carries one kept subset through several layers instead (``random
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -57,6 +58,12 @@ class LayerState:
     original_class: type
     plan: CallPlan
     cache_layer_idx: int | None = None
+    # The class's forward as a plain function, read once: diffusers marks its blocks
+    # allow_in_graph, and Dynamo cannot trace reading `forward` off such a class inside a graph.
+    original_forward: Callable = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.original_forward = self.original_class.forward
 
     @property
     def position(self) -> int:
@@ -101,9 +108,12 @@ class RandomLTDLayerMixin(swap.SwappedModule):
         layout = _sharded_layout(hidden, batch_first)  # sequence parallel: DTensor hidden states
         hidden = hidden if layout is None else layout.to_full(hidden)
         tokens = hidden if batch_first else hidden.transpose(0, 1)
-        indices = strategy.select(state.info, tokens, keep, context)
+        shared = state.adapter.one_draw_per_batch
+        indices = strategy.select(state.info, tokens[:1] if shared else tokens, keep, context)
         if indices is None or indices.shape[1] >= tokens.shape[1]:
             return super().forward(*args, **kwargs)
+        if shared:
+            indices = indices.expand(tokens.shape[0], -1)
         return _forward_on_kept(self, state, call, hidden_name, tokens, indices, batch_first, layout)
 
 
@@ -126,14 +136,14 @@ def _forward_on_kept(layer, state: LayerState, call: LayerCall, hidden_name: str
     kept = kept if batch_first else kept.transpose(0, 1)
     call[hidden_name] = kept if layout is None else layout.to_sharded(kept)
     gather_inputs(layer, state.adapter, call, indices, seq_len)
-    output = call.call(state.original_class.forward, layer)
-    return replace_hidden(output, passthrough, flat, batch_first, layout)
+    output = call.call(state.original_forward, layer)
+    return replace_hidden(output, passthrough, flat, batch_first, layout, state.adapter.output_index)
 
 
 def _forward_on_route(layer, state: LayerState, call: LayerCall, hidden_name: str, hidden: torch.Tensor,
                       batch_first: bool):
     """This layer's part of a route (``random_ltd.routes``): start, continue and/or end it."""
-    control, original = state.control, state.original_class.forward
+    control, original = state.control, state.original_forward
     if _cache_holds_tokens(state, call):
         return call.call(original, layer)
     if _sharded_layout(hidden, batch_first) is not None:
@@ -152,16 +162,19 @@ def _forward_on_route(layer, state: LayerState, call: LayerCall, hidden_name: st
     call[hidden_name] = tokens if batch_first else tokens.transpose(0, 1)
     gather_inputs(layer, state.adapter, call, route.indices, route.seq_len, memo=route.gathered)
     output = call.call(original, layer)
-    return replace_hidden(output, route.passthrough, route.flat, batch_first) if step.last else output
+    if not step.last:
+        return output
+    return replace_hidden(output, route.passthrough, route.flat, batch_first, index=state.adapter.output_index)
 
 
-def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_first: bool, layout=None):
+def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_first: bool, layout=None,
+                   index: int = 0):
     """Merge the layer's short output into the full sequence, keeping the output's structure.
 
     ``layout``: the input's sequence-parallel layout, if any (the output is gathered, merged and
-    sharded back like the input).
+    sharded back like the input). ``index``: where the hidden states are in a tuple output.
     """
-    short = output if isinstance(output, torch.Tensor) else output[0]
+    short = output if isinstance(output, torch.Tensor) else output[index]
     short = short if layout is None else layout.to_full(short)
     short = short if batch_first else short.transpose(0, 1)
     full = ops.merge_tokens(passthrough, short, flat)
@@ -170,8 +183,9 @@ def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_
     if isinstance(output, torch.Tensor):
         return full
     if hasattr(output, "_fields"):  # a NamedTuple: built from its fields, not from one iterable
-        return type(output)(full, *output[1:])
-    return type(output)((full, *output[1:])) if isinstance(output, tuple) else [full, *output[1:]]
+        return type(output)(*output[:index], full, *output[index + 1 :])
+    merged = [*output[:index], full, *output[index + 1 :]]
+    return type(output)(merged) if isinstance(output, tuple) else merged
 
 
 def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
