@@ -37,10 +37,10 @@ def dry_run(tmp_path_factory):
     return out, json.loads((out / "gpu-check.json").read_text()), completed.stdout
 
 
-def _script_module():
+def _script_module(monkeypatch):
     loader = importlib.machinery.SourceFileLoader("gpu_check", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("gpu_check", loader)
-    module = importlib.util.module_from_spec(spec)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("gpu_check", loader))
+    monkeypatch.setitem(sys.modules, "gpu_check", module)  # its dataclasses look their module up
     loader.exec_module(module)
     return module
 
@@ -85,7 +85,7 @@ def test_a_dry_run_refuses_to_write_into_docs():
 
 
 def test_a_step_past_the_budget_is_stopped_and_the_rest_skipped(tmp_path, monkeypatch):
-    script = _script_module()
+    script = _script_module(monkeypatch)
     began = time.monotonic()
     record = script._run_step(lambda left, say: time.sleep(30), 1, print)
     assert record["status"] == "stopped" and time.monotonic() - began < 10
