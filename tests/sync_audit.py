@@ -292,3 +292,15 @@ def unwatched(function):
             return function(*args, **kwargs)
 
     return run_unwatched
+
+
+def pretend_flash(monkeypatch) -> None:
+    """Make random-LTD's attention-implementation lookup answer flash while transformers runs sdpa: the
+    flash varlen metadata path without the flash kernel (which needs CUDA and the flash-attn package)."""
+    from random_ltd.attention import inputs as attention_inputs
+
+    if hasattr(attention_inputs, "AttentionSetup"):  # the lookup done once per wrap
+        flash = property(lambda setup: "flash_attention_2")
+        monkeypatch.setattr(attention_inputs.AttentionSetup, "implementation", flash)
+    else:
+        monkeypatch.setattr(attention_inputs, "attention_implementation", lambda layer: "flash_attention_2")

@@ -55,9 +55,9 @@ def test_dropping_layer_forward_and_backward_without_host_sync(name):
 def test_flash_varlen_metadata_path_without_host_sync(monkeypatch):
     """The kept tokens' varlen boundaries, computed as under flash attention (the lookup answers flash;
     sdpa runs and ignores them), so that it runs without the flash-attn package."""
-    from random_ltd.attention import inputs as attention_inputs
+    import sync_audit
 
-    monkeypatch.setattr(attention_inputs, "attention_implementation", lambda layer: "flash_attention_2")
+    sync_audit.pretend_flash(monkeypatch)
     _check_layer_without_host_sync(CASES["llama-sdpa-packed"])
 
 

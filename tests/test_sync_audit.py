@@ -2,14 +2,16 @@
 
 A training forward and backward of a tiny model runs under ``sync_audit.audit``; what random-LTD
 calls (directly, or through torch functions) that would block the host on a GPU must number 0 per
-dropping layer, and at most 1 per forward outside the layers (where a kernel needs a host integer).
+dropping layer: 0 in the whole step on every path but flash's, where at most 1 per forward is allowed
+(flash's varlen kernel takes the longest document's length as a host integer).
 The model's own syncs (transformers' mask building) are counted apart and not judged here.
 
 Paths: sdpa and eager (dense masks, padded or not), packed sequences under sdpa (the block-diagonal
 mask built before the layers), flex attention (forward only on the CPU: flex has no CPU backward), and
 flash attention's varlen metadata. Flash cannot run on the CPU, so that path runs an sdpa model whose
-attention-implementation lookup is made to answer "flash_attention_2": every dropping layer then
-computes the kept tokens' varlen boundaries exactly as under flash, and sdpa ignores them. On CUDA the
+attention-implementation lookup (random-LTD's, not transformers') is made to answer "flash_attention_2"
+(``sync_audit.pretend_flash``): every dropping layer then computes the kept tokens' varlen boundaries
+exactly as under flash, and sdpa ignores them; a hook checks that they reach the attention. On CUDA the
 same audit runs on the device (``scripts/gpu-check``), flex with its backward.
 """
 from __future__ import annotations
@@ -24,7 +26,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import random_ltd
 from random_ltd import ops
-from random_ltd.attention import inputs as attention_inputs
 from random_ltd.attention.varlen import kept_varlen_kwargs
 
 torch.set_num_threads(1)
@@ -60,11 +61,12 @@ def _audited_step(model, inputs: dict, loss, backward: bool = True, **audit_opti
     return audit
 
 
-def _assert_sync_free(audit, handle, dropped: list) -> None:
-    assert len(dropped) >= len(handle.layers) > 0, "the layers did not drop: nothing was audited"
-    in_layers = audit.select("sync", "random_ltd", in_layer=True)
-    assert not in_layers, f"host syncs in dropping layers:\n{audit.describe()}"
-    assert len(audit.select("sync", "random_ltd", in_layer=False)) <= 1, audit.describe()
+def _assert_sync_free(audit, handle, dropped: list, per_forward: int = 0) -> None:
+    """At most ``per_forward`` syncs from random-LTD in the whole step (wherever it happens: once per
+    forward may sit in the first dropping layer); with 2+ dropping layers a per-layer sync cannot hide."""
+    assert len(handle.layers) >= 2 and len(dropped) >= len(handle.layers), "too few dropping layers ran"
+    syncs = audit.select("sync", "random_ltd")
+    assert len(syncs) <= per_forward, f"host syncs from random-LTD:\n{audit.describe()}"
     assert not audit.select("host_to_device", "random_ltd", in_layer=True), audit.describe()
 
 
@@ -101,10 +103,6 @@ def test_flex_path_does_not_sync_in_dropping_layers(kind, device, monkeypatch):
     _assert_sync_free(audit, handle, dropped)
 
 
-def _fake_flash(monkeypatch) -> None:
-    monkeypatch.setattr(attention_inputs, "attention_implementation", lambda layer: "flash_attention_2")
-
-
 def _received_boundaries(model, handle) -> list:
     received = []
     modules = dict(model.named_modules())
@@ -118,7 +116,7 @@ def _received_boundaries(model, handle) -> list:
 @pytest.mark.parametrize("boundaries", ["from_positions", "given"])
 @FLASH_SYNCS
 def test_flash_varlen_metadata_does_not_sync_in_dropping_layers(boundaries, device, monkeypatch):
-    _fake_flash(monkeypatch)
+    sync_audit.pretend_flash(monkeypatch)
     torch.manual_seed(0)
     model = zoo.llama("sdpa").to(device).train()
     handle = random_ltd.apply(model, keep=zoo.SEQ // 2, seed=1)
@@ -131,7 +129,7 @@ def test_flash_varlen_metadata_does_not_sync_in_dropping_layers(boundaries, devi
                       max_length_k=zoo.SEQ)
     audit = _audited_step(model, _moved(inputs, device), zoo._lm_loss, forward_traces=True)
     assert received and all(received), "the varlen metadata path did not run"
-    _assert_sync_free(audit, handle, dropped)
+    _assert_sync_free(audit, handle, dropped, per_forward=1)  # flash's varlen call takes max_length on the host
 
 
 # --- the audit can fail: planted syncs are counted and attributed ---------------------------------
