@@ -66,7 +66,7 @@ def markdown(result: dict) -> str:
               f"- no host sync in a dropping layer (set_sync_debug_mode('error')): "
               f"{_verdict(verdicts['sync_free_met'])} "
               f"({verdicts['sync_free_stacks']}/{verdicts['sync_checked_stacks']} stacks)"]
-    lines += _stack_table(result) + _run_lines(result) + _test_lines(result)
+    lines += _stack_table(result) + _run_lines(result) + _mask_lines(result) + _test_lines(result)
     return "\n".join(lines) + "\n"
 
 
@@ -107,6 +107,22 @@ def _run_lines(result: dict) -> list[str]:
             f"{_pct(run['flop_saving'])}, realised saving {_pct(run['realised_saving_paired'])} (paired), "
             f"realised / FLOP saving {run['realised_over_flop_saving_paired']:.3f}; the ideal's "
             f"{run['ideal_over_flop_saving_paired']:.3f}."]
+
+
+def _mask_lines(result: dict) -> list[str]:
+    """The flex mask cost rows, whatever their columns (``random_ltd.bench.flex_masks``)."""
+    masks = next((step["result"] for step in _finished(result, "flex masks")), None)
+    if masks is not None and not masks.get("available"):
+        return ["", "Flex kept masks: not measured (random_ltd.bench.flex_masks is not in this checkout)."]
+    if not masks or not masks.get("rows"):
+        return []
+    columns = list(masks["rows"][0])
+    lines = ["", f"## Flex kept masks per forward ({masks.get('layers')} dropping layers, ms)", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in masks["rows"]:
+        lines.append("| " + " | ".join("-" if row[c] is None else f"{row[c]:.3g}" if isinstance(row[c], float)
+                                       else str(row[c]) for c in columns) + " |")
+    return lines
 
 
 def _test_lines(result: dict) -> list[str]:
