@@ -77,9 +77,13 @@ def measure_here(shape: StackShape, variant: str, keep: int | None, device: str,
     bench.run(variant, keep)
     bench.stack.zero_grad(set_to_none=True)
     bench.inputs.grad = None
-    step = lambda: bench.run(variant, keep)  # noqa: E731
-    if torch_device.type == "cuda":
-        return _measure_cuda(step, torch_device)
+    return measure_step(lambda: bench.run(variant, keep), torch_device)
+
+
+def measure_step(step, device: torch.device) -> dict:
+    """Peak memory of one call of ``step`` on ``device``, measured in this process (see the module doc)."""
+    if device.type == "cuda":
+        return _measure_cuda(step, device)
     return _measure_cpu(step)
 
 

@@ -22,7 +22,9 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def _stack_keep(full: Timing, ltd: Timing, ideal: Timing, clock: str) -> dict:
+def keep_figures(full: Timing, ltd: Timing, ideal: Timing, clock: str) -> dict:
+    """Overhead (b - c) / a and realised fraction (a - b) / (a - c) of one kept length, from the
+    minima and from the per-round ratios (medians)."""
     a, b, c = full.times(clock), ltd.times(clock), ideal.times(clock)
     per_round = [(b_r - c_r) / a_r for a_r, b_r, c_r in zip(a, b, c, strict=True)]
     return {
@@ -44,7 +46,7 @@ def stack_section(shape: StackShape, config: BenchConfig, progress: Progress) ->
     timings = interleaved(bench.variants(keeps), config.repeats, device, warmup=config.warmup, seed=config.seed,
                           progress=lambda message: progress(f"stack {shape.name}: {message}"))
     full = timings["full"]
-    rows = [{"keep": keep, **_stack_keep(full, timings[f"ltd@{keep}"], timings[f"ideal@{keep}"], config.clock)}
+    rows = [{"keep": keep, **keep_figures(full, timings[f"ltd@{keep}"], timings[f"ideal@{keep}"], config.clock)}
             for keep in keeps]
     return {"shape": dataclasses.asdict(shape), "drop_layers": bench.handle.drop_layers, "full": full.to_json(),
             "keeps": rows}
