@@ -127,3 +127,55 @@ def test_sequence_parallel_hidden_states_are_keyed_by_their_local_shard(one_proc
     assert contexts.for_layer(1, first.detach()) == "A" and contexts.for_layer(1, second) == "B"
     with pytest.raises(RandomLTDError, match="outside a forward"):  # a buffer made after the forward is no key
         contexts.for_layer(1, gathered)
+
+
+class _Mixing(torch.nn.Module):
+    """A parameter-free layer that mixes tokens (a DTensor-friendly stand-in for attention)."""
+
+    def forward(self, x):
+        return x + x.mean(dim=1, keepdim=True).tanh() * x.sin()
+
+
+class _ShardedStack(torch.nn.Module):
+    """Embeddings -> sequence-sharded DTensor hidden states -> checkpointed layers -> head."""
+
+    def __init__(self, mesh, reentrant):
+        super().__init__()
+        self.mesh, self.reentrant = mesh, reentrant
+        self.embed, self.head = torch.nn.Embedding(20, 8), torch.nn.Linear(8, 20)
+        self.layers = torch.nn.ModuleList(_Mixing() for _ in range(4))
+
+    def forward(self, input_ids):
+        from torch.distributed.tensor import DTensor, Shard
+        from torch.utils.checkpoint import checkpoint
+
+        x = DTensor.from_local(self.embed(input_ids), self.mesh, [Shard(1)], run_check=False)
+        for layer in self.layers:
+            x = layer(x) if self.reentrant is None else checkpoint(layer, x, use_reentrant=self.reentrant)
+        return self.head(x.to_local())
+
+
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+def test_protect_ids_replayed_under_sequence_parallelism_give_the_uncheckpointed_gradients(one_process_mesh,
+                                                                                           reentrant):
+    """Forward A, forward B, backward B, backward A with DTensor hidden states between the layers."""
+    import random_ltd
+
+    random_ltd.register_layer(_Mixing)
+    try:
+        grads = {}
+        for checkpointing in (None, reentrant):
+            torch.manual_seed(0)
+            model = _ShardedStack(one_process_mesh, checkpointing).train()
+            random_ltd.apply(model, keep=4, seed=3, protect_ids=(1, 2))
+            torch.manual_seed(1)
+            batches = [torch.randint(3, 20, (2, 12), generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+            batches[0][:, 5], batches[1][:, 9] = 1, 2  # protected positions differ between the forwards
+            first, second = (model(ids).square().mean() for ids in batches)
+            second.backward()
+            first.backward()
+            grads[checkpointing] = [p.grad.clone() for p in model.parameters()]
+        for got, want in zip(grads[reentrant], grads[None], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    finally:
+        random_ltd.unregister_layer(_Mixing)

@@ -191,3 +191,33 @@ def test_a_wrapper_skipping_the_model_hooks_is_a_clear_error_for_protect_ids():
     random_ltd.apply(model, keep=5, protect_ids=SPECIAL)
     with pytest.raises(random_ltd.RandomLTDError, match="outside a forward of the model"):
         model.forward(**special_batch(torch.Generator().manual_seed(0)))  # what a wrapper calling forward does
+
+
+class _KeepLargestIds(random_ltd.Strategy):
+    """A toy strategy reading the model's inputs: the positions holding the largest ids."""
+
+    needs_context = True
+
+    def begin_forward(self, inputs, keep):
+        return inputs["input_ids"] * zoo.SEQ + torch.arange(zoo.SEQ)  # distinct keys, ties to the later position
+
+    def select(self, layer, tokens, keep, keys):
+        return keys.topk(keep, dim=1).indices.sort(dim=1).values
+
+
+def test_a_context_strategy_set_on_a_plain_handle_reads_the_model_inputs_and_its_hooks_go_with_it(monkeypatch):
+    model = zoo.bert().train()
+    handle = random_ltd.apply(model, keep=5, seed=1)
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    handle.strategy = _KeepLargestIds()
+    assert len(model._forward_pre_hooks) == 1 and len(model._forward_hooks) == 1
+    assert "strategy=_KeepLargestIds" in repr(handle)
+    seen = []
+    select = handle.strategy.select
+    monkeypatch.setattr(handle.strategy, "select", lambda *args: seen.append(select(*args)) or seen[-1])
+    ids = special_batch(torch.Generator().manual_seed(0))["input_ids"]
+    model(input_ids=ids)
+    expected = (ids * zoo.SEQ + torch.arange(zoo.SEQ)).topk(5, dim=1).indices.sort(dim=1).values
+    assert len(seen) == 2 and all(torch.equal(indices, expected) for indices in seen)
+    handle.strategy = random_ltd.UniformSelection(seed=1)
+    assert not model._forward_pre_hooks and not model._forward_hooks
