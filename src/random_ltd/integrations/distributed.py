@@ -134,4 +134,4 @@ def _shard_layer(layer: nn.Module, fully_shard: Any, kwargs: dict) -> None:
     state = layer_state(layer)
     unwrap_layer(layer)
     fully_shard(layer, **kwargs)
-    wrap_layer(layer, state.adapter, state.position, state.control)
+    wrap_layer(layer, state.adapter, state.position, state.control, state.info.name)
