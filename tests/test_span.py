@@ -148,7 +148,8 @@ def test_each_route_equals_its_original_layers_on_the_gathered_subsequence(name,
     _check_route(calls[2:], drawn[1], valid)
 
 
-@pytest.mark.parametrize("name", ["llama-sdpa-pad", "gpt2-eager-pad", "bert-sdpa-pad", "torch-encoder-pad"])
+@pytest.mark.parametrize("name", ["llama-sdpa-pad", "gpt2-eager-pad", "bert-sdpa-pad", "torch-encoder-pad",
+                                  "dit", "pixart-masks", "sd3", "sd35-dual-attention"])
 def test_a_route_equals_the_same_subset_dropped_layer_by_layer_bit_for_bit(name, monkeypatch):
     """Carrying the subset through the span computes exactly what gathering it in every layer does."""
     case, model = _build(name)
@@ -524,3 +525,12 @@ def test_masks_positions_and_tokens_are_gathered_once_per_route(monkeypatch):
     one, three = counted([(0.5, 1, 1)]), counted([(0.5, 1, 3)])
     assert one["gather_sequence"] > 0 and one["gather_mask"] > 0 and three == one, (one, three)
     assert three["split_tokens"] == three["merge_tokens"] == 1
+
+
+@pytest.mark.parametrize("name", ["flux-double", "flux-single"])
+def test_flux_blocks_which_keep_one_subset_per_batch_are_refused_by_routes(name):
+    _, model = _build(name)
+    before = _fingerprint(model)
+    with pytest.raises(random_ltd.RandomLTDError, match="one subset per batch"):
+        random_ltd.apply(model, routes=[(0.5, 1, 2)], seed=0)
+    assert _fingerprint(model) == before

@@ -306,6 +306,8 @@ def apply(
     chosen = [(index, *members[index]) for index in parse_layer_selection(layers, len(members))]
     _check_free(chosen)
     _check_supported(chosen)
+    if routes is not None:
+        _check_routable(chosen)
     if keep_prefix_tokens:
         prefix = max(adapters.adapter_for(type(layer)).num_prefix_tokens for _, _, layer in chosen)
         positions = tuple(range(prefix)) + positions
@@ -354,6 +356,15 @@ def _check_supported(chosen: list[tuple[int, str, nn.Module]]) -> None:
         check = adapters.adapter_for(type(layer)).check
         if check is not None:
             check(layer)
+
+
+def _check_routable(chosen: list[tuple[int, str, nn.Module]]) -> None:
+    """Routes draw a subset per sequence; a family that needs one subset per batch cannot be routed yet."""
+    for _, name, layer in chosen:
+        if adapters.adapter_for(type(layer)).one_draw_per_batch:
+            raise RandomLTDError(f"routes: layer {name} ({type(layer).__name__}) keeps one subset per batch (its "
+                                 "rotary table is shared by the batch); span routing draws one per sequence and "
+                                 "cannot route it yet: use random-LTD (keep=...) on these blocks")
 
 
 def _wrap(index: int, name: str, layer: nn.Module, control: DropControl) -> WrappedLayer:
