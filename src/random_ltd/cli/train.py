@@ -100,6 +100,13 @@ def _add_optimisation_flags(group) -> None:
 def _add_run_flags(group) -> None:
     group.add_argument("--seed", type=int, help="first seed (default 0)")
     group.add_argument("--seeds", type=int, help="number of seeds; the report shows mean ± std")
+    order = group.add_mutually_exclusive_group()
+    order.add_argument("--arm-order", choices=("auto", "lockstep", "sequential"),
+                       help="lockstep: one step of each arm per round, in a shuffled order, so the wall-clock saving "
+                            "is paired per round; sequential: one arm after the other (its wall-clock depends on the "
+                            "machine's load); auto (default): lockstep where the arms fit in memory together")
+    order.add_argument("--sequential", dest="arm_order", action="store_const", const="sequential",
+                       help="the same as --arm-order sequential")
     group.add_argument("--eval-every", type=int, help="steps between evaluations (default: a tenth of the budget)")
     group.add_argument("--eval-batches", type=int, help="validation batches per evaluation")
     group.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: --eval-every)")
@@ -181,8 +188,10 @@ def canonical_command(args: argparse.Namespace) -> str:
 
 
 def print_result(summary: dict) -> None:
-    from random_ltd.train.report import table
+    from random_ltd.train.report import comparison_lines, table
 
     print(table(summary))
+    for line in comparison_lines(summary):
+        print(line)
     out = summary["out"]
     print(f"\nreport: {out}/report.md  summary: {out}/summary.json")
