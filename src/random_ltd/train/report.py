@@ -51,6 +51,8 @@ def summarize(config: TrainConfig, plans: dict, results: dict, data: dict, comma
         arms[arm] = {**aggregate(runs), "drop_layers": list(plan.drop_layers), "lr_clock": plan.lr_clock,
                      "schedule": None if plan.schedule is None else plan.schedule.state_dict(), "seeds": runs}
     comparison = compare(arms)
+    # a run resumed from results written before step times were kept has nothing to pair
+    lockstep = lockstep and all(run.get("step_s") for run in results.values())
     if lockstep and comparison:
         comparison.update(paired_wall_clock(plans["random_ltd"], [results[("random_ltd", s)] for s in seeds],
                                             [results[("baseline", s)] for s in seeds]))
