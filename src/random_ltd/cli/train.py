@@ -12,7 +12,8 @@ from random_ltd.errors import RandomLTDError
 
 DESCRIPTION = """\
 Train a baseline and a random-LTD model side by side (same seed, initial weights and data
-order) and write a run folder: OUT/<arm>/seed<k>/metrics.jsonl (one line per step), checkpoints,
+order; by default in lockstep, one step of each per round, so that the reported wall-clock
+saving pairs steps that met the same machine load) and write a run folder: OUT/<arm>/seed<k>/metrics.jsonl (one line per step), checkpoints,
 summary.json (per arm: layer_tokens, flops, wall_clock_s, final_val_loss, final_val_accuracy
 for vit, plus the configuration and world_size), report.md (table and command) and PNG plots.
 Every size, budget and schedule setting defaults per task; --quick runs a tiny version in
