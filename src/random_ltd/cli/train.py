@@ -13,9 +13,10 @@ from random_ltd.errors import RandomLTDError
 DESCRIPTION = """\
 Train a baseline and a random-LTD model side by side (same seed, initial weights and data
 order; by default in lockstep, one step of each per round, so that the reported wall-clock
-saving pairs steps that met the same machine load) and write a run folder: OUT/<arm>/seed<k>/metrics.jsonl (one line per step), checkpoints,
-summary.json (per arm: layer_tokens, flops, wall_clock_s, final_val_loss, final_val_accuracy
-for vit, plus the configuration and world_size), report.md (table and command) and PNG plots.
+saving pairs steps that met the same machine load) and write a run folder:
+OUT/<arm>/seed<k>/metrics.jsonl (one line per step), checkpoints, summary.json (per arm:
+layer_tokens, flops, wall_clock_s, final_val_loss, final_val_accuracy for vit, plus the
+configuration and world_size), report.md (table and command) and PNG plots.
 Every size, budget and schedule setting defaults per task; --quick runs a tiny version in
 under a minute. The default corpus is the Python standard library's source (no download).
 """
@@ -192,7 +193,6 @@ def print_result(summary: dict) -> None:
     from random_ltd.train.report import comparison_lines, table
 
     print(table(summary))
-    for line in comparison_lines(summary):
-        print(line)
+    print("\n".join(line for line in comparison_lines(summary) if line))
     out = summary["out"]
     print(f"\nreport: {out}/report.md  summary: {out}/summary.json")
