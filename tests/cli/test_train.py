@@ -182,3 +182,17 @@ def test_resume_of_a_run_without_checkpoint_or_with_another_configuration(tmp_pa
             (folder / name).unlink()
     assert train("--resume", str(out)) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_arm_order_flags():
+    from random_ltd.cli import build_parser
+    from random_ltd.cli.train import canonical_command, explicit_options
+
+    parser = build_parser()
+    sequential = parser.parse_args(["train", "--sequential"])
+    assert explicit_options(sequential)["arm_order"] == "sequential"
+    assert "--arm-order sequential" in canonical_command(sequential)
+    assert explicit_options(parser.parse_args(["train", "--arm-order", "lockstep"]))["arm_order"] == "lockstep"
+    assert "arm_order" not in explicit_options(parser.parse_args(["train"]))  # auto: the config's default
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--sequential", "--arm-order", "lockstep"])

@@ -24,6 +24,7 @@ from random_ltd.train.tasks import budget_steps, resolve_config
     (dict(full_at=2.5), "--full-at"),
     (dict(full_at=0.5, kept_every=10), "--kept-every"),
     (dict(drop_layers=" "), "--drop-layers"),
+    (dict(arm_order="parallel"), "--arm-order"),
 ])
 def test_bad_values_name_their_flag(changes, flag):
     with pytest.raises(ConfigError) as error:
@@ -39,7 +40,7 @@ def test_arms_accept_a_comma_string_and_lists_become_tuples():
 def test_dict_round_trip_and_differences_ignore_run_control():
     config = TrainConfig(task="bert", steps=7)
     assert TrainConfig.from_dict(config.to_dict()) == config
-    moved = config.replace(out="elsewhere", device="cpu", progress=False, checkpoint_every=3)
+    moved = config.replace(out="elsewhere", device="cpu", progress=False, checkpoint_every=3, arm_order="sequential")
     assert config.differences(moved) == {}
     assert config.differences(config.replace(lr=0.5)) == {"lr": (None, 0.5)}
     with pytest.raises(ConfigError, match="--colour"):
@@ -84,6 +85,11 @@ def test_token_budget_rounds_up_to_whole_steps():
     (dict(kept_start=200, seq_len=128), "--kept-start"),
     (dict(task="vit", vocab_size=100), "--vocab-size"),
     (dict(task="vit", data=("x.txt",)), "--data"),
+    (dict(task="finetune", vocab_size=100), "--vocab-size"),
+    (dict(task="finetune", lora_rank=4), "--lora-rank"),
+    (dict(lora=True), "--lora"),
+    (dict(kept_start=0), "--kept-start"),
+    (dict(kept_increment=0), "--kept-increment"),
 ])
 def test_resolve_rejects_settings_the_task_cannot_take(changes, flag):
     with pytest.raises(ConfigError) as error:

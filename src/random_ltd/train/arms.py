@@ -13,14 +13,14 @@ import dataclasses
 import torch
 
 from random_ltd.accounting import flops_per_step, total_layer_tokens
-from random_ltd.errors import ConfigError, RandomLTDError
+from random_ltd.errors import RandomLTDError
 from random_ltd.layer_selection import parse_layer_selection
 from random_ltd.lr import LayerTokenLR, lr_factor
-from random_ltd.schedules import MSLG, ConstantKeep
 from random_ltd.search import first_true
-from random_ltd.train.config import TrainConfig, flag_error
+from random_ltd.train.config import TrainConfig, budget_steps, flag_error, make_schedule
 from random_ltd.train.tasks import ModelShape
-from random_ltd.train.tasks import budget_steps as baseline_steps
+
+__all__ = ["ArmPlan", "drop_layer_indices", "make_lr_scheduler", "make_schedule", "plan_arms", "step_flops"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ def drop_layer_indices(config: TrainConfig, num_layers: int) -> tuple[int, ...]:
 
 
 def plan_arms(config: TrainConfig, shape: ModelShape) -> dict[str, ArmPlan]:
-    steps = baseline_steps(config)
+    steps = budget_steps(config)
     full_step_tokens = config.batch_size * shape.seq_len * shape.num_layers
     warmup_steps = round(config.warmup * steps)
     baseline = ArmPlan("baseline", steps, None, (), "steps", steps * full_step_tokens, warmup_steps,
@@ -68,23 +68,6 @@ def _random_ltd_plan(config: TrainConfig, shape: ModelShape, baseline: ArmPlan, 
     warmup_steps = round(config.warmup * steps) if config.lr_clock == "steps" else baseline.warmup_steps
     return ArmPlan("random_ltd", steps, schedule, drop_layers, config.lr_clock, layer_tokens, warmup_steps,
                    min(baseline.warmup_layer_tokens, layer_tokens))
-
-
-def make_schedule(config: TrainConfig, seq_len: int, steps: int):
-    try:
-        if config.schedule == "constant":
-            return ConstantKeep(seq_len, config.kept_start)
-        full_at = config.full_at
-        if full_at is not None and full_at > 1:
-            full_at = int(full_at)
-        return MSLG(seq_len, config.kept_start, config.kept_increment, every_steps=config.kept_every,
-                               full_at=full_at, total_steps=steps)
-    except ConfigError as error:
-        raise flag_error(_SCHEDULE_FIELDS.get(error.field, "schedule"), error.message) from None
-
-
-_SCHEDULE_FIELDS = {"start": "kept_start", "increment": "kept_increment", "every_steps": "kept_every",
-                    "full_at": "full_at", "keep": "kept_start"}
 
 
 def _layer_tokens(schedule, steps: int, config: TrainConfig, shape: ModelShape, drop_layers) -> int:

@@ -3,8 +3,8 @@ checkpoint or the new one, never a torn file.
 
 A checkpoint holds everything the next step depends on: model, optimizer, the driver (step,
 layer-token counter, kept-length schedule, LR schedule, and the random-LTD handle's seed and
-kept length), torch's RNG state (dropout, and the stream random-LTD's draws come from), and
-the run's bookkeeping (wall-clock so far, FLOPs, evaluations, how many bytes of ``metrics.jsonl``
+kept length), the arm's own torch RNG state (dropout, and the stream random-LTD's draws come
+from), and the run's bookkeeping (wall-clock so far, FLOPs, evaluations, how many bytes of ``metrics.jsonl``
 belong to it). Data order is a pure function of (seed, step), so the step is the data position.
 """
 from __future__ import annotations
@@ -75,20 +75,17 @@ def truncate(path: Path, size: int) -> None:
 
 
 class MetricsLog:
-    """The arm's ``metrics.jsonl`` (one JSON line per step), cut back to the checkpoint's length on
-    resume; ``mark`` records in ``state`` how far a checkpoint saved now covers. Only the main rank
-    writes (other ranks write nowhere); ``listener`` sees every record written (experiment trackers)."""
+    """The arm's ``metrics.jsonl`` (one JSON line per step), cut back on resume to the ``covered``
+    bytes its checkpoint recorded; ``covered()`` is what a checkpoint saved now covers. Only the
+    main rank writes (other ranks write nowhere); ``listener`` sees every record written
+    (experiment trackers)."""
 
-    def __init__(self, path: Path, state: dict, is_main: bool, listener: Callable[[dict], None] | None = None):
+    def __init__(self, path: Path, covered: int, is_main: bool, listener: Callable[[dict], None] | None = None):
         self.path = path if is_main else Path(os.devnull)
-        self.state = state
         self.listener = listener
         if is_main:
-            truncate(path, state["metrics_bytes"])
-
-    def __enter__(self) -> MetricsLog:
+            truncate(path, covered)
         self.file = open(self.path, "a", encoding="utf-8")
-        return self
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
@@ -96,10 +93,8 @@ class MetricsLog:
         if self.listener is not None:
             self.listener(record)
 
-    def mark(self) -> None:
-        self.state["metrics_bytes"] = self.file.tell()
+    def covered(self) -> int:
+        return self.file.tell()
 
-    def __exit__(self, *exc_info) -> None:
-        if exc_info[0] is None:
-            self.mark()
+    def close(self) -> None:
         self.file.close()

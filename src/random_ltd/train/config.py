@@ -1,8 +1,10 @@
-"""The typed configuration of a training run, validated at construction.
+"""The typed configuration of a training run and every rule it must follow.
 
-``None`` means "the task's default" (see ``random_ltd.train.tasks``); ``resolve_config`` fills
-those in, and the resolved configuration is what a run folder records and what ``--resume``
-compares against.
+``TrainConfig`` checks each field on its own at construction. ``resolve`` fills every ``None``
+with the task's default and applies the rules that tie fields together (budgets, kept lengths,
+the schedule, the task's limits); the resolved configuration is what a run folder records and
+what ``--resume`` compares against. What only the data or the installed packages can tell
+(corpus size, model files) the task checks when it loads them.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import math
 from typing import Any
 
 from random_ltd.errors import ConfigError
+from random_ltd.schedules import MSLG, ConstantKeep
 
 TASKS = ("gpt", "bert", "vit", "finetune")
 ARMS = ("baseline", "random_ltd")
@@ -21,7 +24,10 @@ LR_DECAYS = ("cosine", "linear", "constant")
 
 # Fields that steer how a run is executed or where it writes, not what it computes:
 # a resumed run may change them.
-RUN_CONTROL_FIELDS = ("out", "device", "progress", "cache_dir", "checkpoint_every", "report_to")
+RUN_CONTROL_FIELDS = ("out", "device", "progress", "cache_dir", "checkpoint_every", "report_to", "arm_order")
+# How the arms of one seed take turns: "lockstep" (one step of each per round, in a shuffled
+# order), "sequential" (one arm after the other), "auto" (lockstep where the arms fit in memory).
+ARM_ORDERS = ("auto", "lockstep", "sequential")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
@@ -71,6 +77,7 @@ class TrainConfig:
     arms: tuple[str, ...] = ARMS
     seed: int = 0
     seeds: int = 1
+    arm_order: str = "auto"
     eval_every: int | None = None
     eval_batches: int | None = None
     checkpoint_every: int | None = None
@@ -91,6 +98,7 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("lr_clock", self.lr_clock, LR_CLOCKS)
         _check_choice("lr_decay", self.lr_decay, LR_DECAYS)
+        _check_choice("arm_order", self.arm_order, ARM_ORDERS)
         self._check_counts()
         self._check_fractions()
         self._check_arms()
@@ -155,6 +163,122 @@ class TrainConfig:
         mine, theirs = self.to_dict(), other.to_dict()
         return {name: (mine[name], theirs[name]) for name in mine
                 if name not in RUN_CONTROL_FIELDS and mine[name] != theirs[name]}
+
+
+# --- the task defaults and the rules between fields -------------------------------------------
+
+# The text tasks' sizes (gpt and bert); the other tasks' below. Full runs were sized so that both
+# arms of the default run finish in minutes on a laptop CPU (docs/training.md).
+_TEXT = {False: dict(steps=300, batch_size=16, seq_len=128, model_size="small", vocab_size=4096, lr=1e-3,
+                     dropout=0.0, full_at=0.7, eval_batches=8),
+         True: dict(steps=24, batch_size=8, seq_len=64, model_size="tiny", vocab_size=512, corpus_mb=1.0, lr=2e-3,
+                    dropout=0.0, full_at=0.7, eval_batches=2)}
+TASK_DEFAULTS: dict[str, dict[bool, dict[str, Any]]] = {
+    "gpt": _TEXT,
+    "bert": _TEXT,
+    "vit": {False: dict(steps=200, batch_size=32, patch_size=2, model_size="small", lr=1e-3, dropout=0.0,
+                        full_at=0.8, eval_batches=16),
+            True: dict(steps=24, batch_size=16, patch_size=7, model_size="tiny", lr=2e-3, dropout=0.0, full_at=0.8,
+                       eval_batches=4)},
+    # --quick keeps the first 4 of SmolLM2's 30 pretrained layers: the same pipeline, a fifth of the work
+    "finetune": {False: dict(steps=60, batch_size=4, seq_len=256, corpus_mb=4.0, lr=1e-4, full_at=0.7,
+                             eval_batches=4),
+                 True: dict(steps=4, batch_size=2, seq_len=32, layers=4, corpus_mb=0.3, lr=1e-4, full_at=0.75,
+                            eval_batches=1)},
+}
+# The first kept length as a fraction of the sequence (the paper: GPT 128/2048, BERT 128/512, ViT
+# 66/197); the default increment is 1/32 of the sequence.
+START_FRACTION = {"gpt": 1 / 8, "bert": 1 / 4, "vit": 1 / 3, "finetune": 1 / 4}
+# Each text task's model and its position embeddings: the longest sequence it takes.
+MAX_POSITIONS = {"gpt": ("GPT-2", 1024), "bert": ("BERT", 512), "finetune": ("SmolLM2-135M", 8192)}
+NOT_FOR_TASK = {"vit": ("vocab_size", "corpus_mb"), "finetune": ("model_size", "vocab_size")}
+IMAGE_SIZE = 28  # Fashion-MNIST's images are 28 x 28
+_SCHEDULE_FIELDS = {"start": "kept_start", "increment": "kept_increment", "every_steps": "kept_every",
+                    "full_at": "full_at", "keep": "kept_start"}
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """``config`` with every ``None`` that has a task default filled in, checked as a whole.
+
+    Idempotent: a resolved configuration resolves to itself."""
+    defaults = dict(TASK_DEFAULTS[config.task][config.quick])
+    if config.kept_every is not None:
+        defaults.pop("full_at", None)  # an explicit interval replaces the default full-at point
+    if config.tokens is not None:
+        defaults.pop("steps")  # the budget is given in tokens
+    resolved = config.replace(**{name: value for name, value in defaults.items() if getattr(config, name) is None})
+    _check_task_fields(resolved)
+    if resolved.task == "vit":
+        resolved = resolved.replace(seq_len=_vit_length(resolved))
+    _check_positions(resolved)
+    start = resolved.kept_start or max(1, math.ceil(START_FRACTION[resolved.task] * resolved.seq_len))
+    increment = resolved.kept_increment or max(1, resolved.seq_len // 32)
+    resolved = resolved.replace(kept_start=start, kept_increment=increment)
+    if resolved.kept_start > resolved.seq_len:
+        raise flag_error("kept_start", f"{resolved.kept_start} is longer than the sequence ({resolved.seq_len} tokens)")
+    if resolved.eval_every is None:
+        resolved = resolved.replace(eval_every=max(1, budget_steps(resolved) // 10))
+    if resolved.checkpoint_every is None:
+        resolved = resolved.replace(checkpoint_every=resolved.eval_every)
+    if resolved.quick and resolved.threads is None:
+        # tiny models gain nothing from threads, and on a shared machine threads wait on each other
+        resolved = resolved.replace(threads=1)
+    make_schedule(resolved, resolved.seq_len, budget_steps(resolved))  # raises for a schedule that cannot be
+    return resolved
+
+
+def budget_steps(config: TrainConfig) -> int:
+    """The baseline's number of steps: ``--steps``, or ``--tokens`` rounded up to whole steps."""
+    if config.tokens is not None:
+        return -(-config.tokens // (config.batch_size * config.seq_len))
+    return config.steps
+
+
+def make_schedule(config: TrainConfig, seq_len: int, steps: int) -> MSLG | ConstantKeep:
+    """The random-LTD arm's kept-length schedule over ``steps`` steps; a bad setting raises the
+    ``ConfigError`` of its flag."""
+    try:
+        if config.schedule == "constant":
+            return ConstantKeep(seq_len, config.kept_start)
+        full_at = int(config.full_at) if config.full_at is not None and config.full_at > 1 else config.full_at
+        return MSLG(seq_len, config.kept_start, config.kept_increment, every_steps=config.kept_every,
+                    full_at=full_at, total_steps=steps)
+    except ConfigError as error:
+        raise flag_error(_SCHEDULE_FIELDS.get(error.field, "schedule"), error.message) from None
+
+
+def _check_task_fields(config: TrainConfig) -> None:
+    for name in NOT_FOR_TASK.get(config.task, ()):
+        if getattr(config, name) is not None:
+            raise flag_error(name, f"does not apply to --task {config.task}")
+    if config.task == "vit" and config.data:
+        raise flag_error("data", "--task vit trains on Fashion-MNIST; --data is for the text tasks")
+    if config.task != "finetune" and (config.lora or config.lora_rank or config.lora_targets):
+        raise flag_error("lora", "applies only to --task finetune (a pretrained model)")
+    if not config.lora:
+        for name in ("lora_rank", "lora_targets"):
+            if getattr(config, name) is not None:
+                raise flag_error(name, "applies only with --lora")
+
+
+def _vit_length(config: TrainConfig) -> int:
+    """Patches of the image plus the CLS token: patch size 2 -> 197 tokens, the paper's ViT length."""
+    if IMAGE_SIZE % config.patch_size:
+        raise flag_error("patch_size", f"must divide the image size {IMAGE_SIZE}, got {config.patch_size}")
+    length = (IMAGE_SIZE // config.patch_size) ** 2 + 1
+    if config.seq_len is not None and config.seq_len != length:
+        raise flag_error("seq_len", f"--task vit's length follows --patch-size "
+                                    f"({config.patch_size} -> {length} tokens), got {config.seq_len}")
+    return length
+
+
+def _check_positions(config: TrainConfig) -> None:
+    if config.task not in MAX_POSITIONS:
+        return
+    model, positions = MAX_POSITIONS[config.task]
+    if config.seq_len > positions:
+        raise flag_error("seq_len", f"{config.seq_len} is beyond the {positions} positions of {model} "
+                                    f"(--seq-len at most {positions})")
 
 
 def _as_tuple(value: Any) -> tuple:

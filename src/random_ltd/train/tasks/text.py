@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 
 from random_ltd.train import data
-from random_ltd.train.config import TrainConfig, flag_error
+from random_ltd.train.config import MAX_POSITIONS, TrainConfig, flag_error
 from random_ltd.train.sampling import EpochSampler, step_rng, windows
-from random_ltd.train.tasks.base import Batch, ModelShape, Task, cache_dir, check_positions
+from random_ltd.train.tasks.base import Batch, ModelShape, Task, cache_dir
 
 # (layers, hidden, heads) per --model-size; the feed-forward width is 4 x hidden as in GPT-2/BERT
 SIZES = {"tiny": (4, 64, 2), "small": (6, 192, 4), "base": (8, 256, 4)}
@@ -20,12 +20,9 @@ VAL_SEED = 20220901  # validation masking is fixed, the same for every run
 
 
 class TextTask(Task):
-    max_positions = 1024
-    model_name = "the model"
-
-    @classmethod
-    def check(cls, config: TrainConfig) -> None:
-        check_positions(config, cls.max_positions, f"{cls.model_name} (--seq-len at most {cls.max_positions})")
+    @property
+    def max_positions(self) -> int:
+        return MAX_POSITIONS[self.name][1]
 
     @property
     def example_length(self) -> int:
@@ -76,16 +73,6 @@ class GPTTask(TextTask):
     """Causal-LM pretraining of a small GPT-2 from scratch."""
 
     name = "gpt"
-    model_name = "GPT-2"
-    start_fraction = 1 / 8
-
-    @classmethod
-    def defaults(cls, quick: bool) -> dict:
-        if quick:
-            return dict(steps=24, batch_size=8, seq_len=64, model_size="tiny", vocab_size=512, corpus_mb=1.0,
-                        lr=2e-3, dropout=0.0, full_at=0.7, eval_batches=2)
-        return dict(steps=300, batch_size=16, seq_len=128, model_size="small", vocab_size=4096, lr=1e-3,
-                    dropout=0.0, full_at=0.7, eval_batches=8)
 
     def shape(self) -> ModelShape:
         layers, hidden, _ = size_of(self.config)
@@ -117,17 +104,6 @@ class BERTTask(TextTask):
     """Masked-LM pretraining of a small BERT: ``[CLS] A [SEP] B [SEP]`` pairs, 15% masked."""
 
     name = "bert"
-    model_name = "BERT"
-    start_fraction = 1 / 4
-    max_positions = 512
-
-    @classmethod
-    def defaults(cls, quick: bool) -> dict:
-        if quick:
-            return dict(steps=24, batch_size=8, seq_len=64, model_size="tiny", vocab_size=512, corpus_mb=1.0,
-                        lr=2e-3, dropout=0.0, full_at=0.7, eval_batches=2)
-        return dict(steps=300, batch_size=16, seq_len=128, model_size="small", vocab_size=4096, lr=1e-3,
-                    dropout=0.0, full_at=0.7, eval_batches=8)
 
     @property
     def example_length(self) -> int:

@@ -14,14 +14,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from random_ltd.train.config import TrainConfig, flag_error
+from random_ltd.train.config import IMAGE_SIZE, TrainConfig, flag_error
 from random_ltd.train.sampling import EpochSampler
-from random_ltd.train.tasks.base import Batch, ModelShape, Task, check_not_set
+from random_ltd.train.tasks.base import Batch, ModelShape, Task
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 INSTALL_HINT = ("install it with: apt-get install -y dataset-fashion-mnist "
                 "(or point --fashion-mnist-dir at its IDX files)")
-IMAGE_SIZE = 28
 SIZES = {"tiny": (4, 64, 2), "small": (6, 128, 4), "base": (8, 192, 4)}
 # per-pixel statistics of the Fashion-MNIST training images
 MEAN, STD = 0.2860, 0.3530
@@ -52,28 +51,7 @@ def load_fashion_mnist(directory: Path, split: str) -> tuple[np.ndarray, np.ndar
 
 class ViTTask(Task):
     name = "vit"
-    start_fraction = 1 / 3
     metric_names = ("val_loss", "val_accuracy")
-
-    @classmethod
-    def defaults(cls, quick: bool) -> dict:
-        if quick:
-            return dict(steps=24, batch_size=16, patch_size=7, model_size="tiny", lr=2e-3, dropout=0.0,
-                        full_at=0.8, eval_batches=4)
-        return dict(steps=200, batch_size=32, patch_size=2, model_size="small", lr=1e-3, dropout=0.0,
-                    full_at=0.8, eval_batches=16)
-
-    @classmethod
-    def check(cls, config: TrainConfig) -> None:
-        check_not_set(config, ("vocab_size", "corpus_mb"), "does not apply to --task vit")
-        if config.data:
-            raise flag_error("data", "--task vit trains on Fashion-MNIST; --data is for the text tasks")
-        if IMAGE_SIZE % config.patch_size:
-            raise flag_error("patch_size", f"must divide the image size {IMAGE_SIZE}, got {config.patch_size}")
-
-    @staticmethod
-    def seq_len_for(patch_size: int) -> int:
-        return (IMAGE_SIZE // patch_size) ** 2 + 1
 
     def prepare(self) -> None:
         directory = Path(self.config.fashion_mnist_dir or FASHION_MNIST_DIR)
