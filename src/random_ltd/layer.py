@@ -26,28 +26,62 @@ from random_ltd.sharding import ShardedLayout
 _STATE_ATTR = "_random_ltd_state"
 
 
-@dataclasses.dataclass
 class DropControl:
     """Shared by every wrapped layer of one model; owned by its handle.
 
     ``keep`` is the kept length (``None``: no dropping), ``selection`` the strategy choosing the
     kept tokens, ``context`` what the model's inputs told the strategy about this forward pass
-    (only for strategies with ``needs_context``).
+    (only for strategies with ``needs_context``). With ``dynamic_keep`` the layers read the kept
+    length as the size of a tensor marked dynamic for ``torch.compile``: a compiled layer then
+    has one graph for every kept length instead of one per length.
     """
 
-    selection: Selection
-    keep: int | None = None
-    context: ForwardContext = dataclasses.field(default_factory=ForwardContext)
+    def __init__(self, selection: Selection, keep: int | None = None, context: ForwardContext | None = None,
+                 dynamic_keep: bool = False):
+        self.selection = selection
+        self.context = ForwardContext() if context is None else context
+        self._dynamic_keep = dynamic_keep
+        self.keep = keep
+
+    @property
+    def keep(self) -> int | None:
+        return self._keep if self._keep_size is None else self._keep_size.shape[1]
+
+    @keep.setter
+    def keep(self, keep: int | None) -> None:
+        self._keep = keep
+        self._keep_size = None if keep is None or not self._dynamic_keep else _dynamic_size(keep)
+
+    @property
+    def dynamic_keep(self) -> bool:
+        return self._dynamic_keep
+
+    @dynamic_keep.setter
+    def dynamic_keep(self, dynamic: bool) -> None:
+        self._dynamic_keep = dynamic
+        self.keep = self._keep
+
+
+def _dynamic_size(size: int) -> torch.Tensor:
+    """An empty ``(0, size)`` tensor whose dim 1 Dynamo traces as a symbol, not a constant."""
+    import torch._dynamo  # noqa: PLC0415  (imported only by those who compile)
+
+    holder = torch.empty(0, size)
+    torch._dynamo.maybe_mark_dynamic(holder, 1)
+    return holder
 
 
 @dataclasses.dataclass
 class LayerState:
+    """``stream``: what the layer passes its selection to name itself (``random_ltd.selection``)."""
+
     adapter: LayerAdapter
     position: int
     control: DropControl
     original_class: type
     plan: CallPlan
     cache_layer_idx: int | None = None
+    stream: object = None
 
 
 def _find_layer_idx(layer: nn.Module) -> int | None:
@@ -81,7 +115,7 @@ class RandomLTDLayerMixin(swap.SwappedModule):
         hidden = hidden if layout is None else layout.to_full(hidden)
         tokens = hidden if batch_first else hidden.transpose(0, 1)
         context = control.context.for_layer(state.position, hidden) if control.selection.needs_context else None
-        indices = control.selection(state.position, tokens, keep, context)
+        indices = control.selection(state.stream, tokens, keep, context)
         if indices is None or indices.shape[1] >= tokens.shape[1]:
             return super().forward(*args, **kwargs)
         return _forward_on_kept(self, state, call, hidden_name, tokens, indices, batch_first, layout)
@@ -145,8 +179,20 @@ def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
 
 def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: DropControl) -> None:
     state = LayerState(adapter, position, control, original_class=type(layer), plan=CallPlan.of(type(layer)),
-                       cache_layer_idx=_find_layer_idx(layer))
+                       cache_layer_idx=_find_layer_idx(layer), stream=_stream(control.selection, position))
     swap.swap(layer, RandomLTDLayerMixin, _STATE_ATTR, state)
+
+
+def _stream(selection: Selection, position: int):
+    stream = getattr(selection, "stream", None)
+    return position if stream is None else stream(position)
+
+
+def set_position(layer: nn.Module, position: int) -> None:
+    """Renumber a wrapped layer (a pipeline stage's layer takes its place in the whole stack)."""
+    state = layer_state(layer)
+    state.position = position
+    state.stream = _stream(state.control.selection, position)
 
 
 def unwrap_layer(layer: nn.Module) -> None:

@@ -1,10 +1,12 @@
 """Which tokens a dropping layer keeps: selection strategies, and per-forward context.
 
-A strategy is called by every dropping layer as ``strategy(position, tokens, keep, context)``
+A strategy is called by every dropping layer as ``strategy(stream, tokens, keep, context)``
 and returns the kept positions ``(B, keep)`` sorted ascending, or ``None`` to run the layer on
-every token. ``tokens`` are the layer's batch-first hidden states; ``context`` is what the
-model's inputs said about this forward pass (see ``ForwardContext``), ``None`` for strategies
-that need nothing from them.
+every token. ``stream`` names the calling layer: what the strategy's ``stream(position)``
+returned for it when it was wrapped (a tensor, so that compiled layers do not specialise on a
+per-layer int), or its position for strategies without that method. ``tokens`` are the layer's
+batch-first hidden states; ``context`` is what the model's inputs said about this forward pass
+(see ``ForwardContext``), ``None`` for strategies that need nothing from them.
 
 - ``UniformSelection``: random-LTD. Each layer draws its own uniform subset (``rng``), with
   optional protected tokens (positions, or positions holding given ids) chosen first.
@@ -26,7 +28,7 @@ from random_ltd.errors import RandomLTDError
 class Selection(Protocol):
     needs_context: bool
 
-    def __call__(self, position: int, tokens: torch.Tensor, keep: int, context) -> torch.Tensor | None: ...
+    def __call__(self, stream, tokens: torch.Tensor, keep: int, context) -> torch.Tensor | None: ...
 
 
 class UniformSelection:
@@ -39,18 +41,33 @@ class UniformSelection:
     """
 
     def __init__(self, seed: int, protect_positions: Sequence[int] = (), protect_ids: Sequence[int] = ()):
-        self.seed = seed
+        self._streams = rng.StreamWords(seed)
         self.protect_positions = tuple(protect_positions)
         self.protect_ids = tuple(sorted(set(protect_ids)))
         self._ids_by_device: dict[torch.device, torch.Tensor] = {}
 
     @property
+    def seed(self) -> int:
+        return self._streams.seed
+
+    @seed.setter
+    def seed(self, seed: int) -> None:
+        self._streams.reseed(seed)
+
+    @property
     def needs_context(self) -> bool:
         return bool(self.protect_ids)
 
-    def __call__(self, position: int, tokens: torch.Tensor, keep: int, context) -> torch.Tensor:
+    def stream(self, position: int) -> torch.Tensor:
+        """The layer at ``position``'s stream: a 0-d tensor that follows the seed (``rng.StreamWords``).
+        A dropping layer holds it and passes it instead of its position, so compiled layers share graphs."""
+        return self._streams.word(position)
+
+    def __call__(self, stream: int | torch.Tensor, tokens: torch.Tensor, keep: int, context) -> torch.Tensor:
+        """``stream``: the layer's ``stream(position)``, or its position."""
         batch, seq_len = tokens.shape[:2]
-        keys = rng.uniform_keys(self.seed, position, batch, seq_len, tokens.device)
+        word = self.stream(stream) if isinstance(stream, int) else stream
+        keys = rng.keys_from_table(self._streams.table(word, seq_len, tokens.device), batch)
         protected = self._protected(seq_len, tokens.device, context)
         if protected is not None:
             keys = keys.masked_fill(protected, rng.KEY_LIMIT)

@@ -11,7 +11,15 @@ import torch.nn as nn
 from random_ltd import adapters
 from random_ltd.adapters import moe
 from random_ltd.errors import RandomLTDError
-from random_ltd.layer import DropControl, check_unwrappable, is_wrapped, layer_state, unwrap_layer, wrap_layer
+from random_ltd.layer import (
+    DropControl,
+    check_unwrappable,
+    is_wrapped,
+    layer_state,
+    set_position,
+    unwrap_layer,
+    wrap_layer,
+)
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
 from random_ltd.selection import UniformSelection
 from random_ltd.swap import original_class
@@ -106,6 +114,18 @@ class RandomLTDHandle:
         if strategy.needs_context and not self._selection.needs_context:
             raise RandomLTDError("this handle feeds no per-forward context; apply() with protect_ids for one")
         self._control.selection = strategy
+        modules = dict(self.model.named_modules())
+        for layer in self.layers:  # each layer names itself by the new strategy's stream
+            set_position(modules[layer.name], layer.index)
+
+    @property
+    def dynamic_keep(self) -> bool:
+        """Whether compiled layers see the kept length as a dynamic size (``apply(dynamic_keep=...)``)."""
+        return self._control.dynamic_keep
+
+    @dynamic_keep.setter
+    def dynamic_keep(self, dynamic: bool) -> None:
+        self._control.dynamic_keep = _check_bool("dynamic_keep", dynamic)
 
     def set_keep(self, keep: int | None) -> None:
         self._control.keep = check_keep(keep)
@@ -156,6 +176,12 @@ def check_seed(seed) -> int:
     return seed
 
 
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise RandomLTDError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def _check_ints(name: str, values) -> tuple[int, ...]:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise RandomLTDError(f"{name} must be a sequence of integers, got {values!r}")
@@ -175,6 +201,7 @@ def apply(
     protect_positions: Sequence[int] = (),
     protect_ids: Sequence[int] = (),
     stack: str | None = None,
+    dynamic_keep: bool = False,
 ) -> RandomLTDHandle:
     """Apply random-LTD to ``model`` in place and return its handle.
 
@@ -194,14 +221,17 @@ def apply(
         protect_ids: token ids always kept, found in the model's ``input_ids`` at each forward
             (the special-tokens variant the paper tests and rejects, Section 5.2).
         stack: name of the layer container when the model has several (encoder-decoder).
+        dynamic_keep: under ``torch.compile``, trace the kept length as a dynamic size: one graph
+            per compiled block for every kept length of an MSLG run, instead of one per length
+            (``docs/scale.md``). Eager runs are unaffected.
     """
     if not isinstance(model, nn.Module):
         raise RandomLTDError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
     if get_handle(model) is not None:
         raise RandomLTDError("random-LTD is already applied to this model; random_ltd.remove(model) first")
     keep = check_keep(keep)
-    if not isinstance(keep_prefix_tokens, bool):
-        raise RandomLTDError(f"keep_prefix_tokens must be True or False, got {keep_prefix_tokens!r}")
+    _check_bool("keep_prefix_tokens", keep_prefix_tokens)
+    _check_bool("dynamic_keep", dynamic_keep)
     positions, ids = _check_ints("protect_positions", protect_positions), _check_ints("protect_ids", protect_ids)
     seed = int(torch.randint(0, 2**62, (1,)).item()) if seed is None else check_seed(seed)
     stack_name, members = find_layer_stack(model, stack)
@@ -211,7 +241,7 @@ def apply(
         prefix = max(adapters.adapter_for(type(layer)).num_prefix_tokens for _, _, layer in chosen)
         positions = tuple(range(prefix)) + positions
     selection = UniformSelection(seed, positions, ids)
-    control = DropControl(selection=selection, keep=keep)
+    control = DropControl(selection=selection, keep=keep, dynamic_keep=dynamic_keep)
     selected = {layer: adapters.adapter_for(type(layer)) for _, _, layer in chosen}
     router_loss = moe.attach(model, selected, control)
     wrapped = [_wrap(index, name, layer, control) for index, name, layer in chosen]
