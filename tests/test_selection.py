@@ -126,3 +126,22 @@ def test_context_of_the_replayed_forward_under_interleaved_checkpointing(method,
     reference, replayed = grads(False), grads(True)
     for name in reference:
         torch.testing.assert_close(replayed[name], reference[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("reseed", ["load_state_dict", "new selection"])
+def test_a_new_seed_reaches_every_layer(monkeypatch, reseed):
+    """Layers hold their stream words (tensors, for torch.compile): a new seed must still reach them."""
+    ids = torch.randint(0, zoo.VOCAB, (zoo.BATCH, zoo.SEQ), generator=torch.Generator().manual_seed(2))
+    inputs = {"input_ids": ids}
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(0)
+        model = zoo.bert().train()
+        handle = random_ltd.apply(model, "1:-1", keep=5, seed=seed)
+        if seed == 2 and reseed == "load_state_dict":
+            handle.load_state_dict({"seed": 1, "keep": 5})
+        elif seed == 2:
+            handle.selection = random_ltd.selection.UniformSelection(1)
+        torch.manual_seed(4)
+        runs.append(kept_positions(monkeypatch, model, inputs))
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
