@@ -98,3 +98,10 @@ def test_compiled_draw_equals_eager_and_one_graph_serves_every_stream():
         assert torch.equal(draw(compiled, word), ops.keep_top(draw(reference_keys, 6, position, 2, 24), 9))
     assert len(graphs) == 1
     torch._dynamo.reset()
+
+
+def test_stream_words_stay_on_the_cpu_when_a_model_is_built_under_a_meta_default_device():
+    """torchtitan builds (and converts) its model under ``torch.device("meta")``."""
+    with torch.device("meta"):
+        word = rng.StreamWords(seed=3).word(1)
+    assert word.device == CPU and int(word) == rng.stream_word(3, 1)

@@ -99,7 +99,7 @@ class StreamWords:
     def word(self, stream: int) -> torch.Tensor:
         word = self._words.get(stream)
         if word is None:
-            word = self._words[stream] = torch.tensor(stream_word(self.seed, stream), dtype=torch.int64)
+            word = self._words[stream] = torch.tensor(stream_word(self.seed, stream), dtype=torch.int64, device="cpu")
             self._streams_by_id[id(word)] = stream
         return word
 
