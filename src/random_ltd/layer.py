@@ -66,7 +66,7 @@ def _dynamic_size(size: int) -> torch.Tensor:
     """An empty ``(0, size)`` tensor whose dim 1 Dynamo traces as a symbol, not a constant."""
     import torch._dynamo  # noqa: PLC0415  (imported only by those who compile)
 
-    holder = torch.empty(0, size)
+    holder = torch.empty(0, size, device="cpu")  # only its size is read
     torch._dynamo.maybe_mark_dynamic(holder, 1)
     return holder
 

@@ -116,7 +116,8 @@ class RandomLTDHandle:
         self._control.selection = strategy
         modules = dict(self.model.named_modules())
         for layer in self.layers:  # each layer names itself by the new strategy's stream
-            set_position(modules[layer.name], layer.index)
+            module = modules[layer.name]
+            set_position(module, layer_state(module).position)  # (a pipeline stage's may differ from its index)
 
     @property
     def dynamic_keep(self) -> bool:
