@@ -1,6 +1,10 @@
 """What one index draw costs: the hashed draw against a seeded ``torch.rand``, and one draw per
 forward pass (all dropping layers at once) against one per layer. Prints medians in ms.
 
+The hashed draw is timed twice: as ``rng.uniform_keys`` computes it (the per-position table
+hashed anew every call) and as a dropping layer draws it (``UniformSelection`` with the layer's
+stream word, the table made once per length and device).
+
     python examples/draw_cost.py [--repeats 60]
 """
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 import torch
 
 from random_ltd import ops, rng
+from random_ltd.selection import LayerInfo, UniformSelection
 
 CPU = torch.device("cpu")
 
@@ -36,6 +41,10 @@ def per_layer(layers: int, batch: int, seq_len: int, keep: int) -> list[torch.Te
     return [ops.keep_top(rng.uniform_keys(1, layer, batch, seq_len, CPU), keep) for layer in range(layers)]
 
 
+def as_a_layer(selection: UniformSelection, stream: torch.Tensor, tokens: torch.Tensor, keep: int) -> torch.Tensor:
+    return selection.select(LayerInfo(position=0, stream=stream), tokens, keep, None)
+
+
 def one_call(layers: int, batch: int, seq_len: int, keep: int) -> tuple[torch.Tensor, ...]:
     return ops.keep_top(rng.uniform_keys(1, 0, layers * batch, seq_len, CPU), keep).split(batch)
 
@@ -50,7 +59,11 @@ def main() -> None:
         keep = seq_len // 2
         rand = median_ms(functools.partial(seeded_rand, batch, seq_len, keep, generator), repeats)
         hashed = median_ms(functools.partial(per_layer, 1, batch, seq_len, keep), repeats)
-        print(f"one layer, {batch}x{seq_len}: seeded torch.rand {rand:.3f} ms, hashed draw {hashed:.3f} ms")
+        selection = UniformSelection(seed=1)
+        tokens = torch.empty(batch, seq_len, 0)
+        layer = median_ms(functools.partial(as_a_layer, selection, selection.stream(0), tokens, keep), repeats)
+        print(f"one layer, {batch}x{seq_len}: seeded torch.rand {rand:.3f} ms, hashed draw {hashed:.3f} ms "
+              f"(table rebuilt), {layer:.3f} ms (as a layer draws: table cached)")
     for layers, batch, seq_len in ((10, 16, 128), (10, 8, 1024), (22, 2, 2048)):
         keep = seq_len // 2
         each = median_ms(functools.partial(per_layer, layers, batch, seq_len, keep), repeats)

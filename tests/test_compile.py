@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 import torch._dynamo
+import transformers
 import zoo
 
 import random_ltd
@@ -105,3 +106,72 @@ def test_recompilations_over_an_mslg_run_are_one_per_kept_length():
         case.loss(compiled, inputs).backward()
     assert sorted(set(kept)) == [4, 8, 12, 16]
     assert len(compiles) == len(set(kept))  # 16 = full length: the plain graph
+
+
+def _counting(backend: str = "aot_eager"):
+    """A backend that records every graph Dynamo hands it, then compiles it with ``backend``."""
+    graphs = []
+
+    def compile_graph(graph, example_inputs):
+        graphs.append(graph)
+        return torch._dynamo.lookup_backend(backend)(graph, example_inputs)
+
+    return compile_graph, graphs
+
+
+def _deep_gpt_neox(layers: int):
+    config = transformers.GPTNeoXConfig(
+        num_hidden_layers=layers, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=zoo.VOCAB,
+        max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0, attn_implementation="sdpa",
+        hidden_dropout=0.0, attention_dropout=0.0)
+    return transformers.GPTNeoXForCausalLM(config).train()
+
+
+def _mslg_per_block(seq_len: int, start: int, dynamic_keep: bool, layers: int = 24):
+    """Eager and per-block compiled (``fullgraph``, Dynamo's default limits) copies of a deep GPT-NeoX
+    over an MSLG run; returns the kept lengths and the graphs compiled, after checking every step's
+    loss and gradients against eager."""
+    torch.manual_seed(0)
+    eager = _deep_gpt_neox(layers)
+    compiled = copy.deepcopy(eager)
+    schedule = random_ltd.MSLG(seq_len, start=start, increment=start, every_steps=1)
+    options = {"dynamic_keep": True} if dynamic_keep else {}
+    eager_handle = random_ltd.apply(eager, seed=5)
+    handle = random_ltd.apply(compiled, seed=5, **options)
+    assert len(handle.layers) == layers - 2
+    backend, graphs = _counting()
+    for block in compiled.gpt_neox.layers:
+        block.compile(fullgraph=True, backend=backend)
+    ids = torch.randint(0, zoo.VOCAB, (2, seq_len), generator=torch.Generator().manual_seed(1))
+    kept = []
+    for step in range(seq_len // start + 1):
+        kept.append(schedule(step))
+        results = []
+        for model, model_handle in ((eager, eager_handle), (compiled, handle)):
+            model_handle.set_keep(kept[-1])
+            torch.manual_seed(100 + step)
+            model.zero_grad(set_to_none=True)
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.backward()
+            results.append((loss.detach(), {name: p.grad for name, p in model.named_parameters()}))
+        (ref_loss, ref_grads), (loss, grads) = results
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+        for name in ref_grads:
+            torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    return kept, graphs
+
+
+def test_per_block_compile_of_24_layers_holds_under_default_limits_with_one_graph_per_kept_length():
+    """22 dropping blocks share their graphs: 1 for the plain class + 1 per distinct kept length,
+    whatever the depth (a Python int per layer would make every layer its own graph)."""
+    kept, graphs = _mslg_per_block(seq_len=16, start=4, dynamic_keep=False)
+    assert sorted(set(kept)) == [4, 8, 12, 16]
+    assert len(graphs) == 1 + len(set(kept))
+
+
+def test_dynamic_keep_compiles_one_dropping_graph_for_a_whole_mslg_schedule():
+    """Seven dropping lengths and the full one: 1 plain graph, 1 dropping graph for every length,
+    1 for the full length (where the layer runs unchanged)."""
+    kept, graphs = _mslg_per_block(seq_len=32, start=4, dynamic_keep=True)
+    assert len(set(kept)) == 8 and kept[-1] == 32
+    assert len(graphs) <= 3

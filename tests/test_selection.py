@@ -221,3 +221,22 @@ def test_a_context_strategy_set_on_a_plain_handle_reads_the_model_inputs_and_its
     assert len(seen) == 2 and all(torch.equal(indices, expected) for indices in seen)
     handle.strategy = random_ltd.UniformSelection(seed=1)
     assert not model._forward_pre_hooks and not model._forward_hooks
+
+
+@pytest.mark.parametrize("reseed", ["load_state_dict", "new selection"])
+def test_a_new_seed_reaches_every_layer(monkeypatch, reseed):
+    """Layers hold their stream words (tensors, for torch.compile): a new seed must still reach them."""
+    ids = torch.randint(0, zoo.VOCAB, (zoo.BATCH, zoo.SEQ), generator=torch.Generator().manual_seed(2))
+    inputs = {"input_ids": ids}
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(0)
+        model = zoo.bert().train()
+        handle = random_ltd.apply(model, "1:-1", keep=5, seed=seed)
+        if seed == 2 and reseed == "load_state_dict":
+            handle.load_state_dict({"seed": 1, "keep": 5})
+        elif seed == 2:
+            handle.selection = random_ltd.selection.UniformSelection(1)
+        torch.manual_seed(4)
+        runs.append(kept_positions(monkeypatch, model, inputs))
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))

@@ -31,23 +31,54 @@ from random_ltd.sharding import ShardedLayout
 _STATE_ATTR = "_random_ltd_state"
 
 
-@dataclasses.dataclass
 class DropControl:
     """Shared by every wrapped layer of one model; owned by its handle.
 
     ``keep`` is the kept length (``None``: no dropping), ``strategy`` chooses the kept tokens
     (``random_ltd.selection``), ``contexts`` holds its per-forward contexts (only for strategies
-    with ``needs_context``).
+    with ``needs_context``). With ``dynamic_keep`` the layers read the kept length as the size of
+    a tensor marked dynamic for ``torch.compile``: a compiled layer then has one graph for every
+    kept length instead of one per length.
     """
 
-    strategy: Strategy
-    keep: int | None = None
-    contexts: ForwardContexts = dataclasses.field(default_factory=ForwardContexts)
+    def __init__(self, strategy: Strategy, keep: int | None = None, dynamic_keep: bool = False):
+        self.strategy = strategy
+        self.contexts = ForwardContexts()
+        self._dynamic_keep = dynamic_keep
+        self.keep = keep
+
+    @property
+    def keep(self) -> int | None:
+        return self._keep if self._keep_size is None else self._keep_size.shape[1]
+
+    @keep.setter
+    def keep(self, keep: int | None) -> None:
+        self._keep = keep
+        self._has_keep = keep is not None  # read by compiled layers instead of the int (no guard on its value)
+        self._keep_size = None if keep is None or not self._dynamic_keep else _dynamic_size(keep)
+
+    @property
+    def dynamic_keep(self) -> bool:
+        return self._dynamic_keep
+
+    @dynamic_keep.setter
+    def dynamic_keep(self, dynamic: bool) -> None:
+        self._dynamic_keep = dynamic
+        self.keep = self._keep
 
     @property
     def dropping(self) -> bool:
         """A kept length is set, or the strategy has its own (span routing's fractions): training drops."""
-        return self.keep is not None or getattr(self.strategy, "keeps_own_length", False)
+        return self._has_keep or getattr(self.strategy, "keeps_own_length", False)
+
+
+def _dynamic_size(size: int) -> torch.Tensor:
+    """An empty ``(0, size)`` tensor whose dim 1 Dynamo traces as a symbol, not a constant."""
+    import torch._dynamo  # noqa: PLC0415  (imported only by those who compile)
+
+    holder = torch.empty(0, size, device="cpu")  # only its size is read
+    torch._dynamo.maybe_mark_dynamic(holder, 1)
+    return holder
 
 
 @dataclasses.dataclass
@@ -205,9 +236,23 @@ def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
 
 
 def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: DropControl, name: str = "") -> None:
-    state = LayerState(adapter, LayerInfo(position, name), control, original_class=type(layer),
-                       plan=CallPlan.of(type(layer)), cache_layer_idx=_find_layer_idx(layer))
+    info = LayerInfo(position, name, stream=_stream(control.strategy, position))
+    state = LayerState(adapter, info, control, original_class=type(layer), plan=CallPlan.of(type(layer)),
+                       cache_layer_idx=_find_layer_idx(layer))
     swap.swap(layer, RandomLTDLayerMixin, _STATE_ATTR, state)
+
+
+def set_position(layer: nn.Module, position: int) -> None:
+    """Renumber a wrapped layer (a pipeline stage's layer takes its place in the whole stack), or name it
+    anew by its strategy's ``stream`` after the strategy changed (same position)."""
+    info = layer_state(layer).info
+    info.position = position
+    info.stream = _stream(layer_state(layer).control.strategy, position)
+
+
+def _stream(strategy: Strategy, position: int):
+    stream = getattr(strategy, "stream", None)  # duck-typed strategies may have none
+    return position if stream is None else stream(position)
 
 
 def unwrap_layer(layer: nn.Module) -> None:

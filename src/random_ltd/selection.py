@@ -35,11 +35,14 @@ class LayerInfo:
     """What a strategy knows of the dropping layer calling it.
 
     ``position``: the layer's index in its stack (under pipeline parallelism, in the whole
-    model's stack); ``name``: its module name in the model.
+    model's stack); ``name``: its module name in the model; ``stream``: the strategy's own name for
+    the layer (``Strategy.stream``), e.g. a 0-d tensor, so that compiled layers do not specialise on
+    a per-layer Python int (each dropping block of a class then shares one graph).
     """
 
     position: int
     name: str = ""
+    stream: object = None  # what the strategy's stream(position) returned when the layer was wrapped
 
 
 class Strategy:
@@ -51,6 +54,10 @@ class Strategy:
     def begin_forward(self, inputs: Mapping[str, object], keep: int):
         """The context of one training forward, from the model's arguments (``needs_context`` only)."""
         return None
+
+    def stream(self, position: int) -> object:
+        """The layer at ``position``'s name for this strategy (``LayerInfo.stream``), made at wrap time."""
+        return position
 
     def select(self, layer: LayerInfo, tokens: torch.Tensor, keep: int, context) -> torch.Tensor | None:
         raise NotImplementedError
@@ -72,14 +79,26 @@ class UniformSelection(Strategy):
     """
 
     def __init__(self, seed: int, protect_positions: Sequence[int] = (), protect_ids: Sequence[int] = ()):
-        self.seed = seed
+        self._streams = rng.StreamWords(seed)
         self.protect_positions = tuple(protect_positions)
         self.protect_ids = tuple(sorted(set(protect_ids)))
         self._ids_by_device: dict[torch.device, torch.Tensor] = {}
 
     @property
+    def seed(self) -> int:
+        return self._streams.seed
+
+    @seed.setter
+    def seed(self, seed: int) -> None:
+        self._streams.reseed(seed)  # the layers' stream tensors follow in place
+
+    @property
     def needs_context(self) -> bool:
         return bool(self.protect_ids)
+
+    def stream(self, position: int) -> torch.Tensor:
+        """The layer at ``position``'s stream: a 0-d tensor that follows the seed (``rng.StreamWords``)."""
+        return self._streams.word(position)
 
     def begin_forward(self, inputs: Mapping[str, object], keep: int) -> torch.Tensor:
         input_ids = inputs.get("input_ids")
@@ -89,7 +108,8 @@ class UniformSelection(Strategy):
 
     def select(self, layer: LayerInfo, tokens: torch.Tensor, keep: int, context) -> torch.Tensor:
         batch, seq_len = tokens.shape[:2]
-        keys = rng.uniform_keys(self.seed, layer.position, batch, seq_len, tokens.device)
+        word = layer.stream if isinstance(layer.stream, torch.Tensor) else self.stream(layer.position)
+        keys = rng.keys_from_table(self._streams.table(word, seq_len, tokens.device), batch)
         protected = self._protected(seq_len, tokens.device, context)
         if protected is not None:
             keys = torch.where(protected, keys + rng.KEY_LIMIT, keys)

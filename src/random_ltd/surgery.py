@@ -13,7 +13,15 @@ import torch.nn as nn
 from random_ltd import adapters, span
 from random_ltd.adapters import moe
 from random_ltd.errors import RandomLTDError
-from random_ltd.layer import DropControl, check_unwrappable, is_wrapped, layer_state, unwrap_layer, wrap_layer
+from random_ltd.layer import (
+    DropControl,
+    check_unwrappable,
+    is_wrapped,
+    layer_state,
+    set_position,
+    unwrap_layer,
+    wrap_layer,
+)
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
 from random_ltd.selection import Strategy, UniformSelection, as_strategy
 from random_ltd.swap import original_class
@@ -117,6 +125,10 @@ class RandomLTDHandle:
             strategy.check_layers(self.drop_layers)
         self._hook_for(strategy)
         self._control.strategy = strategy
+        modules = dict(self.model.named_modules())
+        for layer in self.layers:  # each layer names itself by the new strategy's stream
+            module = modules[layer.name]
+            set_position(module, layer_state(module).info.position)  # (a pipeline stage's may differ from its index)
 
     selection = strategy  # the name of version 0.1
 
@@ -133,6 +145,15 @@ class RandomLTDHandle:
         for hook in self._hooks:
             hook.remove()
         self._hooks = ()
+
+    @property
+    def dynamic_keep(self) -> bool:
+        """Whether compiled layers see the kept length as a dynamic size (``apply(dynamic_keep=...)``)."""
+        return self._control.dynamic_keep
+
+    @dynamic_keep.setter
+    def dynamic_keep(self, dynamic: bool) -> None:
+        self._control.dynamic_keep = _check_bool("dynamic_keep", dynamic)
 
     def set_keep(self, keep: int | None) -> None:
         if keep is not None and getattr(self._control.strategy, "keeps_own_length", False):
@@ -232,6 +253,12 @@ def check_seed(seed) -> int:
     return seed
 
 
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise RandomLTDError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def _check_ints(name: str, values) -> tuple[int, ...]:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
         raise RandomLTDError(f"{name} must be a sequence of integers, got {values!r}")
@@ -253,6 +280,7 @@ def apply(
     protect_ids: Sequence[int] = (),
     stack: str | Sequence[str] | None = None,
     routes: Sequence[tuple[float | int, int, int]] | None = None,
+    dynamic_keep: bool = False,
 ) -> RandomLTDHandle:
     """Apply token dropping to ``model`` in place and return its handle.
 
@@ -280,13 +308,16 @@ def apply(
             each route keeping a uniform fraction ``keep`` in (0, 1] of the tokens (or an int count)
             through layers ``first..last`` (inclusive, non-overlapping); only ``seed`` and ``stack``
             combine with it (``random_ltd.span``, docs/routing.md).
+        dynamic_keep: under ``torch.compile``, trace the kept length as a dynamic size: one graph
+            per compiled block for every kept length of an MSLG run, instead of one per length
+            (``docs/scale.md``). Eager runs are unaffected.
     """
     if not isinstance(model, nn.Module):
         raise RandomLTDError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
     check_unapplied(model)
     keep = check_keep(keep)
-    if not isinstance(keep_prefix_tokens, bool):
-        raise RandomLTDError(f"keep_prefix_tokens must be True or False, got {keep_prefix_tokens!r}")
+    _check_bool("keep_prefix_tokens", keep_prefix_tokens)
+    _check_bool("dynamic_keep", dynamic_keep)
     positions, ids = _check_ints("protect_positions", protect_positions), _check_protect_ids(model, protect_ids)
     if routes is not None:
         span.check_route_options(layers, keep, strategy, positions, ids, keep_prefix_tokens)
@@ -311,7 +342,7 @@ def apply(
     if keep_prefix_tokens:
         prefix = max(adapters.adapter_for(type(layer)).num_prefix_tokens for _, _, layer in chosen)
         positions = tuple(range(prefix)) + positions
-    control = DropControl(strategy=strategy or UniformSelection(seed, positions, ids), keep=keep)
+    control = DropControl(strategy or UniformSelection(seed, positions, ids), keep=keep, dynamic_keep=dynamic_keep)
     selected = {layer: adapters.adapter_for(type(layer)) for _, _, layer in chosen}
     router_loss = moe.attach(model, selected, control)
     wrapped = [_wrap(index, name, layer, control) for index, name, layer in chosen]

@@ -1,12 +1,14 @@
 """How ``torch.compile`` copes with random-LTD: recompiles over an MSLG run, and compiled step times.
 
-The model is compiled with ``fullgraph=True``: a graph break fails the section instead of being
-counted. The kept length changes during training and each new length is a new shape, so a
-compiled model recompiles; rounding the kept length to a multiple (``MSLG(..., multiple_of=m)``)
-bounds the number of distinct lengths. A counting backend records every compilation (first ones
-and recompiles alike). The default backend, ``eager``, runs the captured graphs as they are: it
-counts what Dynamo does without spending minutes in code generation. Compiled step times put a
-compiled random-LTD step beside the compiled baseline step, interleaved, on the same backend.
+The model is compiled whole, or block by block (each transformer block ``.compile``d, as
+torchtitan does), always with ``fullgraph=True``: a graph break fails the section instead of
+being counted. The kept length changes during training; with a static kept length each new
+length is a new shape and compiles again, bounded by rounding (``MSLG(..., multiple_of=m)``);
+with ``dynamic_keep`` the kept length is traced as a symbol and one graph serves every length.
+A counting backend records every compilation (first ones and recompiles alike). The default
+backend, ``eager``, runs the captured graphs as they are: it counts what Dynamo does without
+spending minutes in code generation. Compiled step times put compiled random-LTD steps (static
+and dynamic kept length) beside the compiled baseline step, interleaved, on the same backend.
 """
 from __future__ import annotations
 
@@ -27,10 +29,12 @@ def _distinct_kept(schedule, steps: int) -> list[int]:
 
 
 def count_compiles(model: torch.nn.Module, train_step: Callable[[int, torch.nn.Module], None],
-                   kept_lengths: list[int], backend: str = "eager") -> dict:
+                   kept_lengths: list[int], backend: str = "eager",
+                   blocks: list[torch.nn.Module] | None = None) -> dict:
     """Two training steps per kept length (the second must not compile again), counting compilations.
 
-    ``train_step(keep, compiled_model)`` sets the kept length and trains one step. Under
+    ``train_step(keep, compiled_model)`` sets the kept length and trains one step. ``blocks``:
+    compile these modules in place, each on its own, instead of the whole model. Under
     ``fullgraph=True`` a frame past Dynamo's recompile limit fails instead of running eagerly: the
     count then stops at that kept length (``compiled_kept``: the lengths that compiled) and the hit
     is counted.
@@ -48,7 +52,7 @@ def count_compiles(model: torch.nn.Module, train_step: Callable[[int, torch.nn.M
             return graph_module.forward
         return torch._dynamo.lookup_backend(backend)(graph_module, example_inputs)
 
-    compiled = torch.compile(model, backend=counting_backend, fullgraph=True)
+    compiled = _compile(model, blocks, counting_backend)
     first_length, on_repeat, compiled_kept, failed = None, 0, 0, 0
     with count_limit_hits() as limit_hits:
         for keep in kept_lengths:
@@ -93,34 +97,72 @@ def count_limit_hits():
         logger.removeHandler(handler)
 
 
-def compiled_step_times(bench: GptBench, keep: int, backend: str, repeats: int, clock: str) -> dict:
-    """Compiled baseline and compiled random-LTD training steps (kept length ``keep``), interleaved."""
+def _compile(model: torch.nn.Module, blocks: list[torch.nn.Module] | None, backend) -> torch.nn.Module:
+    """The model to call: compiled whole, or itself with each of ``blocks`` compiled in place."""
+    if blocks is None:
+        return torch.compile(model, backend=backend, fullgraph=True)
+    for block in blocks:
+        block.compile(backend=backend, fullgraph=True)
+    return model
+
+
+def _blocks(bench: GptBench) -> list[torch.nn.Module]:
+    """The GPT-2 blocks: what a per-block ``torch.compile`` (torchtitan's way) compiles one by one."""
+    return list(bench.model.transformer.h)
+
+
+def compiled_step_times(bench: GptBench, keep: int, backend: str, repeats: int, clock: str,
+                        per_block: bool = False) -> dict:
+    """Compiled baseline and compiled random-LTD training steps (kept length ``keep``, static and
+    dynamic), interleaved; ``per_block``: the blocks are compiled one by one instead of the model."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    compiled = torch.compile(bench.model, backend=backend, fullgraph=True)
-    variants = {"baseline": lambda: bench.step(None, compiled), "random_ltd": lambda: bench.step(keep, compiled)}
+    compiled = _compile(bench.model, _blocks(bench) if per_block else None, backend)
+
+    def ltd(dynamic: bool):
+        bench.handle.dynamic_keep = dynamic
+        bench.step(keep, compiled)
+
+    variants = {"baseline": lambda: bench.step(None, compiled), "random_ltd": lambda: ltd(False),
+                "random_ltd_dynamic": lambda: ltd(True)}
     timings = interleaved(variants, repeats, bench.device, warmup=2, seed=0)
+    bench.handle.dynamic_keep = False
     torch._dynamo.reset()
     medians = {name: timing.median(clock) for name, timing in timings.items()}
-    return {"keep": keep, "clock": clock, **{name: timing.to_json() for name, timing in timings.items()},
+    return {"keep": keep, "clock": clock, "per_block": per_block,
+            **{name: timing.to_json() for name, timing in timings.items()},
             "time_ratio_median": medians["random_ltd"] / medians["baseline"],
+            "dynamic_time_ratio_median": medians["random_ltd_dynamic"] / medians["baseline"],
             "flop_ratio": bench.flops(keep) / bench.flops(None)}
 
 
+# (compiled as, kept lengths rounded to compile_multiple, dynamic kept length)
+COMPILE_RUNS = (("model", False, False), ("model", True, False), ("model", False, True),
+                ("blocks", True, False), ("blocks", False, True))
+
+
 def compile_section(config: BenchConfig, progress) -> dict:
-    """Compilations over the whole run's kept lengths, unrounded and rounded to ``compile_multiple``,
-    then compiled step times at half the sequence length."""
+    """Compilations over the whole run's kept lengths (model or blocks compiled; unrounded, rounded
+    to ``compile_multiple`` or dynamic), then compiled step times at half the sequence length."""
     gpt, run = config.gpt, config.run
-    bench = GptBench(gpt, torch.device(config.device), config.torch_dtype, config.seed)
     rows = []
-    for multiple in (None, config.compile_multiple):
+    for compiled_as, rounded, dynamic in COMPILE_RUNS:
+        multiple = config.compile_multiple if rounded else None
         schedule = random_ltd.MSLG(gpt.seq_len, run.start, run.increment, full_at=run.full_at,
                                    total_steps=run.steps, multiple_of=multiple)
-        progress(f"compile: kept lengths rounded to a multiple of {multiple or 1}")
+        progress(f"compile: {compiled_as} compiled, kept lengths rounded to a multiple of {multiple or 1}"
+                 f"{', dynamic' if dynamic else ''}")
         kept = _distinct_kept(schedule, run.steps)
-        rows.append({"multiple_of": multiple or 1, "kept": kept,
-                     **count_compiles(bench.model, bench.step, kept, config.compile_backend)})
-    progress("compile: compiled step times, baseline and random-LTD")
-    steps = compiled_step_times(bench, gpt.seq_len // 2, config.compile_backend, config.repeats, config.clock)
+        bench = GptBench(gpt, torch.device(config.device), config.torch_dtype, config.seed)
+        bench.handle.dynamic_keep = dynamic
+        blocks = _blocks(bench) if compiled_as == "blocks" else None
+        rows.append({"compiled": compiled_as, "multiple_of": multiple or 1, "dynamic_keep": dynamic, "kept": kept,
+                     **count_compiles(bench.model, bench.step, kept, config.compile_backend, blocks)})
+    steps = []
+    for per_block in (False, True):
+        progress(f"compile: compiled step times ({'blocks' if per_block else 'model'}), baseline and random-LTD")
+        bench = GptBench(gpt, torch.device(config.device), config.torch_dtype, config.seed)
+        steps.append(compiled_step_times(bench, gpt.seq_len // 2, config.compile_backend, config.repeats,
+                                         config.clock, per_block))
     return {"backend": config.compile_backend, "fullgraph": True, "runs": rows, "steps": steps}

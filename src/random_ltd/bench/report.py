@@ -83,7 +83,7 @@ def _number(value: float | None) -> str:
 # column widths of the regular tables (right-aligned cells after a two-space indent)
 TRAIN_COLUMNS = (6, 9, 9, 8, 9, 8, 12, 10)
 MEMORY_COLUMNS = (6, 9, 10, 6, 6)
-COMPILE_COLUMNS = (8, 8, 9, 9, 8, 10, 7, 10)
+COMPILE_COLUMNS = (8, 8, 8, 8, 9, 9, 8, 10, 7, 10)
 
 
 def _aligned(widths: tuple[int, ...], cells: tuple) -> str:
@@ -158,19 +158,24 @@ def _run_lines(run: dict) -> list[str]:
 
 def _compile_lines(compiled: dict) -> list[str]:
     lines = [f"torch.compile (backend {compiled['backend']}, fullgraph) over the run's kept lengths, two steps each:",
-             _aligned(COMPILE_COLUMNS, ("multiple", "lengths", "compiled", "compiles", "(first)", "on repeat", "breaks",
-                                        "limit hits"))]
+             _aligned(COMPILE_COLUMNS, ("compiled", "keep", "multiple", "lengths", "compiled", "compiles", "(first)",
+                                        "on repeat", "breaks", "limit hits"))]
     for row in compiled["runs"]:
-        lines.append(_aligned(COMPILE_COLUMNS, tuple(row[key] for key in (
+        keep = "dynamic" if row.get("dynamic_keep") else "static"
+        lines.append(_aligned(COMPILE_COLUMNS, (row.get("compiled", "model"), keep) + tuple(row[key] for key in (
             "multiple_of", "distinct_kept", "compiled_kept", "compiles", "compiles_first_length", "compiles_on_repeat",
             "graph_breaks", "recompile_limit_hits"))))
-    steps = compiled.get("steps")
-    if steps:
-        clock = "" if steps["clock"] == "wall" else "cpu_"
-        lines.append(f"  compiled steps at kept {steps['keep']} ({steps['clock']} clock, median): baseline "
-                     f"{steps['baseline'][clock + 'median_s'] * 1e3:.1f} ms, random-LTD "
-                     f"{steps['random_ltd'][clock + 'median_s'] * 1e3:.1f} ms; time ratio "
-                     f"{_number(steps['time_ratio_median'])}, FLOP ratio {_number(steps['flop_ratio'])}")
+    steps = compiled.get("steps") or []
+    for step in [steps] if isinstance(steps, dict) else steps:  # a dict: results written before per-block steps
+        clock = "" if step["clock"] == "wall" else "cpu_"
+        dynamic = step.get("random_ltd_dynamic")
+        lines.append(f"  compiled steps ({'blocks' if step.get('per_block') else 'model'}) at kept {step['keep']} "
+                     f"({step['clock']} clock, median): baseline {step['baseline'][clock + 'median_s'] * 1e3:.1f} ms, "
+                     f"random-LTD {step['random_ltd'][clock + 'median_s'] * 1e3:.1f} ms"
+                     + (f", dynamic kept length {dynamic[clock + 'median_s'] * 1e3:.1f} ms" if dynamic else "")
+                     + f"; time ratio {_number(step['time_ratio_median'])}"
+                     + (f" (dynamic {_number(step['dynamic_time_ratio_median'])})" if dynamic else "")
+                     + f", FLOP ratio {_number(step['flop_ratio'])}")
     return lines
 
 

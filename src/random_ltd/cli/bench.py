@@ -16,8 +16,9 @@ Measure, interleaved and repeated (min and median reported):
   train   a training step (model, loss, AdamW) of the `gpt` task's model at several kept lengths
   memory  peak memory of one step of (a), (b), (c), each in a fresh subprocess
   run     a whole MSLG run vs the baseline: wall-clock saving vs layer-token and FLOP saving
-  compile torch.compile compilations and graph breaks over the run's kept lengths, unrounded
-          and rounded to a multiple (not in --quick unless asked for)
+  compile torch.compile compilations and graph breaks over the run's kept lengths (model or
+          blocks compiled; unrounded, rounded to a multiple, or dynamic) and compiled step times
+          (not in --quick unless asked for)
 """
 
 EPILOG = """\

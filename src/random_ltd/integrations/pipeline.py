@@ -22,7 +22,7 @@ import torch.nn as nn
 
 import random_ltd
 from random_ltd.errors import RandomLTDError
-from random_ltd.layer import layer_state
+from random_ltd.layer import set_position
 from random_ltd.surgery import LayerSelection, RandomLTDHandle, find_layer_stack, parse_layer_selection
 
 
@@ -92,7 +92,7 @@ def apply_to_stage(stage: nn.Module, *, first_layer: int, num_layers: int, layer
             warnings.filterwarnings("ignore", message="random-LTD drops tokens in every layer")
             local = random_ltd.apply(stage, [index - first_layer for index in mine], seed=seed, stack=stack)
         for index in mine:
-            layer_state(members[index - first_layer][1]).position = index  # the unsplit model's position
+            set_position(members[index - first_layer][1], index)  # the unsplit model's position
     return PipelineStageHandle(local, num_layers, selected, mine, seed)
 
 
