@@ -6,6 +6,7 @@ import inspect
 
 import pytest
 import torch
+import zoo
 from zoo import CASES, Case
 
 import random_ltd
@@ -128,7 +129,8 @@ def _reference(call, b, idx, seq_len, batch_first, batch):
             bound.arguments[name] = {k: _take(v, k, state.adapter, b, idx, seq_len, batch) for k, v in value.items()}
         else:
             bound.arguments[name] = _take(value, name, state.adapter, b, idx, seq_len, batch)
-    out = state.original_class.forward(layer, *bound.args, **bound.kwargs)
+    with zoo.window_in_original_positions(layer, bound.arguments, idx):
+        out = state.original_class.forward(layer, *bound.args, **bound.kwargs)
     out = out if isinstance(out, torch.Tensor) else out[0]
     return out[0] if batch_first else out[:, 0]
 

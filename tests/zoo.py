@@ -1,6 +1,7 @@
 """Tiny models (random weights, built from configs) covering every registered layer family."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -197,6 +198,27 @@ def gpt_neo(impl="eager"):  # no sdpa path in transformers; alternating global a
                             eos_token_id=0, resid_dropout=0.0, embed_dropout=0.0, attention_dropout=0.0,
                             attn_implementation=impl)
     return T.GPTNeoForCausalLM(config)
+
+
+@contextlib.contextmanager
+def window_in_original_positions(layer: nn.Module, arguments: dict, idx: torch.Tensor):
+    """For a reference run of a GPT-Neo local layer on the kept tokens ``idx`` (one sequence):
+    the window goes into ``arguments["attention_mask"]`` in original positions, and the layer's
+    own ``bias`` (a window in the positions of its input) is made global while the context lasts."""
+    attention = getattr(getattr(layer, "attn", None), "attention", None)
+    if getattr(attention, "attention_type", None) != "local":
+        yield
+        return
+    distance = idx[:, None] - idx[None, :]
+    outside = (distance < 0) | (distance >= attention.config.window_size)
+    mask = arguments["attention_mask"]
+    arguments["attention_mask"] = mask.masked_fill(outside, torch.finfo(mask.dtype).min)
+    local_bias = attention.bias
+    attention.bias = torch.tril(torch.ones_like(local_bias))
+    try:
+        yield
+    finally:
+        attention.bias = local_bias
 
 
 def falcon(impl="sdpa", alibi=False):

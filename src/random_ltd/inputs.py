@@ -11,14 +11,15 @@ import torch.nn as nn
 
 from random_ltd import ops
 from random_ltd.adapters.base import LayerAdapter
-from random_ltd.attention.inputs import gather_attention_inputs, is_block_mask
+from random_ltd.attention.inputs import AttentionSetup, gather_attention_inputs, is_block_mask
 from random_ltd.calls import LayerCall
 from random_ltd.errors import RandomLTDError
 
 
 def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor,
-                  seq_len: int) -> None:
-    gather_attention_inputs(layer, adapter, call, indices, seq_len)  # reads positions before they are gathered
+                  seq_len: int, attention: AttentionSetup | None = None) -> None:
+    # reads positions before they are gathered; ``attention``: the layer's per-wrap attention setup
+    gather_attention_inputs(layer, adapter, call, indices, seq_len, attention)
     _gather_masks(adapter, call, indices, seq_len)
     for name in adapter.positions:
         positions = call.get(name)

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from random_ltd import ops, swap
 from random_ltd.adapters.base import LayerAdapter
+from random_ltd.attention.inputs import AttentionSetup, attention_setup
 from random_ltd.calls import CallPlan, LayerCall
 from random_ltd.inputs import gather_inputs
 from random_ltd.selection import ForwardContext, Selection
@@ -48,6 +49,7 @@ class LayerState:
     original_class: type
     plan: CallPlan
     cache_layer_idx: int | None = None
+    attention: AttentionSetup | None = None
 
 
 def _find_layer_idx(layer: nn.Module) -> int | None:
@@ -105,7 +107,7 @@ def _forward_on_kept(layer, state: LayerState, call: LayerCall, hidden_name: str
     kept, passthrough = ops.split_tokens(tokens, flat, indices.shape[1])
     kept = kept if batch_first else kept.transpose(0, 1)
     call[hidden_name] = kept if layout is None else layout.to_sharded(kept)
-    gather_inputs(layer, state.adapter, call, indices, seq_len)
+    gather_inputs(layer, state.adapter, call, indices, seq_len, state.attention)
     output = call.call(state.original_class.forward, layer)
     return replace_hidden(output, passthrough, flat, batch_first, layout)
 
@@ -145,7 +147,7 @@ def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
 
 def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: DropControl) -> None:
     state = LayerState(adapter, position, control, original_class=type(layer), plan=CallPlan.of(type(layer)),
-                       cache_layer_idx=_find_layer_idx(layer))
+                       cache_layer_idx=_find_layer_idx(layer), attention=attention_setup(layer, adapter))
     swap.swap(layer, RandomLTDLayerMixin, _STATE_ATTR, state)
 
 

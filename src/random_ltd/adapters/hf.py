@@ -12,6 +12,7 @@ import sys
 
 from random_ltd.adapters.base import LayerAdapter, register_family, register_layer, unknown_parameters
 from random_ltd.adapters.moe import remember_kept
+from random_ltd.attention.windows import restrict_to_window
 from random_ltd.errors import RandomLTDError
 
 _CACHES = ("cache", "past_key_values", "past_key_value", "layer_past")
@@ -41,6 +42,18 @@ LLAMA = dataclasses.replace(BLOCK, name="llama", query_masks=(), position_pairs=
 MOE = dataclasses.replace(LLAMA, name="moe", prepare=remember_kept)
 
 
+def _gpt_neo_window(layer, call, indices) -> None:
+    """GPT-Neo's local layers cut their causal ``bias`` buffer at the input's length: a window of
+    kept positions. The window in original positions, added to the gathered mask, makes them exact.
+    Its flash class applies no window at all (nor does it here)."""
+    attention = layer.attn.attention
+    if attention.attention_type != "local" or "flash" in (attention.config._attn_implementation or ""):
+        return
+    mask = call.get("attention_mask")
+    dtype = layer.ln_1.weight.dtype
+    call["attention_mask"] = restrict_to_window(mask, indices, attention.config.window_size, dtype)
+
+
 def _named(name: str, base: LayerAdapter = BLOCK, **fields) -> LayerAdapter:
     return dataclasses.replace(base, name=name, **fields)
 
@@ -60,7 +73,7 @@ _NAMED = {
     f"{_M}.distilbert.modeling_distilbert.TransformerBlock": _named("distilbert", query_masks=()),
     f"{_M}.modernbert.modeling_modernbert.ModernBertEncoderLayer": _named("modernbert", LLAMA),
     f"{_M}.gpt_bigcode.modeling_gpt_bigcode.GPTBigCodeBlock": _named("gpt_bigcode"),
-    f"{_M}.gpt_neo.modeling_gpt_neo.GPTNeoBlock": _named("gpt_neo"),
+    f"{_M}.gpt_neo.modeling_gpt_neo.GPTNeoBlock": _named("gpt_neo", prepare=_gpt_neo_window),
     f"{_M}.falcon.modeling_falcon.FalconDecoderLayer": _named("falcon", LLAMA, key_biases=("alibi",)),
     f"{_M}.bloom.modeling_bloom.BloomBlock": _named("bloom", key_biases=("alibi",)),
 }
