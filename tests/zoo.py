@@ -273,6 +273,52 @@ def olmoe(impl="sdpa"):
     return T.OlmoeForCausalLM(_moe_config(T.OlmoeConfig, impl, num_experts=4))
 
 
+def _hybrid_config(cls, **extra):
+    return _rotary_config(cls, "sdpa", num_key_value_heads=2, **extra)
+
+
+def bamba():  # Mamba-2 mixers, attention at layer 1
+    return T.BambaForCausalLM(_hybrid_config(T.BambaConfig, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
+                                             mamba_n_groups=1, attn_layer_indices=[1], mamba_chunk_size=16))
+
+
+def lfm2():  # short convolutions and attention layers of one class
+    return T.Lfm2ForCausalLM(_hybrid_config(T.Lfm2Config, layer_types=["conv", "full_attention"] * 2))
+
+
+def lfm2_moe():
+    return T.Lfm2MoeForCausalLM(_hybrid_config(T.Lfm2MoeConfig, layer_types=["conv", "full_attention"] * 2,
+                                               num_experts=4, moe_intermediate_size=32, num_experts_per_tok=2,
+                                               num_dense_layers=1))
+
+
+def jamba():
+    return T.JambaForCausalLM(_hybrid_config(T.JambaConfig, attn_layer_period=2, attn_layer_offset=1,
+                                             expert_layer_period=4, expert_layer_offset=3, mamba_d_state=8,
+                                             mamba_dt_rank=4))
+
+
+def qwen3_next():  # gated delta-net (linear attention with a short convolution) and attention layers
+    return T.Qwen3NextForCausalLM(_hybrid_config(T.Qwen3NextConfig, head_dim=8, linear_num_value_heads=2,
+                                                 linear_num_key_heads=2, linear_key_head_dim=8,
+                                                 linear_value_head_dim=8, num_experts=4, moe_intermediate_size=32,
+                                                 shared_expert_intermediate_size=32, num_experts_per_tok=2))
+
+
+def falcon_h1():  # attention and Mamba-2 in parallel in every layer
+    return T.FalconH1ForCausalLM(_hybrid_config(T.FalconH1Config, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8,
+                                                mamba_d_state=8, mamba_n_groups=1, head_dim=8, mamba_chunk_size=16))
+
+
+def granite_moe_hybrid():
+    return T.GraniteMoeHybridForCausalLM(_hybrid_config(
+        T.GraniteMoeHybridConfig, layer_types=["mamba", "attention"] * 2, mamba_n_heads=4, mamba_d_head=16,
+        mamba_d_state=8, mamba_n_groups=1, num_local_experts=0, shared_intermediate_size=64, mamba_chunk_size=16))
+
+
+HYBRIDS = [bamba, lfm2, lfm2_moe, jamba, qwen3_next, falcon_h1, granite_moe_hybrid]
+
+
 class TorchEncoderLM(nn.Module):
     """Embedding + ``nn.TransformerEncoder`` + head; causal or bidirectional, with padding."""
 
