@@ -122,3 +122,67 @@ def test_flex_backward_matches_sdpa_on_cuda():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5)
+
+
+def _count_block_masks(monkeypatch, seq_len):
+    """``create_block_mask`` calls at a kept length (the model's own mask, at ``seq_len``, is not counted)."""
+    import torch.nn.attention.flex_attention as flex_module
+
+    built = []
+    original = flex_module.create_block_mask
+
+    def counting(mask_mod, batch, heads, query_len, *args, **kwargs):
+        if query_len != seq_len:
+            built.append(query_len)
+        return original(mask_mod, batch, heads, query_len, *args, **kwargs)
+
+    monkeypatch.setattr(flex_module, "create_block_mask", counting)
+    return built
+
+
+def _six_layer(build):
+    model = build("flex_attention")
+    config = model.config
+    config.num_hidden_layers = 6
+    torch.manual_seed(0)
+    return type(model)(config).train()  # 6 layers, 4 of them dropping
+
+
+@pytest.mark.parametrize("build", [zoo.llama, zoo.bert, zoo.vit], ids=lambda f: f.__name__)
+def test_unpadded_batches_build_one_block_mask_per_kept_length_and_forward(build, monkeypatch):
+    """Causal and bidirectional masks depend only on the order of q and kv, which sorted kept indices keep."""
+    model = _six_layer(build)
+    handle = random_ltd.apply(model, keep=9, seed=2)
+    assert len(handle.layers) == 4
+    is_image = build is zoo.vit
+    built = _count_block_masks(monkeypatch, zoo.SEQ + is_image)
+    gen = torch.Generator().manual_seed(0)
+    inputs = zoo._image_inputs(gen) if is_image else zoo._lm_inputs(gen)
+    extra = {} if is_image else {"use_cache": False}
+    with torch.no_grad():
+        model(**inputs, **extra)
+        assert len(built) == 1
+        handle.set_keep(5)
+        model(**inputs, **extra)
+        assert len(built) == 2  # one more forward, at another kept length: one more mask
+
+
+def test_a_shared_kept_mask_equals_the_composed_one():
+    """The mask built once at the kept length is the one the kept indices compose, for any draw."""
+    from transformers.masking_utils import causal_mask_function, flex_attention_mask
+
+    full = flex_attention_mask(BATCH, SEQ, SEQ, mask_function=causal_mask_function)
+    for seed in range(3):
+        indices = ops.sample_indices(BATCH, SEQ, KEEP, generator=torch.Generator().manual_seed(seed))
+        kept = gather_block_mask(full, indices, SEQ)
+        expected = indices[:, None, :, None] >= indices[:, None, None, :]
+        assert torch.equal(create_mask(kept.mask_mod, BATCH, 1, KEEP, KEEP, device="cpu"), expected)
+
+
+@pytest.mark.parametrize("kind", ["padded", "packed"])
+def test_masks_that_differ_per_layer_are_still_built_per_layer(kind, monkeypatch):
+    model = _six_layer(zoo.llama)
+    handle = random_ltd.apply(model, keep=9, seed=2)
+    built = _count_block_masks(monkeypatch, zoo.SEQ)
+    _forward(model, _kind_of_inputs(kind))
+    assert len(built) == len(handle.layers)

@@ -4,8 +4,16 @@ A ``BlockMask`` is defined by ``mask_mod(b, h, q_idx, kv_idx) -> bool``. On the 
 query ``q`` is original token ``indices[b, q]``, so the kept tokens' mask is
 ``mask_mod(b, h, indices[b, q], indices[b, kv])``: causality, padding, documents and sliding
 windows carry over exactly, and no dense mask of either length is ever materialised.
+
+A mask that depends only on the *order* of ``q`` and ``kv`` (transformers' causal and bidirectional
+masks of an unpadded, unpacked batch) is the same for any sorted kept indices: the original
+``mask_mod`` at the kept length. It is built once per original ``BlockMask`` (which the model builds
+once per forward and hands to every layer) and kept length, and dies with the forward's mask.
+Padding, documents and windows depend on the tokens kept: those masks are built per layer.
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -41,20 +49,59 @@ def compose_mask_mod(mask_mod, indices: torch.Tensor, gather_queries: bool = Tru
     return kept_mask_mod
 
 
+_SHARED_KEPT_MASKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def order_only(mask_mod) -> bool:
+    """True for transformers' causal or bidirectional ``mask_mod`` with no offset, padding or packing.
+
+    transformers 5.x hands flex ``add_offsets_to_mask_function(base, q_offset, kv_offset)``; padding,
+    packing and windows wrap ``base`` in further closures (``and_masks`` ...), so they are not
+    recognised and keep the per-layer path.
+    """
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        return False
+    bases = (masking_utils.causal_mask_function, masking_utils.bidirectional_mask_function)
+    if mask_mod in bases:
+        return True
+    if getattr(mask_mod, "__qualname__", "") != "add_offsets_to_mask_function.<locals>.inner_mask":
+        return False
+    captured = dict(zip(mask_mod.__code__.co_freevars, (cell.cell_contents for cell in mask_mod.__closure__),
+                        strict=True))
+    return captured.get("mask_function") in bases and captured.get("q_offset") == 0 == captured.get("kv_offset")
+
+
 def gather_block_mask(mask, indices: torch.Tensor, seq_len: int):
     """The ``BlockMask`` of the kept tokens ``indices`` (``(B, k)``, sorted) of a length-``seq_len`` mask.
 
     Keys are always the kept tokens; queries are gathered when the mask's query length is
     ``seq_len`` (self-attention). Built with ``create_block_mask`` at the kept length, with the
-    original block size.
+    original block size; once per mask and kept length for ``order_only`` masks.
     """
-    from torch.nn.attention.flex_attention import create_block_mask
-
     if mask.mask_mod is None:
         raise RandomLTDError("this BlockMask has no mask_mod: it cannot be composed with the kept tokens")
     source_batch, heads, query_len, _ = mask.shape
     batch, keep = indices.shape
     gather_queries = query_len == seq_len
+    if gather_queries and not torch.compiler.is_compiling() and order_only(mask.mask_mod):
+        return _shared_kept_mask(mask, batch, keep, indices.device)
     mask_mod = compose_mask_mod(mask.mask_mod, indices, gather_queries, source_batch)
-    return create_block_mask(mask_mod, batch, heads, keep if gather_queries else query_len, keep,
-                             device=indices.device, BLOCK_SIZE=mask.BLOCK_SIZE)
+    return _build(mask_mod, batch, heads, keep if gather_queries else query_len, keep, indices.device,
+                  mask.BLOCK_SIZE)
+
+
+def _shared_kept_mask(mask, batch: int, keep: int, device):
+    kept_masks = _SHARED_KEPT_MASKS.setdefault(mask, {})
+    key = (batch, keep, device)
+    if key not in kept_masks:
+        kept_masks[key] = _build(mask.mask_mod, batch, mask.shape[1], keep, keep, device, mask.BLOCK_SIZE)
+    return kept_masks[key]
+
+
+def _build(mask_mod, batch: int, heads: int, query_len: int, key_len: int, device, block_size):
+    from torch.nn.attention import flex_attention  # looked up at each call: tests count the builds
+
+    return flex_attention.create_block_mask(mask_mod, batch, heads, query_len, key_len, device=device,
+                                            BLOCK_SIZE=block_size)
