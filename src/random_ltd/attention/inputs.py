@@ -127,7 +127,7 @@ def _gather_varlen(implementation: str | None, adapter: LayerAdapter, call, indi
     if cu_seq_lens is None and "flash" not in (implementation or ""):
         return
     position_ids = next((call.get(name) for name in adapter.positions if call.get(name) is not None), None)
-    varlen = kept_varlen_kwargs(indices, seq_len, cu_seq_lens, position_ids)
+    varlen = kept_varlen_kwargs(indices, seq_len, cu_seq_lens, position_ids, call.get("max_length_q"))
     for name, value in (varlen or {}).items():
         call[name] = value
 
