@@ -14,6 +14,7 @@ from torch.nn.attention.flex_attention import create_block_mask, create_mask
 
 import random_ltd
 from random_ltd import ops
+from random_ltd.attention import flex
 from random_ltd.attention.flex import gather_block_mask
 
 torch.set_num_threads(1)
@@ -46,6 +47,31 @@ def test_kept_block_mask_is_the_original_mask_at_the_kept_indices():
     for b in range(BATCH):
         idx = indices[b]
         assert torch.equal(kept_dense[b, 0], dense[b, 0][idx][:, idx]), b
+
+
+@pytest.mark.parametrize("block_size", [16, (8, 32)])
+def test_the_broadcast_build_equals_create_block_mask(block_size):
+    valid, documents, indices = _inputs()
+    kept_mod = flex.compose_mask_mod(_document_padding_causal(valid, documents), indices)
+    ours = flex.build_block_mask(kept_mod, BATCH, 1, KEEP, KEEP, "cpu", block_size)
+    torchs = create_block_mask(kept_mod, BATCH, 1, KEEP, KEEP, device="cpu", BLOCK_SIZE=block_size)
+    assert ours.shape == torchs.shape and ours.BLOCK_SIZE == torchs.BLOCK_SIZE
+    assert torch.equal(ours.to_dense(), torchs.to_dense())
+    for field in ("kv_num_blocks", "full_kv_num_blocks", "q_num_blocks", "full_q_num_blocks"):
+        assert torch.equal(getattr(ours, field), getattr(torchs, field)), field
+    assert torch.equal(create_mask(ours.mask_mod, BATCH, 1, KEEP, KEEP, device="cpu"),
+                       create_mask(torchs.mask_mod, BATCH, 1, KEEP, KEEP, device="cpu"))
+
+
+def test_a_mask_mod_written_for_scalars_goes_through_create_block_mask():
+    def scalar_only(b, h, q, kv):
+        if q.dim() > 0:  # under create_block_mask's vmap each index is a 0-d tensor
+            raise RuntimeError("scalars only")
+        return kv <= q
+
+    built = flex.build_block_mask(scalar_only, 1, 1, 20, 20, "cpu", 16)
+    reference = create_block_mask(lambda b, h, q, kv: kv <= q, 1, 1, 20, 20, device="cpu", BLOCK_SIZE=16)
+    assert torch.equal(built.to_dense(), reference.to_dense())
 
 
 def test_a_mask_shared_by_the_batch_becomes_one_per_sequence():
@@ -125,18 +151,16 @@ def test_flex_backward_matches_sdpa_on_cuda():
 
 
 def _count_block_masks(monkeypatch, seq_len):
-    """``create_block_mask`` calls at a kept length (the model's own mask, at ``seq_len``, is not counted)."""
-    import torch.nn.attention.flex_attention as flex_module
-
+    """Kept-token ``BlockMask`` builds (``random_ltd.attention.flex.build_block_mask``) at a kept length."""
     built = []
-    original = flex_module.create_block_mask
+    original = flex.build_block_mask
 
     def counting(mask_mod, batch, heads, query_len, *args, **kwargs):
         if query_len != seq_len:
             built.append(query_len)
         return original(mask_mod, batch, heads, query_len, *args, **kwargs)
 
-    monkeypatch.setattr(flex_module, "create_block_mask", counting)
+    monkeypatch.setattr(flex, "build_block_mask", counting)
     return built
 
 

@@ -3,23 +3,23 @@ from __future__ import annotations
 
 import torch
 
+from random_ltd.attention import flex
 from random_ltd.bench import flex_masks
 
 torch.set_num_threads(1)
 
 
 def _count_builds(monkeypatch, seq_len):
-    import torch.nn.attention.flex_attention as flex_module
-
+    """Kept-token ``BlockMask`` builds (``random_ltd.attention.flex.build_block_mask``) at a kept length."""
     built = []
-    original = flex_module.create_block_mask
+    original = flex.build_block_mask
 
     def counting(mask_mod, batch, heads, query_len, *args, **kwargs):
         if query_len != seq_len:
             built.append(query_len)
         return original(mask_mod, batch, heads, query_len, *args, **kwargs)
 
-    monkeypatch.setattr(flex_module, "create_block_mask", counting)
+    monkeypatch.setattr(flex, "build_block_mask", counting)
     return built
 
 
