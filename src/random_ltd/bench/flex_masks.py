@@ -7,6 +7,8 @@
 - ``padded``: causal with padding — one per dropping layer (the kept tokens differ per layer);
 - ``documents``: causal within packed documents — one per layer;
 - ``window``: sliding-window causal (window ``seq_len // 4``) — one per layer;
+- ``padded_vmap``: the padded masks built by ``create_block_mask`` (its ``vmap`` over every
+  ``(b, h, q, kv)``), what random-LTD did before building them from one broadcast evaluation;
 - ``attention``: one flex attention forward at the kept length, for scale (``None`` where flex
   attention cannot run eagerly, e.g. without a compiler for the device).
 
@@ -21,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from random_ltd import ops
-from random_ltd.attention.flex import gather_block_mask
+from random_ltd.attention.flex import compose_mask_mod, gather_block_mask
 from random_ltd.bench.timing import interleaved
 
 KINDS = ("shared", "padded", "documents", "window")
@@ -44,7 +46,7 @@ def _model_mask_mods(batch: int, seq_len: int, device: torch.device, generator: 
 
 
 def _one_forward(mask_mod, batch: int, seq_len: int, keep: int, layers: int, device: torch.device,
-                 generator: torch.Generator, forwards: int) -> Callable[[], None]:
+                 generator: torch.Generator, forwards: int, gather=gather_block_mask) -> Callable[[], None]:
     """A forward's kept masks: one gather per dropping layer (each its own draw) from the forward's model
     mask. The model masks are built beforehand, untimed: one per forward, as a model does."""
     from torch.nn.attention.flex_attention import create_block_mask
@@ -56,9 +58,18 @@ def _one_forward(mask_mod, batch: int, seq_len: int, keep: int, layers: int, dev
     def run() -> None:
         model_mask = model_masks.pop()
         for indices in draws:
-            gather_block_mask(model_mask, indices, seq_len)
+            gather(model_mask, indices, seq_len)
 
     return run
+
+
+def _vmap_gather(model_mask, indices: torch.Tensor, seq_len: int):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, keep = indices.shape
+    kept_mod = compose_mask_mod(model_mask.mask_mod, indices, source_batch=model_mask.shape[0])
+    return create_block_mask(kept_mod, batch, model_mask.shape[1], keep, keep, device=indices.device,
+                             BLOCK_SIZE=model_mask.BLOCK_SIZE)
 
 
 def _attention(batch: int, heads: int, keep: int, head_dim: int, device: torch.device,
@@ -80,7 +91,7 @@ def flex_mask_cost(seq_len: int, keeps: Sequence[int], *, batch: int = 1, layers
     """Milliseconds per forward of the kept ``BlockMask``s of a ``layers``-deep dropping stack.
 
     Returns ``{"device", "seq_len", "batch", "layers", "heads", "head_dim", "rows": [{"keep",
-    "shared_ms", "padded_ms", "documents_ms", "window_ms", "attention_ms"}, ...]}``.
+    "shared_ms", "padded_ms", "documents_ms", "window_ms", "padded_vmap_ms", "attention_ms"}, ...]}``.
     """
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
@@ -90,6 +101,8 @@ def flex_mask_cost(seq_len: int, keeps: Sequence[int], *, batch: int = 1, layers
         variants = {kind: _one_forward(mask_mods[kind], batch, seq_len, keep, layers, device, generator,
                                        forwards=repeats + 1)  # + the warm-up call
                     for kind in KINDS}
+        variants["padded_vmap"] = _one_forward(mask_mods["padded"], batch, seq_len, keep, layers, device, generator,
+                                               forwards=repeats + 1, gather=_vmap_gather)
         attention = _attention(batch, heads, keep, head_dim, device, dtype)
         if attention is not None:
             variants["attention"] = attention
@@ -108,10 +121,12 @@ def flex_mask_table(result: dict) -> str:
     """A markdown table of ``flex_mask_cost``'s rows (ms per forward; attention: one layer)."""
     lines = [f"Kept-token flex masks per forward of {result['layers']} dropping layers, sequence "
              f"{result['seq_len']}, batch {result['batch']}, on {result['device']} (median ms):", "",
-             "| kept | shared (1 build) | padded | documents | window | one flex attention |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             "| kept | shared (1 build) | padded | documents | window | padded by vmap | vmap / ours | "
+             "one flex attention |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
         attention = "n/a" if row["attention_ms"] is None else f"{row['attention_ms']:.2f}"
         cells = " | ".join(f"{row[f'{kind}_ms']:.2f}" for kind in KINDS)
-        lines.append(f"| {row['keep']} | {cells} | {attention} |")
+        ratio = row["padded_vmap_ms"] / row["padded_ms"]
+        lines.append(f"| {row['keep']} | {cells} | {row['padded_vmap_ms']:.2f} | {ratio:.1f}x | {attention} |")
     return "\n".join(lines) + "\n"
