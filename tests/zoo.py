@@ -143,6 +143,19 @@ def qwen2(impl="sdpa"):
     return T.Qwen2ForCausalLM(_decoder_config(T.Qwen2Config, impl))
 
 
+def mistral_sliding(impl="sdpa"):  # a window of 4 of 16 tokens: the mask built before the layers holds it
+    config = _decoder_config(T.MistralConfig, impl)
+    config.sliding_window = 4
+    return T.MistralForCausalLM(config)
+
+
+def qwen2_sliding(impl="eager"):  # every layer a sliding one (window 4)
+    config = _decoder_config(T.Qwen2Config, impl)
+    config.use_sliding_window, config.sliding_window = True, 4
+    config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+    return T.Qwen2ForCausalLM(config)
+
+
 def _rotary_config(cls, impl="sdpa", **extra):
     return cls(num_hidden_layers=4, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,
                max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0, attn_implementation=impl,
@@ -434,6 +447,8 @@ CASES = [
     _case("llama-eager-leftpad", "llama", lambda: llama("eager"), padded=True, left=True),
     _case("llama-sdpa-pad", "llama", lambda: llama("sdpa"), padded=True),
     _case("mistral-sdpa", "llama", lambda: mistral("sdpa")),
+    _case("mistral-sliding-sdpa-pad", "llama", lambda: mistral_sliding("sdpa"), padded=True),
+    _case("qwen2-sliding-eager", "llama", lambda: qwen2_sliding("eager")),
     _case("llama-sdpa-packed", "llama", lambda: llama("sdpa"), packed=True),
     _case("llama-eager-packed", "llama", lambda: llama("eager"), packed=True),
     _case("qwen3-sdpa-packed", "llama", lambda: qwen3("sdpa"), packed=True),
