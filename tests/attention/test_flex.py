@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 import zoo
+from attention.sync_spy import syncs
 from torch.nn.attention.flex_attention import create_block_mask, create_mask
 
 import random_ltd
@@ -61,6 +62,16 @@ def test_the_broadcast_build_equals_create_block_mask(block_size):
         assert torch.equal(getattr(ours, field), getattr(torchs, field)), field
     assert torch.equal(create_mask(ours.mask_mod, BATCH, 1, KEEP, KEEP, device="cpu"),
                        create_mask(torchs.mask_mod, BATCH, 1, KEEP, KEEP, device="cpu"))
+
+
+def test_kept_block_masks_are_built_without_host_sync():
+    from transformers import masking_utils as mu
+
+    valid, documents, indices = _inputs()
+    padded = mu.and_masks(mu.causal_mask_function, mu.padding_mask_function(valid))
+    for mask_mod in (mu.causal_mask_function, padded):
+        full = create_block_mask(mu.add_offsets_to_mask_function(mask_mod, 0, 0), BATCH, None, SEQ, SEQ, device="cpu")
+        assert syncs(lambda full=full: gather_block_mask(full, indices, SEQ)) == []
 
 
 def test_a_mask_mod_written_for_scalars_goes_through_create_block_mask():

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import zoo
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+from attention.sync_spy import syncs as _syncs
 from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
 import random_ltd
@@ -155,42 +154,6 @@ def test_a_dropping_layer_receives_the_kept_tokens_boundaries(monkeypatch):
         expected, longest = _brute_force_boundaries(documents, indices[0].tolist())
         assert _boundaries(kwargs) == expected
         assert longest <= kwargs["max_length_q"] == 6
-
-
-_SYNCING_CALLS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
-                  torch.Tensor.__index__, torch.Tensor.__float__, torch.Tensor.cpu, torch.Tensor.numpy}
-_SYNCING_OPS = {"_local_scalar_dense", "nonzero", "unique_consecutive", "_unique2", "unique_dim", "masked_select",
-                "is_nonzero"}
-
-
-class _SyncSpy(TorchFunctionMode):
-    """Counts the calls that would block the host on a GPU (local to this test; see tests/test_sync.py on CUDA)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in _SYNCING_CALLS:
-            self.seen.append(func.__name__)
-        return func(*args, **(kwargs or {}))
-
-
-class _SyncOpSpy(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in _SYNCING_OPS:
-            self.seen.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
-def _syncs(function):
-    with _SyncSpy() as calls, _SyncOpSpy() as ops_seen:
-        function()
-    return calls.seen + ops_seen.seen
 
 
 def test_boundaries_are_computed_without_host_sync():
