@@ -125,6 +125,11 @@ def test_flex_dropping_matches_sdpa_dropping_with_the_same_draws(build, kind):
     torch.testing.assert_close(flex_logits[rows], sdpa_logits[rows], rtol=1e-5, atol=1e-5)
 
 
+def test_flex_sliding_window_dropping_matches_sdpa_dropping():
+    """A window of 4 of 16 tokens reaches flex in the model's mask_mod, in original positions (with padding)."""
+    test_flex_dropping_matches_sdpa_dropping_with_the_same_draws(zoo.mistral_sliding, "padded")
+
+
 def test_flex_at_full_keep_equals_the_unwrapped_model():
     torch.manual_seed(0)
     model = zoo.llama("flex_attention").train()
