@@ -7,6 +7,7 @@ import typing
 
 import pytest
 import torch
+import zoo
 from zoo import CASES, Case
 
 import random_ltd
@@ -138,7 +139,8 @@ def _reference(call, b, idx, seq_len, batch_first, batch):
             bound.arguments[name] = {k: _take(v, k, state.adapter, b, idx, seq_len, batch) for k, v in value.items()}
         else:
             bound.arguments[name] = _take(value, name, state.adapter, b, idx, seq_len, batch)
-    out = state.original_class.forward(layer, *bound.args, **bound.kwargs)
+    with zoo.window_in_original_positions(layer, bound.arguments, idx):
+        out = state.original_class.forward(layer, *bound.args, **bound.kwargs)
     out = out if isinstance(out, torch.Tensor) else out[state.adapter.output_index]
     return out[0] if batch_first else out[:, 0]
 

@@ -51,7 +51,6 @@ def test_dropping_layer_forward_and_backward_without_host_sync(name):
     _check_layer_without_host_sync(CASES[name])
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on wip/attention: the flash varlen metadata reads the host per layer")
 def test_flash_varlen_metadata_path_without_host_sync(monkeypatch):
     """The kept tokens' varlen boundaries, computed as under flash attention (the lookup answers flash;
     sdpa runs and ignores them), so that it runs without the flash-attn package."""

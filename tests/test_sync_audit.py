@@ -31,8 +31,6 @@ from random_ltd.attention.varlen import kept_varlen_kwargs
 torch.set_num_threads(1)
 CASES = {case.name: case for case in zoo.CASES}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-FLASH_SYNCS = pytest.mark.xfail(strict=True, reason="fixed on wip/attention: the flash varlen metadata reads the "
-                                "host in every dropping layer (is_packed, unique_consecutive, int(max))")
 
 
 def _moved(inputs: dict, device: str) -> dict:
@@ -114,7 +112,6 @@ def _received_boundaries(model, handle) -> list:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("boundaries", ["from_positions", "given"])
-@FLASH_SYNCS
 def test_flash_varlen_metadata_does_not_sync_in_dropping_layers(boundaries, device, monkeypatch):
     sync_audit.pretend_flash(monkeypatch)
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """Tiny models (random weights, built from configs) covering every registered layer family."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -142,6 +143,19 @@ def qwen2(impl="sdpa"):
     return T.Qwen2ForCausalLM(_decoder_config(T.Qwen2Config, impl))
 
 
+def mistral_sliding(impl="sdpa"):  # a window of 4 of 16 tokens: the mask built before the layers holds it
+    config = _decoder_config(T.MistralConfig, impl)
+    config.sliding_window = 4
+    return T.MistralForCausalLM(config)
+
+
+def qwen2_sliding(impl="eager"):  # every layer a sliding one (window 4)
+    config = _decoder_config(T.Qwen2Config, impl)
+    config.use_sliding_window, config.sliding_window = True, 4
+    config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+    return T.Qwen2ForCausalLM(config)
+
+
 def _rotary_config(cls, impl="sdpa", **extra):
     return cls(num_hidden_layers=4, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,
                max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0, attn_implementation=impl,
@@ -199,6 +213,27 @@ def gpt_neo(impl="eager"):  # no sdpa path in transformers; alternating global a
     return T.GPTNeoForCausalLM(config)
 
 
+@contextlib.contextmanager
+def window_in_original_positions(layer: nn.Module, arguments: dict, idx: torch.Tensor):
+    """For a reference run of a GPT-Neo local layer on the kept tokens ``idx`` (one sequence):
+    the window goes into ``arguments["attention_mask"]`` in original positions, and the layer's
+    own ``bias`` (a window in the positions of its input) is made global while the context lasts."""
+    attention = getattr(getattr(layer, "attn", None), "attention", None)
+    if getattr(attention, "attention_type", None) != "local":
+        yield
+        return
+    distance = idx[:, None] - idx[None, :]
+    outside = (distance < 0) | (distance >= attention.config.window_size)
+    mask = arguments["attention_mask"]
+    arguments["attention_mask"] = mask.masked_fill(outside, torch.finfo(mask.dtype).min)
+    local_bias = attention.bias
+    attention.bias = torch.tril(torch.ones_like(local_bias))
+    try:
+        yield
+    finally:
+        attention.bias = local_bias
+
+
 def falcon(impl="sdpa", alibi=False):
     config = T.FalconConfig(num_hidden_layers=4, hidden_size=32, num_attention_heads=4, vocab_size=VOCAB,
                             alibi=alibi, new_decoder_architecture=False, multi_query=False, bos_token_id=0,
@@ -249,6 +284,52 @@ def qwen3_moe(impl="sdpa"):
 
 def olmoe(impl="sdpa"):
     return T.OlmoeForCausalLM(_moe_config(T.OlmoeConfig, impl, num_experts=4))
+
+
+def _hybrid_config(cls, **extra):
+    return _rotary_config(cls, "sdpa", num_key_value_heads=2, **extra)
+
+
+def bamba():  # Mamba-2 mixers, attention at layer 1
+    return T.BambaForCausalLM(_hybrid_config(T.BambaConfig, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
+                                             mamba_n_groups=1, attn_layer_indices=[1], mamba_chunk_size=16))
+
+
+def lfm2():  # short convolutions and attention layers of one class
+    return T.Lfm2ForCausalLM(_hybrid_config(T.Lfm2Config, layer_types=["conv", "full_attention"] * 2))
+
+
+def lfm2_moe():
+    return T.Lfm2MoeForCausalLM(_hybrid_config(T.Lfm2MoeConfig, layer_types=["conv", "full_attention"] * 2,
+                                               num_experts=4, moe_intermediate_size=32, num_experts_per_tok=2,
+                                               num_dense_layers=1))
+
+
+def jamba():
+    return T.JambaForCausalLM(_hybrid_config(T.JambaConfig, attn_layer_period=2, attn_layer_offset=1,
+                                             expert_layer_period=4, expert_layer_offset=3, mamba_d_state=8,
+                                             mamba_dt_rank=4))
+
+
+def qwen3_next():  # gated delta-net (linear attention with a short convolution) and attention layers
+    return T.Qwen3NextForCausalLM(_hybrid_config(T.Qwen3NextConfig, head_dim=8, linear_num_value_heads=2,
+                                                 linear_num_key_heads=2, linear_key_head_dim=8,
+                                                 linear_value_head_dim=8, num_experts=4, moe_intermediate_size=32,
+                                                 shared_expert_intermediate_size=32, num_experts_per_tok=2))
+
+
+def falcon_h1():  # attention and Mamba-2 in parallel in every layer
+    return T.FalconH1ForCausalLM(_hybrid_config(T.FalconH1Config, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8,
+                                                mamba_d_state=8, mamba_n_groups=1, head_dim=8, mamba_chunk_size=16))
+
+
+def granite_moe_hybrid():
+    return T.GraniteMoeHybridForCausalLM(_hybrid_config(
+        T.GraniteMoeHybridConfig, layer_types=["mamba", "attention"] * 2, mamba_n_heads=4, mamba_d_head=16,
+        mamba_d_state=8, mamba_n_groups=1, num_local_experts=0, shared_intermediate_size=64, mamba_chunk_size=16))
+
+
+HYBRIDS = [bamba, lfm2, lfm2_moe, jamba, qwen3_next, falcon_h1, granite_moe_hybrid]
 
 
 class TorchEncoderLM(nn.Module):
@@ -366,6 +447,8 @@ CASES = [
     _case("llama-eager-leftpad", "llama", lambda: llama("eager"), padded=True, left=True),
     _case("llama-sdpa-pad", "llama", lambda: llama("sdpa"), padded=True),
     _case("mistral-sdpa", "llama", lambda: mistral("sdpa")),
+    _case("mistral-sliding-sdpa-pad", "llama", lambda: mistral_sliding("sdpa"), padded=True),
+    _case("qwen2-sliding-eager", "llama", lambda: qwen2_sliding("eager")),
     _case("llama-sdpa-packed", "llama", lambda: llama("sdpa"), packed=True),
     _case("llama-eager-packed", "llama", lambda: llama("eager"), packed=True),
     _case("qwen3-sdpa-packed", "llama", lambda: qwen3("sdpa"), packed=True),

@@ -11,16 +11,18 @@ import torch.nn as nn
 
 from random_ltd import ops
 from random_ltd.adapters.base import LayerAdapter
-from random_ltd.attention.inputs import gather_attention_inputs, is_block_mask
+from random_ltd.attention.inputs import AttentionSetup, gather_attention_inputs, is_block_mask
 from random_ltd.calls import LayerCall
 from random_ltd.errors import RandomLTDError
 
 
 def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor,
-                  seq_len: int, memo: dict | None = None) -> None:
+                  seq_len: int, memo: dict | None = None, attention: AttentionSetup | None = None) -> None:
     """``memo``: gathered masks and positions by argument name, reused while the call passes the same
-    tensor (the layers of one route share one dict: ``random_ltd.routes``)."""
-    gather_attention_inputs(layer, adapter, call, indices, seq_len)  # reads positions before they are gathered
+    tensor (the layers of one route share one dict: ``random_ltd.routes``); ``attention``: the layer's
+    per-wrap attention setup (``random_ltd.attention.inputs``)."""
+    # before the positions are gathered: the varlen boundaries read them
+    gather_attention_inputs(layer, adapter, call, indices, seq_len, attention)
     _gather_masks(adapter, call, indices, seq_len, memo)
     for name in adapter.positions:
         _replace(call, name, memo, lambda positions: ops.gather_sequence(positions, indices))

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from random_ltd import ops, routes, swap
 from random_ltd.adapters.base import LayerAdapter
+from random_ltd.attention.inputs import AttentionSetup, attention_setup
 from random_ltd.calls import CallPlan, LayerCall
 from random_ltd.contexts import ForwardContexts
 from random_ltd.errors import RandomLTDError
@@ -103,6 +104,7 @@ class LayerState:
     @position.setter
     def position(self, position: int) -> None:
         self.info.position = position
+    attention: AttentionSetup | None = None
 
 
 def _find_layer_idx(layer: nn.Module) -> int | None:
@@ -166,7 +168,7 @@ def _forward_on_kept(layer, state: LayerState, call: LayerCall, hidden_name: str
     kept, passthrough = ops.split_tokens(tokens, flat, indices.shape[1])
     kept = kept if batch_first else kept.transpose(0, 1)
     call[hidden_name] = kept if layout is None else layout.to_sharded(kept)
-    gather_inputs(layer, state.adapter, call, indices, seq_len)
+    gather_inputs(layer, state.adapter, call, indices, seq_len, attention=state.attention)
     output = call.call(state.original_forward, layer)
     return replace_hidden(output, passthrough, flat, batch_first, layout, state.adapter.output_index)
 
@@ -191,7 +193,8 @@ def _forward_on_route(layer, state: LayerState, call: LayerCall, hidden_name: st
     else:
         route.check_continues(tokens)
     call[hidden_name] = tokens if batch_first else tokens.transpose(0, 1)
-    gather_inputs(layer, state.adapter, call, route.indices, route.seq_len, memo=route.gathered)
+    gather_inputs(layer, state.adapter, call, route.indices, route.seq_len, memo=route.gathered,
+                  attention=state.attention)
     output = call.call(original, layer)
     if not step.last:
         return output
@@ -238,7 +241,7 @@ def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
 def wrap_layer(layer: nn.Module, adapter: LayerAdapter, position: int, control: DropControl, name: str = "") -> None:
     info = LayerInfo(position, name, stream=_stream(control.strategy, position))
     state = LayerState(adapter, info, control, original_class=type(layer), plan=CallPlan.of(type(layer)),
-                       cache_layer_idx=_find_layer_idx(layer))
+                       cache_layer_idx=_find_layer_idx(layer), attention=attention_setup(layer, adapter))
     swap.swap(layer, RandomLTDLayerMixin, _STATE_ATTR, state)
 
 

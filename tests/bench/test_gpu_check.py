@@ -71,8 +71,6 @@ def test_every_eager_step_of_the_dry_run_measures(dry_run):
     assert 0 < run["flop_saving"] < 1
 
 
-@pytest.mark.xfail(strict=True, reason="fixed on wip/compile: per-block fullgraph compile of dropping layers hits "
-                   "Dynamo's recompile limit (one graph per layer position)")
 def test_every_compiled_step_of_the_dry_run_measures(dry_run):
     _, result, _ = dry_run
     compiled = {step["name"]: step.get("note") for step in result["steps"] if "compiled" in step["name"]}

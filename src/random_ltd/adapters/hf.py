@@ -2,16 +2,21 @@
 
 Classes are registered by dotted name, so transformers is imported only by users who have it.
 Any other transformers ``*DecoderLayer`` taking rotary ``position_embeddings`` joins the
-Llama-style family, provided its ``forward`` takes nothing that family does not know.
+Llama-style family, provided its ``forward`` takes nothing that family does not know and it is not
+a layer of a hybrid convolution / state-space model (refused).
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import sys
+
+import torch.nn as nn
 
 from random_ltd.adapters.base import LayerAdapter, register_family, register_layer, unknown_parameters
 from random_ltd.adapters.moe import remember_kept
+from random_ltd.attention.windows import restrict_to_window
 from random_ltd.errors import RandomLTDError
 
 _CACHES = ("cache", "past_key_values", "past_key_value", "layer_past")
@@ -41,6 +46,18 @@ LLAMA = dataclasses.replace(BLOCK, name="llama", query_masks=(), position_pairs=
 MOE = dataclasses.replace(LLAMA, name="moe", prepare=remember_kept)
 
 
+def _gpt_neo_window(layer, call, indices) -> None:
+    """GPT-Neo's local layers cut their causal ``bias`` buffer at the input's length: a window of
+    kept positions. The window in original positions, added to the gathered mask, makes them exact.
+    Its flash class applies no window at all (nor does it here)."""
+    attention = layer.attn.attention
+    if attention.attention_type != "local" or "flash" in (attention.config._attn_implementation or ""):
+        return
+    mask = call.get("attention_mask")
+    dtype = layer.ln_1.weight.dtype
+    call["attention_mask"] = restrict_to_window(mask, indices, attention.config.window_size, dtype)
+
+
 def _named(name: str, base: LayerAdapter = BLOCK, **fields) -> LayerAdapter:
     return dataclasses.replace(base, name=name, **fields)
 
@@ -60,18 +77,48 @@ _NAMED = {
     f"{_M}.distilbert.modeling_distilbert.TransformerBlock": _named("distilbert", query_masks=()),
     f"{_M}.modernbert.modeling_modernbert.ModernBertEncoderLayer": _named("modernbert", LLAMA),
     f"{_M}.gpt_bigcode.modeling_gpt_bigcode.GPTBigCodeBlock": _named("gpt_bigcode"),
-    f"{_M}.gpt_neo.modeling_gpt_neo.GPTNeoBlock": _named("gpt_neo"),
+    f"{_M}.gpt_neo.modeling_gpt_neo.GPTNeoBlock": _named("gpt_neo", prepare=_gpt_neo_window),
     f"{_M}.falcon.modeling_falcon.FalconDecoderLayer": _named("falcon", LLAMA, key_biases=("alibi",)),
     f"{_M}.bloom.modeling_bloom.BloomBlock": _named("bloom", key_biases=("alibi",)),
 }
 
 
+# Token mixers of hybrid decoders that mix *adjacent* tokens (a convolution or a state-space /
+# linear-attention recurrence): Mamba (Bamba, Jamba, Zamba, FalconH1, NemotronH, Granite hybrid),
+# short convolutions (LFM2), gated delta-nets (Qwen3-Next, OLMo hybrid), lightning attention
+# (MiniMax), RG-LRU (RecurrentGemma).
+_SEQUENTIAL_MIXER = re.compile(r"Mamba|Mixer|ShortConv|DeltaNet|LinearAttention|LightningAttention|Rglru|Recurrent")
+
+
+def sequential_mixers(layer_class: type) -> list[str]:
+    """Classes of ``layer_class``'s modeling module that mix adjacent tokens: set in a hybrid model.
+
+    Decided per class (the registry's unit): one such class makes the whole family a hybrid, as
+    LFM2's single decoder class holds a short convolution in some layers and attention in others.
+    """
+    module = sys.modules.get(layer_class.__module__)
+    return sorted(name for name, value in vars(module or object()).items()
+                  if isinstance(value, type) and value.__module__ == layer_class.__module__
+                  and issubclass(value, nn.Module) and _SEQUENTIAL_MIXER.search(name))
+
+
+def check_not_hybrid(layer_class: type) -> None:
+    mixers = sequential_mixers(layer_class)
+    if mixers:
+        raise RandomLTDError(
+            f"{layer_class.__name__} belongs to a hybrid model whose layers mix tokens with a convolution or "
+            f"state-space recurrence ({', '.join(mixers)}): run on non-adjacent kept tokens such a layer computes "
+            "something else than the layer trained, and its cache is not an attention cache; random-LTD does not "
+            "support these models"
+        )
+
+
 def is_llama_style_decoder(layer_class: type) -> bool:
     """Any transformers decoder layer that takes rotary ``position_embeddings`` (Mistral, Qwen, ...).
 
-    Raises ``RandomLTDError`` for such a layer whose ``forward`` takes a parameter the family
-    does not know (it could hold per-token values that would reach the short layer at full
-    length, as Falcon's ``alibi`` would).
+    Raises ``RandomLTDError`` for a decoder layer of a hybrid model (``check_not_hybrid``) and for
+    a layer whose ``forward`` takes a parameter the family does not know (it could hold per-token
+    values that would reach the short layer at full length, as Falcon's ``alibi`` would).
     """
     if not layer_class.__module__.startswith("transformers.") or not layer_class.__name__.endswith("DecoderLayer"):
         return False
@@ -79,7 +126,10 @@ def is_llama_style_decoder(layer_class: type) -> bool:
         parameters = inspect.signature(layer_class.forward).parameters
     except (TypeError, ValueError):
         return False
-    if "hidden_states" not in parameters or "position_embeddings" not in parameters:
+    if "hidden_states" not in parameters:
+        return False
+    check_not_hybrid(layer_class)
+    if "position_embeddings" not in parameters:
         return False
     unknown = unknown_parameters(LLAMA, layer_class)
     if unknown:

@@ -193,28 +193,43 @@ def measure(bench: RealStackBench, keeps: list[int], repeats: int, warmup: int,
 
 
 def mask_builds(step: Callable[[], None], device: torch.device, seq_len: int) -> dict:
-    """``create_block_mask`` calls during one step, each timed (device synchronised around it);
-    ``kept_*``: those at a kept length (random-LTD's, not the model's own full-length mask)."""
-    import torch.nn.attention.flex_attention as flex
+    """``BlockMask`` builds during one step, each timed (device synchronised around it): ``count`` /
+    ``seconds`` every build, ``kept_*`` random-LTD's kept-length masks (``attention.flex.build_block_mask``,
+    whichever way it builds them), the rest the model's own (``create_block_mask``)."""
+    import torch.nn.attention.flex_attention as torch_flex
 
-    original, builds = flex.create_block_mask, []
+    from random_ltd.attention import flex as kept_flex
 
-    def timed(*args, **kwargs):
-        synchronize(device)
-        start = time.perf_counter()
-        mask = original(*args, **kwargs)
-        synchronize(device)
-        builds.append((time.perf_counter() - start, kwargs.get("Q_LEN", args[3] if len(args) > 3 else None)))
-        return mask
+    model_builds, kept_builds, inside_kept = [], [], []
 
-    flex.create_block_mask = timed
+    def timed(original, builds, is_kept):
+        def build(*args, **kwargs):
+            if inside_kept:  # create_block_mask as random-LTD's fallback: counted once, as a kept build
+                return original(*args, **kwargs)
+            inside_kept.extend([True] if is_kept else [])
+            synchronize(device)
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                synchronize(device)
+                builds.append(time.perf_counter() - start)
+                inside_kept.clear()
+        return build
+
+    patches = [(torch_flex, "create_block_mask", model_builds, False),
+               (kept_flex, "build_block_mask", kept_builds, True)]
+    originals = [getattr(module, name) for module, name, _, _ in patches]
+    for (module, name, builds, is_kept), original in zip(patches, originals, strict=True):
+        setattr(module, name, timed(original, builds, is_kept))
     try:
         step()
     finally:
-        flex.create_block_mask = original
-    kept = [seconds for seconds, length in builds if length != seq_len]
-    return {"count": len(builds), "seconds": sum(seconds for seconds, _ in builds),
-            "kept_count": len(kept), "kept_seconds": sum(kept), "kept_max_seconds": max(kept, default=0.0)}
+        for (module, name, _, _), original in zip(patches, originals, strict=True):
+            setattr(module, name, original)
+    every = model_builds + kept_builds
+    return {"count": len(every), "seconds": sum(every), "kept_count": len(kept_builds),
+            "kept_seconds": sum(kept_builds), "kept_max_seconds": max(kept_builds, default=0.0)}
 
 
 def host_syncs(bench: RealStackBench, keep: int) -> dict:

@@ -1,0 +1,34 @@
+"""Local attention windows in original positions.
+
+A kept token ``q`` is original token ``indices[b, q]``; a window of ``w`` lets it see key ``kv``
+when ``0 <= indices[b, q] - indices[b, kv] < w``. A layer that counts its window itself (GPT-Neo's
+``bias`` buffer, flash attention's ``sliding_window``) counts *kept* positions instead, and a
+kept-position window spans more original tokens. Since indices are sorted, a kept-position
+distance never exceeds the original one: whatever a kept-position window blocks, the window in
+original positions blocks too, so adding the latter to the layer's mask makes the layer exact.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def window_allows(indices: torch.Tensor, window: int) -> torch.Tensor:
+    """``(B, 1, k, k)`` bool: causal and within ``window`` in original positions."""
+    distance = indices[:, :, None] - indices[:, None, :]
+    return ((distance >= 0) & (distance < window)).unsqueeze(1)
+
+
+def restrict_to_window(mask: torch.Tensor | None, indices: torch.Tensor, window: int,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """A gathered ``(B or 1, H, k, k)`` mask (bool: True = attend, or additive float) with the window added.
+
+    ``None`` (nothing masked) becomes an additive mask of ``dtype``. The diagonal stays open, so a
+    row that attended somewhere still does.
+    """
+    allowed = window_allows(indices, window)
+    if mask is None:
+        return torch.zeros(allowed.shape, dtype=dtype, device=indices.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)
+    if mask.dtype == torch.bool:
+        return mask & allowed
+    return mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)
