@@ -403,3 +403,133 @@ CASES = [
     _case("nanogpt-block", "Block", NanoGPT),
     _case("manual-softmax-bidir-pad", "MaskedBlock", MaskedNanoGPT, padded=True, left=True),
 ]
+
+
+# diffusers: tiny diffusion transformers, 4x4 = 16 image tokens (patch 2 on 8x8 latents, or 16 packed
+# Flux latents), trained as denoisers: the loss is the mean squared error to a fixed target.
+TEXT = 5  # text tokens of PixArt, SD3 and Flux (never dropped)
+
+
+class Denoiser(nn.Module):
+    """A diffusers transformer behind the zoo's interface: ``pixel_values`` in, ``.logits`` out.
+
+    ``target`` (the regression target of ``_diffusion_loss``) is accepted and unused, so that
+    tests may call the model with the case's whole input dictionary.
+    """
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, pixel_values, target=None, **conditions):
+        sample = self.transformer(pixel_values, **conditions, return_dict=False)[0]
+        return T.modeling_outputs.MaskedLMOutput(logits=sample)
+
+
+def _no_label_dropout(model: nn.Module) -> nn.Module:
+    """DiT's label embedders drop class labels at random in training (classifier-free guidance),
+    drawing from torch's default generator inside every block: tests that compare two forward
+    passes switch it off (tests/adapters/test_diffusers.py checks replay with it on)."""
+    for module in model.modules():
+        if hasattr(module, "dropout_prob") and hasattr(module, "token_drop"):
+            module.dropout_prob = 0.0
+    return model
+
+
+def dit(label_dropout=False):
+    from diffusers import DiTTransformer2DModel
+
+    model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4, num_layers=4,
+                                  sample_size=8, patch_size=2, num_embeds_ada_norm=10, norm_num_groups=4)
+    return Denoiser(model if label_dropout else _no_label_dropout(model))
+
+
+def pixart():
+    from diffusers import PixArtTransformer2DModel
+
+    return Denoiser(PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4,
+                                             out_channels=4, num_layers=4, sample_size=8, patch_size=2,
+                                             norm_num_groups=4, cross_attention_dim=32, caption_channels=24,
+                                             use_additional_conditions=False))
+
+
+def sd3(dual_attention_layers=()):
+    from diffusers import SD3Transformer2DModel
+
+    return Denoiser(SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=4,
+                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=24,
+                                          caption_projection_dim=32, pooled_projection_dim=16, out_channels=4,
+                                          pos_embed_max_size=8, dual_attention_layers=dual_attention_layers,
+                                          qk_norm="rms_norm" if dual_attention_layers else None))
+
+
+def flux(num_layers=2, num_single_layers=2):
+    from diffusers import FluxTransformer2DModel
+
+    return Denoiser(FluxTransformer2DModel(patch_size=1, in_channels=8, num_layers=num_layers,
+                                           num_single_layers=num_single_layers, attention_head_dim=8,
+                                           num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=16,
+                                           axes_dims_rope=(2, 2, 4)))
+
+
+def _latents(gen):
+    return torch.randn(BATCH, 4, 8, 8, generator=gen)
+
+
+def _dit_inputs(gen):
+    return {"pixel_values": _latents(gen), "target": _latents(gen),
+            "timestep": torch.randint(0, 1000, (BATCH,), generator=gen),
+            "class_labels": torch.randint(0, 10, (BATCH,), generator=gen)}
+
+
+def _pixart_inputs(gen):
+    text_valid = torch.ones(BATCH, TEXT, dtype=torch.long)
+    text_valid[0, 2:] = 0  # a padded caption: its mask covers text keys only
+    image_valid = torch.ones(BATCH, SEQ, dtype=torch.long)
+    image_valid[1, :6] = 0  # image keys PixArt's self-attention may not see
+    return {"pixel_values": _latents(gen), "target": _latents(gen), "attention_mask": image_valid,
+            "timestep": torch.randint(0, 1000, (BATCH,), generator=gen),
+            "encoder_hidden_states": torch.randn(BATCH, TEXT, 24, generator=gen),
+            "encoder_attention_mask": text_valid, "added_cond_kwargs": {"resolution": None, "aspect_ratio": None}}
+
+
+def _sd3_inputs(gen):
+    return {"pixel_values": _latents(gen), "target": _latents(gen),
+            "timestep": torch.randint(0, 1000, (BATCH,), generator=gen),
+            "encoder_hidden_states": torch.randn(BATCH, TEXT, 24, generator=gen),
+            "pooled_projections": torch.randn(BATCH, 16, generator=gen)}
+
+
+def flux_ids(height=4, width=4):
+    """Flux's position ids: ``(TEXT, 3)`` zeros for text, ``(h*w, 3)`` (0, row, column) for image."""
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    image = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).float()
+    return torch.zeros(TEXT, 3), image
+
+
+def _flux_inputs(gen):
+    txt_ids, img_ids = flux_ids()
+    return {"pixel_values": torch.randn(BATCH, SEQ, 8, generator=gen),
+            "target": torch.randn(BATCH, SEQ, 8, generator=gen), "timestep": torch.rand(BATCH, generator=gen),
+            "encoder_hidden_states": torch.randn(BATCH, TEXT, 24, generator=gen),
+            "pooled_projections": torch.randn(BATCH, 16, generator=gen), "txt_ids": txt_ids, "img_ids": img_ids}
+
+
+def _diffusion_loss(model, inputs):
+    return F.mse_loss(model(**inputs).logits, inputs["target"])
+
+
+def _diffusion_case(name, family, build, inputs):
+    return Case(name, family, build, inputs, _diffusion_loss)
+
+
+DIFFUSION_CASES = [
+    _diffusion_case("dit", "diffusers.basic_block", dit, _dit_inputs),
+    _diffusion_case("pixart-masks", "diffusers.basic_block", pixart, _pixart_inputs),
+    _diffusion_case("sd3", "diffusers.joint_block", sd3, _sd3_inputs),
+    _diffusion_case("sd35-dual-attention", "diffusers.joint_block", lambda: sd3((0, 1)), _sd3_inputs),
+    # Flux's two stacks (double-stream blocks, then single-stream blocks), one per case:
+    _diffusion_case("flux-double", "diffusers.flux_block", lambda: flux(4, 0), _flux_inputs),
+    _diffusion_case("flux-single", "diffusers.flux_block", lambda: flux(0, 4), _flux_inputs),
+]
+CASES += DIFFUSION_CASES

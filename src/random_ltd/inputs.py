@@ -28,6 +28,10 @@ def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indi
         pair = call.get(name)
         if pair is not None:
             call[name] = tuple(ops.gather_sequence(part, indices) for part in pair)
+    for name in adapter.shared_position_pairs:  # one draw per batch: row 0 holds every row's indices
+        pair = call.get(name)
+        if pair is not None:
+            call[name] = tuple(ops.gather_table_tail(part, indices[0], seq_len) for part in pair)
     for name in adapter.caches:
         call.set_if_present(name, None)
     if adapter.use_cache:

@@ -12,6 +12,7 @@ Random-LTD, protected tokens and TokenBypass differ only in the strategy of step
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -48,6 +49,12 @@ class LayerState:
     original_class: type
     plan: CallPlan
     cache_layer_idx: int | None = None
+    # The class's forward as a plain function, read once: diffusers marks its blocks
+    # allow_in_graph, and Dynamo cannot trace reading `forward` off such a class inside a graph.
+    original_forward: Callable = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.original_forward = self.original_class.forward
 
 
 def _find_layer_idx(layer: nn.Module) -> int | None:
@@ -81,9 +88,12 @@ class RandomLTDLayerMixin(swap.SwappedModule):
         hidden = hidden if layout is None else layout.to_full(hidden)
         tokens = hidden if batch_first else hidden.transpose(0, 1)
         context = control.context.for_layer(state.position, hidden) if control.selection.needs_context else None
-        indices = control.selection(state.position, tokens, keep, context)
+        shared = state.adapter.one_draw_per_batch
+        indices = control.selection(state.position, tokens[:1] if shared else tokens, keep, context)
         if indices is None or indices.shape[1] >= tokens.shape[1]:
             return super().forward(*args, **kwargs)
+        if shared:
+            indices = indices.expand(tokens.shape[0], -1)
         return _forward_on_kept(self, state, call, hidden_name, tokens, indices, batch_first, layout)
 
 
@@ -106,17 +116,18 @@ def _forward_on_kept(layer, state: LayerState, call: LayerCall, hidden_name: str
     kept = kept if batch_first else kept.transpose(0, 1)
     call[hidden_name] = kept if layout is None else layout.to_sharded(kept)
     gather_inputs(layer, state.adapter, call, indices, seq_len)
-    output = call.call(state.original_class.forward, layer)
-    return replace_hidden(output, passthrough, flat, batch_first, layout)
+    output = call.call(state.original_forward, layer)
+    return replace_hidden(output, passthrough, flat, batch_first, layout, state.adapter.output_index)
 
 
-def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_first: bool, layout=None):
+def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_first: bool, layout=None,
+                   index: int = 0):
     """Merge the layer's short output into the full sequence, keeping the output's structure.
 
     ``layout``: the input's sequence-parallel layout, if any (the output is gathered, merged and
-    sharded back like the input).
+    sharded back like the input). ``index``: where the hidden states are in a tuple output.
     """
-    short = output if isinstance(output, torch.Tensor) else output[0]
+    short = output if isinstance(output, torch.Tensor) else output[index]
     short = short if layout is None else layout.to_full(short)
     short = short if batch_first else short.transpose(0, 1)
     full = ops.merge_tokens(passthrough, short, flat)
@@ -124,7 +135,8 @@ def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_
     full = full if layout is None else layout.to_sharded(full)
     if isinstance(output, torch.Tensor):
         return full
-    return type(output)((full, *output[1:])) if isinstance(output, tuple) else [full, *output[1:]]
+    merged = [*output[:index], full, *output[index + 1 :]]
+    return type(output)(merged) if isinstance(output, tuple) else merged
 
 
 def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:

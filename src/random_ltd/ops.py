@@ -19,6 +19,7 @@ __all__ = [
     "merge_tokens",
     "gather_sequence",
     "gather_mask",
+    "gather_table_tail",
     "attend_somewhere",
 ]
 
@@ -141,6 +142,16 @@ def gather_sequence(values: torch.Tensor, indices: torch.Tensor, dim: int = 1) -
     shape[dim] = keep
     index = indices.reshape(shape).expand(*values.shape[:dim], keep, *values.shape[dim + 1 :])
     return values.gather(dim, index)
+
+
+def gather_table_tail(table: torch.Tensor, indices: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Gather the last ``seq_len`` rows of an unbatched per-token table ``(t + s, *rest)``.
+
+    The first ``t`` rows (another stream's tokens, e.g. Flux's text before its image) are kept
+    as they are; ``indices`` ``(k,)`` pick among the last ``s``. Returns ``(t + k, *rest)``.
+    """
+    head = table.shape[0] - seq_len
+    return torch.cat([table[:head], table[head:].index_select(0, indices)])
 
 
 def gather_mask(mask: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -26,11 +26,13 @@ class WrappedLayer:
     family: str
 
 
-def find_layer_stack(model: nn.Module, stack: str | None = None) -> tuple[str, list[tuple[str, nn.Module]]]:
+def find_layer_stack(model: nn.Module, stack: str | Sequence[str] | None = None):
     """The model's transformer layers, found by registered class and grouped by parent container.
 
     Returns ``(stack_name, [(name, layer), ...])`` in execution order. With several stacks
-    (encoder-decoder models) ``stack`` names the one to use.
+    (encoder-decoder models) ``stack`` names the one to use, or a sequence of stacks that run one
+    after the other as one (Flux: ``("transformer.transformer_blocks",
+    "transformer.single_transformer_blocks")``), given in execution order.
     """
     groups: dict[str, list[tuple[str, nn.Module]]] = {}
     for name, module in model.named_modules():
@@ -45,11 +47,15 @@ def find_layer_stack(model: nn.Module, stack: str | None = None) -> tuple[str, l
             f"registered: {', '.join(adapters.registered_names())}"
         )
     if stack is not None:
-        if stack not in groups:
-            raise RandomLTDError(f"stack={stack!r} not found; layer stacks in this model: {sorted(groups)}")
-        return stack, groups[stack]
+        names = (stack,) if isinstance(stack, str) else tuple(stack)
+        missing = [name for name in names if name not in groups]
+        if missing or not names or len(set(names)) < len(names):
+            raise RandomLTDError(f"stack={stack!r}: not one stack or distinct stacks of this model: "
+                                 f"{sorted(groups)}")
+        return stack, [member for name in names for member in groups[name]]
     if len(groups) > 1:
-        raise RandomLTDError(f"this model has several layer stacks {sorted(groups)}: choose one with stack=...")
+        raise RandomLTDError(f"this model has several layer stacks {sorted(groups)}: choose one with stack=..., "
+                             "or several that run one after the other with stack=(first, second, ...)")
     return next(iter(groups.items()))
 
 
@@ -174,7 +180,7 @@ def apply(
     keep_prefix_tokens: bool = False,
     protect_positions: Sequence[int] = (),
     protect_ids: Sequence[int] = (),
-    stack: str | None = None,
+    stack: str | Sequence[str] | None = None,
 ) -> RandomLTDHandle:
     """Apply random-LTD to ``model`` in place and return its handle.
 
@@ -193,7 +199,8 @@ def apply(
         protect_positions: positions always kept (negative: from the end), e.g. ``(0,)``.
         protect_ids: token ids always kept, found in the model's ``input_ids`` at each forward
             (the special-tokens variant the paper tests and rejects, Section 5.2).
-        stack: name of the layer container when the model has several (encoder-decoder).
+        stack: name of the layer container when the model has several (encoder-decoder), or
+            names of containers that run one after the other, in that order (Flux's two block kinds).
     """
     if not isinstance(model, nn.Module):
         raise RandomLTDError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
@@ -207,6 +214,7 @@ def apply(
     stack_name, members = find_layer_stack(model, stack)
     chosen = [(index, *members[index]) for index in parse_layer_selection(layers, len(members))]
     _check_free(chosen)
+    _check_supported(chosen)
     if keep_prefix_tokens:
         prefix = max(adapters.adapter_for(type(layer)).num_prefix_tokens for _, _, layer in chosen)
         positions = tuple(range(prefix)) + positions
@@ -229,6 +237,14 @@ def _check_free(chosen: list[tuple[int, str, nn.Module]]) -> None:
         if original_class(layer) is not type(layer):
             raise RandomLTDError(f"layer {name} ({type(layer).__qualname__}) is already wrapped "
                                  "(by random-LTD or TokenBypass): remove that first")
+
+
+def _check_supported(chosen: list[tuple[int, str, nn.Module]]) -> None:
+    """Each family's own refusal (``LayerAdapter.check``), before any layer is wrapped."""
+    for _, _, layer in chosen:
+        check = adapters.adapter_for(type(layer)).check
+        if check is not None:
+            check(layer)
 
 
 def _wrap(index: int, name: str, layer: nn.Module, control: DropControl) -> WrappedLayer:

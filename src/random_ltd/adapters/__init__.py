@@ -1,5 +1,5 @@
 """Layer-family adapters and their registry. Built-in families register on import."""
-from random_ltd.adapters import hf, torch_nn
+from random_ltd.adapters import diffusers, hf, torch_nn
 from random_ltd.adapters.base import (
     LayerAdapter,
     adapter_for,
@@ -9,6 +9,7 @@ from random_ltd.adapters.base import (
     unregister_layer,
 )
 
+diffusers.register_all()
 hf.register_all()
 torch_nn.register_all()
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
+from random_ltd.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerAdapter:
@@ -37,6 +39,16 @@ class LayerAdapter:
         batch_first: ``layer -> bool``; ``None`` means batch first (all Hugging Face layers).
         prepare: ``(layer, arguments, indices) -> None`` for inputs the fields above cannot
             describe; ``arguments`` maps parameter names to values and is edited in place.
+        output_index: where the hidden states are in a tuple output (diffusers' joint blocks
+            return ``(text, image)``: 1); the other elements pass unchanged.
+        one_draw_per_batch: every sequence of a batch keeps the same tokens, for inputs shared
+            by the whole batch that the layer cannot take per sequence.
+        shared_position_pairs: tuples of unbatched per-token tables ``(t + s, d)`` whose last
+            ``s`` rows belong to the hidden states and the first ``t`` to another stream (Flux's
+            rotary table: text, then image); only the last ``s`` rows are gathered. Needs
+            ``one_draw_per_batch``.
+        check: ``layer -> None``, raises ``RandomLTDError`` at ``apply`` for a layer of the family
+            that cannot drop tokens (checked before the model is touched).
     """
 
     name: str
@@ -54,6 +66,15 @@ class LayerAdapter:
     num_prefix_tokens: int = 0
     batch_first: Callable[[nn.Module], bool] | None = None
     prepare: Callable[[nn.Module, dict, object], None] | None = None
+    output_index: int = 0
+    one_draw_per_batch: bool = False
+    shared_position_pairs: tuple[str, ...] = ()
+    check: Callable[[nn.Module], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.shared_position_pairs and not self.one_draw_per_batch:
+            raise ConfigError("shared_position_pairs", f"adapter {self.name!r}: needs one_draw_per_batch=True (one "
+                              "table serves every sequence, so every sequence keeps the same tokens)")
 
 
 _BY_KEY: dict[str, LayerAdapter] = {}
@@ -85,7 +106,7 @@ def register_layer(layer_class: type | str, adapter: LayerAdapter | None = None,
 def known_parameters(adapter: LayerAdapter) -> set[str]:
     """The ``forward`` parameters ``adapter`` gathers, resets or passes on knowingly."""
     named = (adapter.masks, adapter.query_masks, adapter.padding_masks, adapter.positions, adapter.key_biases,
-             adapter.position_pairs, adapter.caches, adapter.passthrough)
+             adapter.position_pairs, adapter.shared_position_pairs, adapter.caches, adapter.passthrough)
     return {name for names in named for name in names} | {adapter.hidden, adapter.use_cache} - {None}
 
 
