@@ -53,12 +53,13 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, steps: int, seed: i
         net = FeatureNet()
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     targets = torch.from_numpy(labels.astype(np.int64))
-    for _ in range(steps):
-        chosen = torch.randint(0, len(labels), (batch_size,), generator=generator).numpy()
-        loss = F.cross_entropy(net(as_pixels(images[chosen])), targets[chosen])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    with torch.enable_grad():  # also when called for an evaluation under no_grad
+        for _ in range(steps):
+            chosen = torch.randint(0, len(labels), (batch_size,), generator=generator).numpy()
+            loss = F.cross_entropy(net(as_pixels(images[chosen])), targets[chosen])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
     return net.eval()
 
 

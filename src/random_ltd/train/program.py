@@ -299,6 +299,10 @@ def finish_arm(run: Run, arm: Arm) -> dict:
     """The arm's result (and, across ranks, whether they stayed identical); final checkpoint and result.json."""
     result = arm_result(arm)
     ranks = run.ranks
+    final_evaluate = getattr(run.task, "final_evaluate", None)  # a task's end-of-training measures (dit: samples)
+    if final_evaluate is not None and ranks.is_main:
+        with own_rng(arm):
+            result.update({f"final_{name}": value for name, value in final_evaluate(arm.model, arm.folder).items()})
     if ranks.distributed:
         result["rank_seeds"] = distributed.gather_objects(getattr(arm.driver.handle, "seed", None), ranks)
         digests = distributed.gather_objects(distributed.parameter_digest(arm.model), ranks)
