@@ -175,7 +175,6 @@ _TEXT = {False: dict(steps=300, batch_size=16, seq_len=128, model_size="small", 
                      dropout=0.0, full_at=0.7, eval_batches=8),
          True: dict(steps=24, batch_size=8, seq_len=64, model_size="tiny", vocab_size=512, corpus_mb=1.0, lr=2e-3,
                     dropout=0.0, full_at=0.7, eval_batches=2)}
-DIT_STEPS = 60
 TASK_DEFAULTS: dict[str, dict[bool, dict[str, Any]]] = {
     "gpt": _TEXT,
     "bert": _TEXT,
@@ -189,8 +188,8 @@ TASK_DEFAULTS: dict[str, dict[bool, dict[str, Any]]] = {
                  True: dict(steps=4, batch_size=2, seq_len=32, layers=4, corpus_mb=0.3, lr=1e-4, full_at=0.75,
                             eval_batches=1)},
     # dit: 196 image tokens (patch 2); --quick: 49 (patch 4)
-    "dit": {False: dict(steps=DIT_STEPS, batch_size=16, patch_size=2, model_size="small", lr=1e-3, dropout=0.0,
-                        full_at=0.8, eval_batches=4),
+    "dit": {False: dict(steps=100, batch_size=16, patch_size=2, model_size="small", lr=1e-3, dropout=0.0,
+                        full_at=0.8, eval_batches=2),
             True: dict(steps=16, batch_size=16, patch_size=4, model_size="tiny", lr=2e-3, dropout=0.0, full_at=0.8,
                        eval_batches=2)},
 }
