@@ -190,7 +190,7 @@ TASK_DEFAULTS: dict[str, dict[bool, dict[str, Any]]] = {
     # dit: 196 image tokens (patch 2); --quick: 49 (patch 4)
     "dit": {False: dict(steps=100, batch_size=16, patch_size=2, model_size="small", lr=1e-3, dropout=0.0,
                         full_at=0.8, eval_batches=2),
-            True: dict(steps=16, batch_size=16, patch_size=4, model_size="tiny", lr=2e-3, dropout=0.0, full_at=0.8,
+            True: dict(steps=60, batch_size=16, patch_size=4, model_size="tiny", lr=2e-3, dropout=0.0, full_at=0.8,
                        eval_batches=2)},
 }
 # The first kept length as a fraction of the sequence (the paper: GPT 128/2048, BERT 128/512, ViT
