@@ -107,6 +107,9 @@ def test_quick_run_reports_the_fid_proxy_and_sample_grids(fashion, tmp_path):
     report = (root / "report.md").read_text()
     assert "FID (classifier proxy)" in report and "not Inception FID" in report
     assert "baseline/seed0/samples.png" in report
+    ltd, base = summary["arms"]["random_ltd"], summary["arms"]["baseline"]
+    assert (f"random_ltd val loss {ltd['final_val_loss'] - base['final_val_loss']:+.4f}, FID proxy "
+            f"{ltd['final_fid_proxy'] - base['final_fid_proxy']:+.2f}") in report
 
 
 def test_the_same_noise_gives_every_arm_the_same_samples_before_training(fashion, tmp_path):

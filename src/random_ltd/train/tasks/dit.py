@@ -207,6 +207,7 @@ def report_lines(summary: dict) -> list[str]:
              "Validation loss: velocity MSE at noise levels t = "
              + ", ".join(str(level) for level in VAL_LEVELS) + " (the same images, noise and labels for every arm), "
              "and their mean; per level:", ""]
+    lines += _against_baseline(summary["arms"])
     for name, arm in summary["arms"].items():
         levels = ", ".join(f"t={level}: {_seed_mean(arm, f'final_val_loss_t{level}'):.4f}" for level in VAL_LEVELS)
         lines.append(f"- {name}: {levels}")
@@ -220,3 +221,14 @@ def report_lines(summary: dict) -> list[str]:
 
 def _seed_mean(arm: dict, name: str) -> float:
     return sum(run[name] for run in arm["seeds"]) / len(arm["seeds"])
+
+
+def _against_baseline(arms: dict) -> list[str]:
+    """Each dropping arm's differences to the baseline in validation loss and FID proxy (lower is better)."""
+    base = arms.get("baseline")
+    if base is None or "final_fid_proxy" not in base:
+        return []
+    words = [f"{name} val loss {arm['final_val_loss'] - base['final_val_loss']:+.4f}, FID proxy "
+             f"{arm['final_fid_proxy'] - base['final_fid_proxy']:+.2f}"
+             for name, arm in arms.items() if name != "baseline" and "final_fid_proxy" in arm]
+    return ["Against the baseline (negative: better): " + "; ".join(words) + ".", ""] if words else []
