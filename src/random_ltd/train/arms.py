@@ -9,6 +9,7 @@ comparison); otherwise for the same number of steps (same data) as the baseline.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 
@@ -16,7 +17,9 @@ from random_ltd.accounting import flops_per_step, total_layer_tokens
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer_selection import parse_layer_selection
 from random_ltd.lr import LayerTokenLR, lr_factor
+from random_ltd.schedules import ConstantKeep
 from random_ltd.search import first_true
+from random_ltd.train import tread
 from random_ltd.train.config import TrainConfig, budget_steps, flag_error, make_schedule
 from random_ltd.train.tasks import ModelShape
 
@@ -55,7 +58,23 @@ def plan_arms(config: TrainConfig, shape: ModelShape) -> dict[str, ArmPlan]:
     plans = {"baseline": baseline}
     if "random_ltd" in config.arms:
         plans["random_ltd"] = _random_ltd_plan(config, shape, baseline, full_step_tokens)
-    return {arm: plans[arm] for arm in config.arms}
+    if "tread" in config.arms:
+        if tread.routes_supported():
+            plans["tread"] = _tread_plan(config, shape, baseline)
+        else:
+            warnings.warn(tread.UNAVAILABLE, stacklevel=2)
+    return {arm: plans[arm] for arm in config.arms if arm in plans}
+
+
+def _tread_plan(config: TrainConfig, shape: ModelShape, baseline: ArmPlan) -> ArmPlan:
+    """The baseline's steps, one route through the span of ``--drop-layers`` (``tread.py``)."""
+    drop_layers = drop_layer_indices(config, shape.num_layers)
+    tread.span_of(drop_layers)
+    schedule = ConstantKeep(shape.seq_len, tread.kept_tokens(shape.seq_len))
+    layer_tokens = _layer_tokens(schedule, baseline.steps, config, shape, drop_layers)
+    warmup_steps = baseline.warmup_steps
+    return ArmPlan("tread", baseline.steps, schedule, drop_layers, config.lr_clock, layer_tokens, warmup_steps,
+                   min(baseline.warmup_layer_tokens, layer_tokens))
 
 
 def _random_ltd_plan(config: TrainConfig, shape: ModelShape, baseline: ArmPlan, full_step_tokens: int) -> ArmPlan:

@@ -15,8 +15,10 @@ from typing import Any
 from random_ltd.errors import ConfigError
 from random_ltd.schedules import MSLG, ConstantKeep
 
-TASKS = ("gpt", "bert", "vit", "finetune")
+TASKS = ("gpt", "bert", "vit", "finetune", "dit")
 ARMS = ("baseline", "random_ltd")
+# opt-in arms (--arms): "tread" routes one kept half through the span of --drop-layers (train/tread.py)
+KNOWN_ARMS = ARMS + ("tread",)
 MODEL_SIZES = ("tiny", "small", "base")
 SCHEDULES = ("mslg", "constant")
 LR_CLOCKS = ("layer_tokens", "steps")
@@ -138,9 +140,9 @@ class TrainConfig:
 
     def _check_arms(self) -> None:
         if not self.arms:
-            raise flag_error("arms", f"choose at least one of {', '.join(ARMS)}")
+            raise flag_error("arms", f"choose at least one of {', '.join(KNOWN_ARMS)}")
         for arm in self.arms:
-            _check_choice("arms", arm, ARMS)
+            _check_choice("arms", arm, KNOWN_ARMS)
         if len(set(self.arms)) != len(self.arms):
             raise flag_error("arms", f"lists an arm twice: {','.join(self.arms)}")
 
@@ -185,13 +187,19 @@ TASK_DEFAULTS: dict[str, dict[bool, dict[str, Any]]] = {
                              eval_batches=4),
                  True: dict(steps=4, batch_size=2, seq_len=32, layers=4, corpus_mb=0.3, lr=1e-4, full_at=0.75,
                             eval_batches=1)},
+    # dit: 196 image tokens (patch 2); --quick: 49 (patch 4)
+    "dit": {False: dict(steps=100, batch_size=16, patch_size=2, model_size="small", lr=1e-3, dropout=0.0,
+                        full_at=0.8, eval_batches=2),
+            True: dict(steps=60, batch_size=16, patch_size=4, model_size="tiny", lr=2e-3, dropout=0.0, full_at=0.8,
+                       eval_batches=2)},
 }
 # The first kept length as a fraction of the sequence (the paper: GPT 128/2048, BERT 128/512, ViT
 # 66/197); the default increment is 1/32 of the sequence.
-START_FRACTION = {"gpt": 1 / 8, "bert": 1 / 4, "vit": 1 / 3, "finetune": 1 / 4}
+START_FRACTION = {"gpt": 1 / 8, "bert": 1 / 4, "vit": 1 / 3, "finetune": 1 / 4, "dit": 1 / 2}
 # Each text task's model and its position embeddings: the longest sequence it takes.
 MAX_POSITIONS = {"gpt": ("GPT-2", 1024), "bert": ("BERT", 512), "finetune": ("SmolLM2-135M", 8192)}
-NOT_FOR_TASK = {"vit": ("vocab_size", "corpus_mb"), "finetune": ("model_size", "vocab_size")}
+NOT_FOR_TASK = {"vit": ("vocab_size", "corpus_mb"), "dit": ("vocab_size", "corpus_mb"),
+                "finetune": ("model_size", "vocab_size")}
 IMAGE_SIZE = 28  # Fashion-MNIST's images are 28 x 28
 _SCHEDULE_FIELDS = {"start": "kept_start", "increment": "kept_increment", "every_steps": "kept_every",
                     "full_at": "full_at", "keep": "kept_start"}
@@ -208,7 +216,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
         defaults.pop("steps")  # the budget is given in tokens
     resolved = config.replace(**{name: value for name, value in defaults.items() if getattr(config, name) is None})
     _check_task_fields(resolved)
-    if resolved.task == "vit":
+    if resolved.task in ("vit", "dit"):
         resolved = resolved.replace(seq_len=_vit_length(resolved))
     _check_positions(resolved)
     start = resolved.kept_start or max(1, math.ceil(START_FRACTION[resolved.task] * resolved.seq_len))
@@ -251,8 +259,8 @@ def _check_task_fields(config: TrainConfig) -> None:
     for name in NOT_FOR_TASK.get(config.task, ()):
         if getattr(config, name) is not None:
             raise flag_error(name, f"does not apply to --task {config.task}")
-    if config.task == "vit" and config.data:
-        raise flag_error("data", "--task vit trains on Fashion-MNIST; --data is for the text tasks")
+    if config.task in ("vit", "dit") and config.data:
+        raise flag_error("data", f"--task {config.task} trains on Fashion-MNIST; --data is for the text tasks")
     if config.task != "finetune" and (config.lora or config.lora_rank or config.lora_targets):
         raise flag_error("lora", "applies only to --task finetune (a pretrained model)")
     if not config.lora:
@@ -265,9 +273,9 @@ def _vit_length(config: TrainConfig) -> int:
     """Patches of the image plus the CLS token: patch size 2 -> 197 tokens, the paper's ViT length."""
     if IMAGE_SIZE % config.patch_size:
         raise flag_error("patch_size", f"must divide the image size {IMAGE_SIZE}, got {config.patch_size}")
-    length = (IMAGE_SIZE // config.patch_size) ** 2 + 1
+    length = (IMAGE_SIZE // config.patch_size) ** 2 + (config.task == "vit")  # dit has no CLS token
     if config.seq_len is not None and config.seq_len != length:
-        raise flag_error("seq_len", f"--task vit's length follows --patch-size "
+        raise flag_error("seq_len", f"--task {config.task}'s length follows --patch-size "
                                     f"({config.patch_size} -> {length} tokens), got {config.seq_len}")
     return length
 

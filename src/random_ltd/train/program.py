@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from random_ltd.driver import Driver
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.rng import derive_seed
-from random_ltd.train import checkpoint, distributed, memory, report
+from random_ltd.train import checkpoint, distributed, memory, report, tread
 from random_ltd.train.arms import ArmPlan, make_lr_scheduler, plan_arms, step_flops
 from random_ltd.train.config import ConfigError, TrainConfig, resolve
 from random_ltd.train.methods import RANDOM_LTD, Method
@@ -274,6 +274,7 @@ def build_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
     model = training_model(task.build_model()).to(device)
     ltd_seed = derive_seed(seed, 1)
     ltd_seed = rank_seed(ltd_seed, ranks.rank) if ranks.distributed else ltd_seed
+    method = tread.TREAD if plan.arm == "tread" else method
     handle = method.prepare(model, task, plan.drop_layers, shape, ltd_seed) if plan.drops else None
     optimizer = make_optimizer(model, config)
     driver = Driver(handle, plan.schedule, batch_size=config.batch_size * ranks.world_size, seq_len=shape.seq_len,
@@ -299,6 +300,10 @@ def finish_arm(run: Run, arm: Arm) -> dict:
     """The arm's result (and, across ranks, whether they stayed identical); final checkpoint and result.json."""
     result = arm_result(arm)
     ranks = run.ranks
+    final_evaluate = getattr(run.task, "final_evaluate", None)  # a task's end-of-training measures (dit: samples)
+    if final_evaluate is not None and ranks.is_main:
+        with own_rng(arm):
+            result.update({f"final_{name}": value for name, value in final_evaluate(arm.model, arm.folder).items()})
     if ranks.distributed:
         result["rank_seeds"] = distributed.gather_objects(getattr(arm.driver.handle, "seed", None), ranks)
         digests = distributed.gather_objects(distributed.parameter_digest(arm.model), ranks)

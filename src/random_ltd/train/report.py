@@ -19,9 +19,10 @@ import torch
 
 from random_ltd.train import plots, timing
 from random_ltd.train.config import TrainConfig
+from random_ltd.train.tasks import dit
 
 NUMERIC_RESULTS = ("steps", "tokens", "layer_tokens", "flops", "wall_clock_s", "cpu_s", "eval_s", "final_val_loss",
-                   "final_val_perplexity", "final_val_accuracy")
+                   "final_val_perplexity", "final_val_accuracy", "final_fid_proxy", "final_fid_proxy_real")
 
 
 def write_json(path: Path, value: dict) -> None:
@@ -66,7 +67,7 @@ def summarize(config: TrainConfig, plans: dict, results: dict, data: dict, comma
 
 
 def with_perplexity(result: dict) -> dict:
-    if "final_val_loss" in result and "final_val_accuracy" not in result:
+    if "final_val_loss" in result and "final_val_accuracy" not in result and "final_fid_proxy" not in result:
         return {**result, "final_val_perplexity": math.exp(min(result["final_val_loss"], 50.0))}
     return result
 
@@ -118,9 +119,9 @@ def _cell(arm: dict, name: str, fmt: str) -> str:
 
 def table(summary: dict) -> str:
     """The Markdown table of the report (also what the README's results section shows)."""
-    vit = summary["task"] == "vit"
-    quality = (("final_val_accuracy", "val accuracy", ".4f") if vit
-               else ("final_val_perplexity", "val perplexity", ".2f"))
+    quality = {"vit": ("final_val_accuracy", "val accuracy", ".4f"),
+               "dit": ("final_fid_proxy", "FID (classifier proxy)", ".2f")}.get(
+        summary["task"], ("final_val_perplexity", "val perplexity", ".2f"))
     lines = ["| arm | steps | layer-tokens | saving | FLOPs (est.) | wall-clock (s) | CPU (s) | val loss | "
              + quality[1] + " |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = summary["arms"].get("baseline")
@@ -149,6 +150,7 @@ def markdown(summary: dict, figures: list[str]) -> str:
         "Validation runs at full length, without dropping.", "",
     ]
     parts += comparison_lines(summary) + _schedule_lines(summary) + _load_lines(summary)
+    parts += dit.report_lines(summary) if summary["task"] == "dit" else []
     parts += [f"Data: {json.dumps(data)}", ""]
     parts += [f"![{figure}]({figure})" for figure in figures]
     return "\n".join(parts) + "\n"
