@@ -17,7 +17,7 @@ import time
 import torch
 
 from random_ltd import ops, rng
-from random_ltd.selection import LayerInfo, UniformSelection
+from random_ltd.strategies import LayerInfo, UniformSelection
 
 CPU = torch.device("cpu")
 

@@ -297,7 +297,7 @@ def unwatched(function):
 def pretend_flash(monkeypatch) -> None:
     """Make random-LTD's attention-implementation lookup answer flash while transformers runs sdpa: the
     flash varlen metadata path without the flash kernel (which needs CUDA and the flash-attn package)."""
-    from random_ltd.attention import inputs as attention_inputs
+    from random_ltd.attention import other_inputs as attention_inputs
 
     if hasattr(attention_inputs, "AttentionSetup"):  # the lookup done once per wrap
         flash = property(lambda setup: "flash_attention_2")

@@ -18,8 +18,8 @@ LAYERS = [
     {"random_ltd.errors"},
     ARITHMETIC - {"random_ltd.errors"},
     {"random_ltd.ops", "random_ltd.rng", "random_ltd.sharding"},
-    {"random_ltd.swap", "random_ltd.calls", "random_ltd.inputs", "random_ltd.selection", "random_ltd.layer",
-     "random_ltd.surgery", "random_ltd.attention", "random_ltd.adapters", "random_ltd.tokenbypass",
+    {"random_ltd.swap", "random_ltd.calls", "random_ltd.gather", "random_ltd.strategies", "random_ltd.layer",
+     "random_ltd.api", "random_ltd.attention", "random_ltd.adapters", "random_ltd.tokenbypass",
      "random_ltd.contexts", "random_ltd.routes", "random_ltd.span"},
     {"random_ltd.driver", "random_ltd"},  # the package's own names (``import random_ltd``) sit with the driver
     {"random_ltd.integrations"},

@@ -1,4 +1,4 @@
-"""Pure tensor operations: sampling statistics, exact scatter, mask and position gathering."""
+"""Pure tensor operations: kept-subset statistics, exact scatter, mask and position gathering."""
 from __future__ import annotations
 
 import itertools
@@ -14,20 +14,23 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize("batch,seq,keep,prefix",
-                         [(4, 16, 5, 0), (3, 197, 66, 1), (2, 8, 8, 0), (5, 10, 1, 0), (2, 6, 3, 3)])
-def test_indices_are_sorted_unique_in_range(batch, seq, keep, prefix):
-    indices = ops.sample_indices(batch, seq, keep, generator=_gen(), num_prefix=prefix)
+def _uniform_subsets(batch: int, seq: int, keep: int, generator: torch.Generator) -> torch.Tensor:
+    """What a dropping layer keeps: the top ``keep`` of i.i.d. uniform keys (``ops.keep_top``)."""
+    return ops.keep_top(torch.rand(batch, seq, generator=generator), keep)
+
+
+@pytest.mark.parametrize("batch,seq,keep", [(4, 16, 5), (3, 197, 66), (2, 8, 8), (5, 10, 1)])
+def test_kept_indices_are_sorted_unique_in_range(batch, seq, keep):
+    indices = _uniform_subsets(batch, seq, keep, _gen())
     assert indices.shape == (batch, keep) and indices.dtype == torch.int64
     assert (indices[:, 1:] > indices[:, :-1]).all()
     assert indices.min() >= 0 and indices.max() < seq
-    assert (indices[:, :prefix] == torch.arange(prefix)).all()
 
 
-def test_indices_reproducible_and_different_across_sequences():
-    a = ops.sample_indices(8, 64, 16, generator=_gen(3))
-    b = ops.sample_indices(8, 64, 16, generator=_gen(3))
-    c = ops.sample_indices(8, 64, 16, generator=_gen(4))
+def test_kept_indices_reproducible_and_different_across_sequences():
+    a = _uniform_subsets(8, 64, 16, _gen(3))
+    b = _uniform_subsets(8, 64, 16, _gen(3))
+    c = _uniform_subsets(8, 64, 16, _gen(4))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert len({tuple(row.tolist()) for row in a}) == 8
@@ -35,7 +38,7 @@ def test_indices_reproducible_and_different_across_sequences():
 
 def test_every_subset_equally_likely():
     """Chi-square over all C(6,3) = 20 subsets, 20k draws (p ~ 1e-4 to fail by chance)."""
-    draws = ops.sample_indices(20_000, 6, 3, generator=_gen(11))
+    draws = _uniform_subsets(20_000, 6, 3, _gen(11))
     subsets = list(itertools.combinations(range(6), 3))
     index = {subset: i for i, subset in enumerate(subsets)}
     counts = torch.zeros(len(subsets))
@@ -46,25 +49,18 @@ def test_every_subset_equally_likely():
     assert chi2 < 50.0, chi2  # 19 degrees of freedom: P(chi2 > 50) ~ 1e-4
 
 
-def test_position_inclusion_is_uniform_with_prefix():
-    draws = ops.sample_indices(10_000, 11, 4, generator=_gen(5), num_prefix=1)
+def test_position_inclusion_is_uniform():
+    draws = _uniform_subsets(10_000, 11, 4, _gen(5))
     counts = torch.bincount(draws.reshape(-1), minlength=11).float()
-    assert counts[0] == 10_000
-    p = 3 / 10
+    p = 4 / 11
     expected = 10_000 * p
     sd = math.sqrt(10_000 * p * (1 - p))
-    assert ((counts[1:] - expected).abs() < 5 * sd).all(), counts
-
-
-@pytest.mark.parametrize("keep,seq,prefix", [(0, 4, 0), (5, 4, 0), (1, 4, 2)])
-def test_bad_keep_is_an_error(keep, seq, prefix):
-    with pytest.raises(ValueError):
-        ops.sample_indices(1, seq, keep, num_prefix=prefix)
+    assert ((counts - expected).abs() < 5 * sd).all(), counts
 
 
 def test_gather_then_scatter_is_exact_and_differentiable():
     hidden = torch.randn(3, 10, 4, dtype=torch.float64, requires_grad=True)
-    indices = ops.sample_indices(3, 10, 4, generator=_gen(1))
+    indices = _uniform_subsets(3, 10, 4, _gen(1))
     flat = ops.flat_indices(indices, 10)
     kept = ops.gather_tokens(hidden, flat, 4)
     for b in range(3):
@@ -109,7 +105,7 @@ def _loop_gather_mask(mask, indices, seq):
 def test_gather_mask_matches_loop(shape, dtype):
     mask = torch.rand(shape, generator=_gen(2)) > 0.5
     mask = mask if dtype == torch.bool else torch.where(mask, 0.0, torch.finfo(dtype).min)
-    indices = ops.sample_indices(3, 9, 4, generator=_gen(9))
+    indices = _uniform_subsets(3, 9, 4, _gen(9))
     assert torch.equal(ops.gather_mask(mask, indices), _loop_gather_mask(mask, indices, 9))
 
 
@@ -141,7 +137,7 @@ def test_attend_somewhere_releases_only_empty_rows():
 
 def test_two_dimensional_mask_is_a_padding_mask_even_when_batch_equals_seq():
     mask = torch.rand(4, 4, generator=_gen(0)) > 0.3
-    indices = ops.sample_indices(4, 4, 2, generator=_gen(1))
+    indices = _uniform_subsets(4, 4, 2, _gen(1))
     assert torch.equal(ops.gather_mask(mask, indices), torch.stack([mask[b, indices[b]] for b in range(4)]))
 
 
@@ -150,11 +146,11 @@ def test_shared_square_mask_is_gathered_per_sequence(dtype):
     """A shared ``(s, s)`` mask becomes ``(B, 1, k, k)``: each sequence's kept queries and keys."""
     mask = torch.rand(9, 9, generator=_gen(3)) > 0.5
     mask = mask if dtype == torch.bool else torch.where(mask, 0.0, torch.finfo(dtype).min)
-    indices = ops.sample_indices(3, 9, 4, generator=_gen(4))
+    indices = _uniform_subsets(3, 9, 4, _gen(4))
     expected = torch.stack([mask[indices[b]][:, indices[b]] for b in range(3)]).unsqueeze(1)
     assert torch.equal(ops.gather_mask(mask, indices), expected)
 
 
 def test_two_dimensional_mask_of_neither_form_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\(5, 9\).*\(B, s\) padding mask.*\(s, s\)"):
-        ops.gather_mask(torch.ones(5, 9, dtype=torch.bool), ops.sample_indices(3, 9, 4, generator=_gen(4)))
+        ops.gather_mask(torch.ones(5, 9, dtype=torch.bool), _uniform_subsets(3, 9, 4, _gen(4)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import zoo
 
 from random_ltd import ops
 
@@ -13,7 +14,7 @@ def _setup(batch, seq, width, keep, seed, dtype=torch.float64):
     hidden = torch.randn(batch, seq, width, dtype=dtype, generator=gen)
     weight = torch.randn(width, width, dtype=dtype, generator=gen)
     upstream = torch.randn(batch, seq, width, dtype=dtype, generator=gen)
-    indices = ops.sample_indices(batch, seq, keep, generator=gen)
+    indices = zoo.sample_indices(batch, seq, keep, generator=gen)
     return hidden, weight, upstream, ops.flat_indices(indices, seq)
 
 

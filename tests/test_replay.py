@@ -13,7 +13,7 @@ import zoo
 
 import random_ltd
 from random_ltd import contexts, tokenbypass
-from random_ltd.selection import Strategy
+from random_ltd.strategies import Strategy
 
 torch.set_num_threads(1)
 SPECIAL = (3, 5)

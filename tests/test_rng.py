@@ -10,7 +10,7 @@ import torch._dynamo
 
 from random_ltd import ops, rng
 from random_ltd.errors import RandomLTDError
-from random_ltd.selection import LayerInfo, UniformSelection
+from random_ltd.strategies import LayerInfo, UniformSelection
 
 CPU = torch.device("cpu")
 

@@ -15,7 +15,7 @@ import zoo
 import random_ltd
 from random_ltd import ops
 from random_ltd.routes import Route, RouteStep
-from random_ltd.selection import Strategy
+from random_ltd.strategies import Strategy
 
 torch.set_num_threads(1)
 CASES = {case.name: case for case in zoo.CASES}

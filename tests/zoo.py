@@ -31,6 +31,11 @@ class Case:
         return self.name
 
 
+def sample_indices(batch: int, seq_len: int, keep: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform ``keep``-subset per sequence, sorted (what a dropping layer keeps), from ``generator``."""
+    return random_ltd.ops.keep_top(torch.rand(batch, seq_len, generator=generator), keep)
+
+
 def _ids(gen: torch.Generator) -> torch.Tensor:
     return torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen)
 

@@ -13,14 +13,14 @@ from random_ltd.accounting import (  # noqa: E402
     total_layer_tokens,
 )
 from random_ltd.adapters import LayerAdapter, register_family, register_layer, unregister_layer  # noqa: E402
+from random_ltd.api import RandomLTDHandle, apply, get_handle, remove  # noqa: E402
 from random_ltd.deepspeed_config import DeepSpeedLinear, DeepSpeedRandomLTD, from_deepspeed_config  # noqa: E402
 from random_ltd.driver import Driver  # noqa: E402
 from random_ltd.errors import ConfigError, RandomLTDError  # noqa: E402
 from random_ltd.lr import LayerTokenLR, lr_factor  # noqa: E402
 from random_ltd.planner import FlopModel, Plan, Training, build_plan, solve_for_saving  # noqa: E402
 from random_ltd.schedules import MSLG, ConstantKeep, change_points  # noqa: E402
-from random_ltd.selection import LayerInfo, Strategy, UniformSelection  # noqa: E402
-from random_ltd.surgery import RandomLTDHandle, apply, get_handle, remove  # noqa: E402
+from random_ltd.strategies import LayerInfo, Strategy, UniformSelection  # noqa: E402
 
 __all__ = [
     "LayerAdapter",

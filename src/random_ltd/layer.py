@@ -2,10 +2,10 @@
 
 ``wrap_layer`` swaps the layer's class (``random_ltd.swap``) for one whose ``forward``
 1. binds the call's arguments by name (``random_ltd.calls``),
-2. asks the model's selection strategy which tokens to keep (``random_ltd.selection``), with the
+2. asks the model's selection strategy which tokens to keep (``random_ltd.strategies``), with the
    context of the forward this call belongs to (``random_ltd.contexts``),
 3. splits the hidden states into kept tokens and the rest (``ops.split_tokens``),
-4. gathers masks, positions and caches to the kept tokens (``random_ltd.inputs``),
+4. gathers masks, positions and caches to the kept tokens (``random_ltd.gather``),
 5. calls the original ``forward`` on them and merges its output back (``ops.merge_tokens``):
    dropped tokens pass through unchanged.
 Random-LTD, protected tokens and TokenBypass differ only in the strategy of step 2. A strategy
@@ -21,13 +21,13 @@ import torch.nn as nn
 
 from random_ltd import ops, routes, swap
 from random_ltd.adapters.base import LayerAdapter
-from random_ltd.attention.inputs import AttentionSetup, attention_setup
+from random_ltd.attention.other_inputs import AttentionSetup, attention_setup
 from random_ltd.calls import CallPlan, LayerCall
 from random_ltd.contexts import ForwardContexts
 from random_ltd.errors import RandomLTDError
-from random_ltd.inputs import gather_inputs
-from random_ltd.selection import LayerInfo, Strategy
+from random_ltd.gather import gather_inputs
 from random_ltd.sharding import ShardedLayout
+from random_ltd.strategies import LayerInfo, Strategy
 
 _STATE_ATTR = "_random_ltd_state"
 
@@ -36,7 +36,7 @@ class DropControl:
     """Shared by every wrapped layer of one model; owned by its handle.
 
     ``keep`` is the kept length (``None``: no dropping), ``strategy`` chooses the kept tokens
-    (``random_ltd.selection``), ``contexts`` holds its per-forward contexts (only for strategies
+    (``random_ltd.strategies``), ``contexts`` holds its per-forward contexts (only for strategies
     with ``needs_context``). With ``dynamic_keep`` the layers read the kept length as the size of
     a tensor marked dynamic for ``torch.compile``: a compiled layer then has one graph for every
     kept length instead of one per length.

@@ -1,4 +1,4 @@
-"""Pure tensor operations of random-LTD: sample, gather, scatter.
+"""Pure tensor operations of random-LTD: choose, gather, scatter.
 
 Shapes: ``B`` sequences of length ``s``, hidden size ``d``, ``k`` kept tokens per sequence.
 Index tensors are ``(B, k)`` int64, sorted ascending along dim 1. Every function here is
@@ -11,7 +11,6 @@ import torch
 
 __all__ = [
     "keep_top",
-    "sample_indices",
     "flat_indices",
     "gather_tokens",
     "scatter_tokens",
@@ -31,27 +30,6 @@ def keep_top(keys: torch.Tensor, keep: int) -> torch.Tensor:
     tokens, which is what makes a causal layer on the subsequence causal again.
     """
     return keys.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values
-
-
-def sample_indices(
-    batch: int,
-    seq_len: int,
-    keep: int,
-    *,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    num_prefix: int = 0,
-) -> torch.Tensor:
-    """A uniformly random ``keep``-subset of ``range(seq_len)`` per sequence, sorted ascending.
-
-    With ``num_prefix > 0`` the first ``num_prefix`` positions (e.g. a ViT's CLS token) are
-    always kept and the rest is drawn from the remaining positions. Returns ``(B, keep)`` int64.
-    """
-    if not (0 <= num_prefix <= keep <= seq_len and keep >= 1):
-        raise ValueError(f"need 0 <= num_prefix ({num_prefix}) <= keep ({keep}) <= seq_len ({seq_len}) and keep >= 1")
-    keys = torch.rand(batch, seq_len, generator=generator, device=device)
-    keys[:, :num_prefix] = 2.0  # above every uniform key: chosen first
-    return keep_top(keys, keep)
 
 
 def flat_indices(indices: torch.Tensor, seq_len: int) -> torch.Tensor:

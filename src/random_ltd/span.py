@@ -29,7 +29,7 @@ from random_ltd import ops, rng
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer_selection import check_index
 from random_ltd.routes import Route, RouteStep
-from random_ltd.selection import LayerInfo, Strategy
+from random_ltd.strategies import LayerInfo, Strategy
 
 _EPSILON = 1e-9  # 0.29 * 100 is 28.999999999999996 in floating point: floor it to 29, not 28
 

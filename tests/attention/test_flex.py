@@ -14,7 +14,6 @@ from attention.sync_spy import syncs
 from torch.nn.attention.flex_attention import create_block_mask, create_mask
 
 import random_ltd
-from random_ltd import ops
 from random_ltd.attention import flex
 from random_ltd.attention.flex import gather_block_mask
 
@@ -33,7 +32,7 @@ def _inputs():
     gen = torch.Generator().manual_seed(0)
     valid = torch.arange(SEQ) < torch.tensor([SEQ, 9, 30])[:, None]
     documents = torch.randint(0, 3, (BATCH, SEQ), generator=gen).sort(dim=1).values
-    indices = ops.sample_indices(BATCH, SEQ, KEEP, generator=gen)
+    indices = zoo.sample_indices(BATCH, SEQ, KEEP, generator=gen)
     return valid, documents, indices
 
 
@@ -213,7 +212,7 @@ def test_a_shared_kept_mask_equals_the_composed_one():
 
     full = flex_attention_mask(BATCH, SEQ, SEQ, mask_function=causal_mask_function)
     for seed in range(3):
-        indices = ops.sample_indices(BATCH, SEQ, KEEP, generator=torch.Generator().manual_seed(seed))
+        indices = zoo.sample_indices(BATCH, SEQ, KEEP, generator=torch.Generator().manual_seed(seed))
         kept = gather_block_mask(full, indices, SEQ)
         expected = indices[:, None, :, None] >= indices[:, None, None, :]
         assert torch.equal(create_mask(kept.mask_mod, BATCH, 1, KEEP, KEEP, device="cpu"), expected)

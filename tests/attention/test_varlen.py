@@ -15,7 +15,7 @@ from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_p
 import random_ltd
 from random_ltd import ops
 from random_ltd.adapters import hf
-from random_ltd.attention.inputs import attention_setup, gather_attention_inputs
+from random_ltd.attention.other_inputs import attention_setup, gather_attention_inputs
 from random_ltd.attention.varlen import kept_varlen_kwargs
 from random_ltd.calls import CallPlan, LayerCall
 
@@ -60,7 +60,7 @@ def test_boundaries_from_packed_positions_match_brute_force(seed):
     seq_len = 40
     positions = zoo.packed_positions(gen, seq_len)
     keep = int(torch.randint(1, seq_len + 1, (1,), generator=gen))
-    indices = ops.sample_indices(1, seq_len, keep, generator=gen)
+    indices = zoo.sample_indices(1, seq_len, keep, generator=gen)
     varlen = kept_varlen_kwargs(indices, seq_len, None, positions)
     expected, longest = _brute_force_boundaries(_documents_from_positions(positions[0].tolist()), indices[0].tolist())
     assert _boundaries(varlen) == expected
@@ -76,7 +76,7 @@ def test_boundaries_from_given_cu_seq_lens_over_a_batch_match_brute_force(seed):
     cuts = sorted(set(torch.randint(1, batch * seq_len, (6,), generator=gen).tolist()) | {seq_len, 2 * seq_len})
     cu_seq_lens = torch.tensor([0, *cuts, batch * seq_len], dtype=torch.int32)
     documents = [sum(token >= cut for cut in cuts) for token in range(batch * seq_len)]
-    indices = ops.sample_indices(batch, seq_len, keep, generator=gen)
+    indices = zoo.sample_indices(batch, seq_len, keep, generator=gen)
     longest_given = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
     varlen = kept_varlen_kwargs(indices, seq_len, cu_seq_lens, None, longest_given)
     expected, longest = _brute_force_boundaries(documents, ops.flat_indices(indices, seq_len).tolist())
@@ -159,7 +159,7 @@ def test_a_dropping_layer_receives_the_kept_tokens_boundaries(monkeypatch):
 def test_boundaries_are_computed_without_host_sync():
     gen = torch.Generator().manual_seed(0)
     positions = zoo.packed_positions(gen, 40)
-    indices = ops.sample_indices(1, 40, 17, generator=gen)
+    indices = zoo.sample_indices(1, 40, 17, generator=gen)
     cu_seq_lens = torch.tensor([0, 7, 19, 40], dtype=torch.int32)
     assert _syncs(lambda: kept_varlen_kwargs(indices, 40, None, positions)) == []
     assert _syncs(lambda: kept_varlen_kwargs(indices, 40, cu_seq_lens, None, 21)) == []
@@ -174,7 +174,7 @@ def test_a_flash_layer_gathers_its_packed_inputs_without_host_sync():
     setup = attention_setup(layer, hf.LLAMA)
     gen = torch.Generator().manual_seed(1)
     positions = zoo.packed_positions(gen, zoo.SEQ)
-    indices = ops.sample_indices(1, zoo.SEQ, 7, generator=gen)
+    indices = zoo.sample_indices(1, zoo.SEQ, 7, generator=gen)
     call = LayerCall(CallPlan.of(type(layer)), (torch.zeros(1, zoo.SEQ, 32),), {"position_ids": positions})
     assert _syncs(lambda: gather_attention_inputs(layer, hf.LLAMA, call, indices, zoo.SEQ, setup)) == []
     assert call["cu_seq_lens_q"].shape == (8,) and call["max_length_q"] == 7

@@ -163,7 +163,7 @@ def test_flash_sliding_window_shorter_than_the_sequence_is_refused_before_attent
 
 
 def test_flash_sliding_window_the_decision():
-    from random_ltd.attention.inputs import check_window_expressible
+    from random_ltd.attention.other_inputs import check_window_expressible
 
     assert check_window_expressible("flash_attention_2", None, SEQ) is None
     assert check_window_expressible("flash_attention_2", SEQ, SEQ) is None  # a window >= s never acts

@@ -36,7 +36,7 @@ def valid(inputs) -> torch.Tensor:
 
 
 def stack_of(model):
-    return [layer for _, layer in random_ltd.surgery.find_layer_stack(model)[1]]
+    return [layer for _, layer in random_ltd.api.find_layer_stack(model)[1]]
 
 
 def record_range(model, first: int, last: int) -> dict:

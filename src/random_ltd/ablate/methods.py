@@ -9,7 +9,7 @@ from typing import Any
 import torch.nn as nn
 
 from random_ltd import tokenbypass
-from random_ltd.surgery import apply
+from random_ltd.api import apply
 from random_ltd.train.methods import RANDOM_LTD, Method, RandomLTD
 from random_ltd.train.tasks import Batch, ModelShape, Task
 

@@ -51,7 +51,7 @@ def _one_forward(mask_mod, batch: int, seq_len: int, keep: int, layers: int, dev
     mask. The model masks are built beforehand, untimed: one per forward, as a model does."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    draws = [ops.sample_indices(batch, seq_len, keep, generator=generator).to(device) for _ in range(layers)]
+    draws = [ops.keep_top(torch.rand(batch, seq_len, generator=generator), keep).to(device) for _ in range(layers)]
     model_masks = [create_block_mask(mask_mod, batch, None, seq_len, seq_len, device=device)
                    for _ in range(forwards)]
 

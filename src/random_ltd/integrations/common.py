@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from random_ltd.api import RandomLTDHandle, apply, get_handle
 from random_ltd.driver import Driver
 from random_ltd.errors import ConfigError
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
-from random_ltd.surgery import RandomLTDHandle, apply, get_handle
 
 
 def check_seed(seed: Any, field: str = "seed", *, optional: bool = True) -> int | None:

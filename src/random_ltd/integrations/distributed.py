@@ -28,11 +28,11 @@ from typing import Any, NoReturn
 import torch.distributed as dist
 import torch.nn as nn
 
+from random_ltd.api import RandomLTDHandle, find_layer_stack, get_handle
 from random_ltd.errors import RandomLTDError
 from random_ltd.integrations.common import check_seed
 from random_ltd.layer import is_wrapped, layer_state, unwrap_layer, wrap_layer
 from random_ltd.rng import derive_seed
-from random_ltd.surgery import RandomLTDHandle, find_layer_stack, get_handle
 
 
 def exit_process(exit_code: int | None = 0) -> NoReturn:

@@ -21,9 +21,9 @@ import warnings
 import torch.nn as nn
 
 import random_ltd
+from random_ltd.api import LayerSelection, RandomLTDHandle, find_layer_stack, parse_layer_selection
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer import set_position
-from random_ltd.surgery import LayerSelection, RandomLTDHandle, find_layer_stack, parse_layer_selection
 
 
 class PipelineStageHandle:

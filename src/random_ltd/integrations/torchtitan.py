@@ -22,12 +22,12 @@ from torchtitan.protocols.model import ModelConfigConverter  # noqa: E402
 
 import random_ltd
 from random_ltd.adapters import LayerAdapter, register_layer
+from random_ltd.api import get_handle, parse_layer_selection
 from random_ltd.attention.flex import gather_block_mask, is_block_mask
 from random_ltd.errors import RandomLTDError
 from random_ltd.integrations.distributed import rank_seed
 from random_ltd.lr import lr_factor
 from random_ltd.run import Run
-from random_ltd.surgery import get_handle, parse_layer_selection
 
 BLOCK_CLASS = "torchtitan.models.common.decoder.TransformerBlock"
 

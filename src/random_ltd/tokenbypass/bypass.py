@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 
 from random_ltd.errors import RandomLTDError
-from random_ltd.selection import LayerInfo, Strategy
+from random_ltd.strategies import LayerInfo, Strategy
 from random_ltd.tokenbypass.importance import TokenImportance, special_mask, token_scores, top_k_indices
 
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import torch.nn as nn
 
-from random_ltd import surgery
+from random_ltd import api
+from random_ltd.api import RandomLTDHandle, find_layer_stack
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer_selection import parse_layer_selection
-from random_ltd.surgery import RandomLTDHandle, find_layer_stack
 from random_ltd.tokenbypass.bypass import TokenBypass
 from random_ltd.tokenbypass.importance import TokenImportance
 
@@ -68,17 +68,17 @@ def apply(
         init, decay: the importance's initial value and per-step decay.
     """
     if isinstance(model, nn.Module):
-        surgery.check_unapplied(model)
+        api.check_unapplied(model)
     _, members = find_layer_stack(model, stack)
     chosen = bypass_range(layers, len(members))
     importance = TokenImportance(vocab_size or _vocab_size(model), init=init, decay=decay)
     strategy = TokenBypass(importance, tuple(special_ids), pad_id)
-    return surgery.apply(model, chosen, keep=keep, strategy=strategy, stack=stack)
+    return api.apply(model, chosen, keep=keep, strategy=strategy, stack=stack)
 
 
 def get_handle(model: nn.Module) -> RandomLTDHandle | None:
     """The handle of a model under TokenBypass, else ``None``."""
-    handle = surgery.get_handle(model)
+    handle = api.get_handle(model)
     return handle if handle is not None and isinstance(handle.strategy, TokenBypass) else None
 
 
@@ -86,4 +86,4 @@ def remove(model: nn.Module) -> None:
     """Undo ``apply``: original layer classes, no hook left (all or nothing)."""
     if get_handle(model) is None:
         raise RandomLTDError("TokenBypass is not applied to this model")
-    surgery.remove(model)
+    api.remove(model)

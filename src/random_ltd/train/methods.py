@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import torch.nn as nn
 
-from random_ltd.surgery import apply
+from random_ltd.api import apply
 from random_ltd.train.tasks import Batch, ModelShape, Task
 
 

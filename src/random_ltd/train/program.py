@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from random_ltd.driver import Driver
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.rng import derive_seed
-from random_ltd.train import checkpoint, distributed, memory, report, tread
+from random_ltd.train import checkpoint, data_parallel, memory, report, tread
 from random_ltd.train.arms import ArmPlan, make_lr_scheduler, plan_arms, step_flops
 from random_ltd.train.config import ConfigError, TrainConfig, resolve
 from random_ltd.train.methods import RANDOM_LTD, Method
@@ -35,7 +35,7 @@ from random_ltd.train.tasks import ModelShape, Task, make_task, to_device
 from random_ltd.train.trackers import Trackers, check_installed
 
 StepHook = Callable[[str, int, int], None]  # (arm, seed, steps done), after each step
-ONE_RANK = distributed.Ranks()  # a single process, no torchrun
+ONE_RANK = data_parallel.Ranks()  # a single process, no torchrun
 NO_TRACKERS = Trackers([])
 
 
@@ -61,7 +61,7 @@ class Run:
     task: Task
     shape: ModelShape
     device: torch.device
-    ranks: distributed.Ranks = ONE_RANK
+    ranks: data_parallel.Ranks = ONE_RANK
     method: Method = RANDOM_LTD  # what the dropping arm applies to its model (``methods.py``)
     root: Path = Path(".")
     trackers: Trackers = NO_TRACKERS
@@ -102,9 +102,9 @@ def run_training(config: TrainConfig, *, resume: bool = False, command: str | No
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
-    ranks = distributed.setup(device)  # one rank unless started by torchrun
-    device = distributed.local_device(device)
-    run_dir = RunDir(Path(distributed.gather_objects(str(RunDir.open(config, resume).root), ranks)[0]))
+    ranks = data_parallel.setup(device)  # one rank unless started by torchrun
+    device = data_parallel.local_device(device)
+    run_dir = RunDir(Path(data_parallel.gather_objects(str(RunDir.open(config, resume).root), ranks)[0]))
     if resume:  # the report shows the command that started the run
         command = run_dir.original_command() or command
     task = make_task(config)
@@ -114,7 +114,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, command: str | No
     lockstep = use_lockstep(config, shape, len(plans), device)
     if ranks.is_main:
         run_dir.create(config, command)
-    distributed.barrier(ranks)
+    data_parallel.barrier(ranks)
     if not config.quick:
         warm_up(task, device)
 
@@ -130,7 +130,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, command: str | No
             trackers.log_summary(summary)
     finally:
         trackers.close()
-    distributed.shutdown(ranks)
+    data_parallel.shutdown(ranks)
     return summary
 
 
@@ -259,12 +259,12 @@ def open_arm(run: Run, plan: ArmPlan, seed: int, position: int = 0) -> Arm:
     bar = tqdm(total=plan.steps, initial=driver.step, desc=f"{plan.arm} (seed {seed})", unit="step", position=position,
                disable=not (run.config.progress and run.ranks.is_main), dynamic_ncols=True)
     val_batches = [to_device(batch, run.device) for batch in run.task.val_batches()]
-    return Arm(plan, seed, folder, model, distributed.wrap(model, run.ranks), optimizer, driver, counts, rng, metrics,
+    return Arm(plan, seed, folder, model, data_parallel.wrap(model, run.ranks), optimizer, driver, counts, rng, metrics,
                val_batches, bar)
 
 
 def build_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan, seed: int, device: torch.device,
-              ranks: distributed.Ranks = ONE_RANK, method: Method = RANDOM_LTD):
+              ranks: data_parallel.Ranks = ONE_RANK, method: Method = RANDOM_LTD):
     """Model, optimizer and driver of one arm; every arm starts from the same weights and RNG state.
 
     Every rank builds the same weights; each draws its own random-LTD indices (per-rank seed).
@@ -305,13 +305,13 @@ def finish_arm(run: Run, arm: Arm) -> dict:
         with own_rng(arm):
             result.update({f"final_{name}": value for name, value in final_evaluate(arm.model, arm.folder).items()})
     if ranks.distributed:
-        result["rank_seeds"] = distributed.gather_objects(getattr(arm.driver.handle, "seed", None), ranks)
-        digests = distributed.gather_objects(distributed.parameter_digest(arm.model), ranks)
+        result["rank_seeds"] = data_parallel.gather_objects(getattr(arm.driver.handle, "seed", None), ranks)
+        digests = data_parallel.gather_objects(data_parallel.parameter_digest(arm.model), ranks)
         result["parameters_identical_across_ranks"] = len(set(digests)) == 1
     save_checkpoint(run, arm)
     if ranks.is_main:
         report.write_json(arm.folder / "result.json", result)
-    distributed.barrier(ranks)
+    data_parallel.barrier(ranks)
     return result
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from random_ltd.surgery import apply
+from random_ltd.api import apply
 from random_ltd.train.config import flag_error
 from random_ltd.train.tasks import Batch, ModelShape, Task
 

@@ -163,5 +163,5 @@ def as_strategy(strategy) -> Strategy:
     if callable(strategy) and not getattr(strategy, "needs_context", False):
         return FunctionStrategy(strategy)
     raise RandomLTDError("a selection strategy has select(layer, tokens, keep, context) and needs_context "
-                         "(see random_ltd.selection.Strategy); a plain function (position, tokens, keep, context) "
+                         "(see random_ltd.strategies.Strategy); a plain function (position, tokens, keep, context) "
                          "needs no context")

@@ -236,7 +236,7 @@ def test_a_new_seed_reaches_every_layer(monkeypatch, reseed):
         if seed == 2 and reseed == "load_state_dict":
             handle.load_state_dict({"seed": 1, "keep": 5})
         elif seed == 2:
-            handle.selection = random_ltd.selection.UniformSelection(1)
+            handle.selection = random_ltd.strategies.UniformSelection(1)
         torch.manual_seed(4)
         runs.append(kept_positions(monkeypatch, model, inputs))
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))

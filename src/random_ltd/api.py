@@ -23,7 +23,7 @@ from random_ltd.layer import (
     wrap_layer,
 )
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
-from random_ltd.selection import Strategy, UniformSelection, as_strategy
+from random_ltd.strategies import Strategy, UniformSelection, as_strategy
 from random_ltd.swap import original_class
 
 _HANDLE_ATTR = "_random_ltd_handle"
@@ -110,7 +110,7 @@ class RandomLTDHandle:
 
     @property
     def strategy(self) -> Strategy:
-        """The strategy choosing each dropping layer's kept tokens (``random_ltd.selection``).
+        """The strategy choosing each dropping layer's kept tokens (``random_ltd.strategies``).
 
         Assign another (a ``Strategy``, or a plain context-free function ``(position, tokens,
         keep, context) -> (B, keep) indices``) to change how tokens are chosen; a strategy that
@@ -295,7 +295,7 @@ def apply(
             ``torch.manual_seed`` makes runs reproducible); ``None`` draws one from that stream.
             Under data parallelism give each rank its own
             (``random_ltd.integrations.distributed.rank_seed``).
-        strategy: how the kept tokens are chosen (``random_ltd.selection.Strategy``); default
+        strategy: how the kept tokens are chosen (``random_ltd.strategies.Strategy``); default
             random-LTD's ``UniformSelection`` built from ``seed`` and the protections below,
             which configure only that default.
         keep_prefix_tokens: always keep prefix tokens such as a ViT's CLS (the paper does not).

@@ -1,8 +1,8 @@
 """Inputs of a dropping layer that dense-mask gathering does not cover.
 
-``gather_attention_inputs`` runs before the wrapper gathers dense masks and positions (it reads the
-original ``position_ids``): FlexAttention ``BlockMask``s, per-key biases (ALiBi), flash
-attention's varlen boundaries of packed documents; it refuses a window flash would count in kept
+``gather_attention_inputs`` runs before ``random_ltd.gather`` gathers masks (dense and FlexAttention
+``BlockMask``s alike) and positions, since it reads the original ``position_ids``: per-key biases
+(ALiBi), flash attention's varlen boundaries of packed documents; it refuses a window flash would count in kept
 positions, then checks that no other per-token tensor would reach the short layer at full length.
 What does not change between calls (``AttentionSetup``) is read once, when the layer is wrapped.
 """
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from random_ltd.adapters.base import LayerAdapter, known_parameters
-from random_ltd.attention.flex import gather_block_mask, is_block_mask
+from random_ltd.attention.flex import is_block_mask
 from random_ltd.attention.varlen import VARLEN_KWARGS, kept_varlen_kwargs
 from random_ltd.errors import RandomLTDError
 
@@ -96,10 +96,6 @@ def gather_attention_inputs(layer: nn.Module, adapter: LayerAdapter, call, indic
     """
     setup = setup if setup is not None else attention_setup(layer, adapter)
     check_window_expressible(setup.implementation, setup.sliding_window, seq_len)
-    for name in adapter.masks:
-        mask = call.get(name)
-        if is_block_mask(mask):
-            call[name] = gather_block_mask(mask, indices, seq_len)
     for name in adapter.key_biases:
         bias = call.get(name)
         if bias is not None:

@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from random_ltd import ops
 from random_ltd.adapters.base import LayerAdapter
-from random_ltd.attention.inputs import AttentionSetup, gather_attention_inputs, is_block_mask
+from random_ltd.attention.flex import gather_block_mask, is_block_mask
+from random_ltd.attention.other_inputs import AttentionSetup, gather_attention_inputs
 from random_ltd.calls import LayerCall
 from random_ltd.errors import RandomLTDError
 
@@ -20,7 +21,7 @@ def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indi
                   seq_len: int, memo: dict | None = None, attention: AttentionSetup | None = None) -> None:
     """``memo``: gathered masks and positions by argument name, reused while the call passes the same
     tensor (the layers of one route share one dict: ``random_ltd.routes``); ``attention``: the layer's
-    per-wrap attention setup (``random_ltd.attention.inputs``)."""
+    per-wrap attention setup (``random_ltd.attention.other_inputs``)."""
     # before the positions are gathered: the varlen boundaries read them
     gather_attention_inputs(layer, adapter, call, indices, seq_len, attention)
     _gather_masks(adapter, call, indices, seq_len, memo)
@@ -57,7 +58,9 @@ def _gather_masks(adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor,
                   memo: dict | None) -> None:
     for name in adapter.masks:
         mask = call.get(name)
-        if mask is not None and not is_block_mask(mask):  # block masks: gathered by gather_attention_inputs
+        if is_block_mask(mask):  # FlexAttention: composed with the kept indices (random_ltd.attention.flex)
+            _replace(call, name, memo, lambda mask: gather_block_mask(mask, indices, seq_len))
+        elif mask is not None:
             check_tensor_mask(name, mask)
             _replace(call, name, memo, lambda mask: ops.attend_somewhere(ops.gather_mask(mask, indices),
                                                                          adapter.bool_means_keep))

@@ -5,7 +5,7 @@ import torch
 import zoo
 
 import random_ltd
-from random_ltd.attention import inputs as attention_inputs
+from random_ltd.attention import other_inputs as attention_inputs
 from random_ltd.layer import layer_state
 
 torch.set_num_threads(1)
