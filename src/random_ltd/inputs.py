@@ -17,18 +17,19 @@ from random_ltd.errors import RandomLTDError
 
 
 def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor,
-                  seq_len: int, memo: dict | None = None) -> None:
+                  seq_len: int, memo: dict | None = None, keep_caches: bool = False) -> None:
     """``memo``: gathered masks and positions by argument name, reused while the call passes the same
-    tensor (the layers of one route share one dict: ``random_ltd.routes``)."""
+    tensor (the layers of one route share one dict: ``random_ltd.routes``). ``keep_caches``: pass the
+    caches on (causal routing at generation, ``random_ltd.mod``: the kept tokens enter the cache)."""
     gather_attention_inputs(layer, adapter, call, indices, seq_len)  # reads positions before they are gathered
     _gather_masks(adapter, call, indices, seq_len, memo)
     for name in adapter.positions:
         _replace(call, name, memo, lambda positions: ops.gather_sequence(positions, indices))
     for name in adapter.position_pairs:
         _replace(call, name, memo, lambda pair: tuple(ops.gather_sequence(part, indices) for part in pair))
-    for name in adapter.caches:
+    for name in () if keep_caches else adapter.caches:
         call.set_if_present(name, None)
-    if adapter.use_cache:
+    if adapter.use_cache and not keep_caches:
         call.set_if_present(adapter.use_cache, False)
     if adapter.prepare is not None:
         adapter.prepare(layer, call, indices)

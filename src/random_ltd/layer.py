@@ -85,6 +85,8 @@ class RandomLTDLayerMixin(swap.SwappedModule):
         state: LayerState = self.__dict__[_STATE_ATTR]
         control = state.control
         keep = control.keep
+        if getattr(control.strategy, "weighted", False):  # Mixture-of-Depths: weighs the kept tokens' residual
+            return _forward_weighted(self, state, LayerCall(state.plan, args, kwargs))
         if not self.training or not control.dropping:
             return super().forward(*args, **kwargs)
         call = LayerCall(state.plan, args, kwargs)
@@ -155,6 +157,46 @@ def _forward_on_route(layer, state: LayerState, call: LayerCall, hidden_name: st
     return replace_hidden(output, route.passthrough, route.flat, batch_first) if step.last else output
 
 
+def _forward_weighted(layer, state: LayerState, call: LayerCall):
+    """A weighted strategy's layer: the chosen tokens leave as ``x + w * (layer(x) - x)``, the rest as ``x``.
+
+    Training asks ``select`` (any batch, no host sync); evaluation and generation ask
+    ``select_causal``, whose choice of a token depends on that token alone, and keep the cache.
+    """
+    control, original = state.control, state.original_class.forward
+    hidden_name = state.adapter.hidden or state.plan.first()
+    hidden = call.get(hidden_name)
+    batch_first = _batch_first(layer, state.adapter)
+    tokens = hidden if batch_first else hidden.transpose(0, 1)
+    training = layer.training and not _cache_holds_tokens(state, call)
+    if training:
+        chosen = control.strategy.select(state.info, tokens, control.keep, None)
+    else:
+        chosen = control.strategy.select_causal(state.info, tokens)
+    kept_len, seq_len = chosen.indices.shape[1], tokens.shape[1]
+    if kept_len == 0:  # no token of this call runs the layer (nor enters its cache)
+        return hidden
+    if kept_len == seq_len:
+        return _weigh(call.call(original, layer), tokens, chosen.weights, batch_first)
+    if not training and _cache_holds_tokens(state, call) and seq_len > 1:
+        raise RandomLTDError("causal routing with a cache that holds tokens runs one new token per call; "
+                             "several new tokens at once (chunked prefill) are not supported")
+    flat = ops.flat_indices(chosen.indices, seq_len)
+    kept, passthrough = ops.split_tokens(tokens, flat, kept_len)
+    call[hidden_name] = kept if batch_first else kept.transpose(0, 1)
+    gather_inputs(layer, state.adapter, call, chosen.indices, seq_len, keep_caches=not training)
+    output = _weigh(call.call(original, layer), kept, chosen.weights, batch_first)
+    return replace_hidden(output, passthrough, flat, batch_first)
+
+
+def _weigh(output, kept: torch.Tensor, weights: torch.Tensor, batch_first: bool):
+    """``output`` with its hidden states ``y`` (of the batch-first inputs ``kept``) made ``kept + w * (y - kept)``."""
+    short = output if isinstance(output, torch.Tensor) else output[0]
+    short = short if batch_first else short.transpose(0, 1)
+    weighed = kept + weights.unsqueeze(-1).to(kept.dtype) * (short - kept)
+    return with_hidden(output, weighed if batch_first else weighed.transpose(0, 1))
+
+
 def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_first: bool, layout=None):
     """Merge the layer's short output into the full sequence, keeping the output's structure.
 
@@ -167,6 +209,11 @@ def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_
     full = ops.merge_tokens(passthrough, short, flat)
     full = full if batch_first else full.transpose(0, 1)
     full = full if layout is None else layout.to_sharded(full)
+    return with_hidden(output, full)
+
+
+def with_hidden(output, full: torch.Tensor):
+    """A layer's ``output`` (a tensor, or a tuple/list/NamedTuple led by it) with ``full`` as its hidden states."""
     if isinstance(output, torch.Tensor):
         return full
     if hasattr(output, "_fields"):  # a NamedTuple: built from its fields, not from one iterable

@@ -42,11 +42,24 @@ class LayerInfo:
     name: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Weighted:
+    """``select``'s answer for a strategy with ``weighted = True`` (Mixture-of-Depths, ``random_ltd.mod``).
+
+    ``indices`` ``(B, k)`` sorted ascending, ``weights`` ``(B, k)``: kept token ``x`` leaves the layer
+    as ``x + w * (layer(x) - x)``; every other token leaves unchanged. ``k == 0`` skips the layer.
+    """
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+
+
 class Strategy:
     """Base of selection strategies: no context, no state; ``select`` is the one method to write."""
 
     needs_context: bool = False
     routes: bool = False  # True: select returns random_ltd.routes.RouteStep (a span of layers), not indices
+    weighted: bool = False  # True: select returns Weighted, also in evaluation (through select_causal)
 
     def begin_forward(self, inputs: Mapping[str, object], keep: int):
         """The context of one training forward, from the model's arguments (``needs_context`` only)."""

@@ -1,0 +1,202 @@
+"""Mixture-of-Depths (Raposo et al. 2024, arXiv 2404.02258) as a selection strategy.
+
+Each routed layer gets a router, a linear map ``d -> 1`` registered on the layer as the submodule
+``mod_router`` (state-dict names ``<layer name>.mod_router.weight`` and ``.bias``). In training the
+router scores every token, the layer runs on the top ``capacity`` tokens of each sequence
+(expert choice; kept positions sorted, gathered with their masks, positions and rotary tables by
+the one dropping layer, ``random_ltd.layer``) and a kept token ``x`` leaves as
+``x + r * (layer(x) - x)``: the layer's residual branch scaled by the router weight ``r``, which
+puts the router on the gradient path. Every other token passes through unchanged.
+
+``r`` is ``sigmoid(logit)`` by default (``weight="sigmoid"``); ``weight="logit"`` multiplies by the
+raw score as the paper does.
+
+Top-k over a sequence looks at later tokens, so it cannot route token by token. The paper's
+remedy used here: an auxiliary loss, the binary cross-entropy of each router's logits against
+its own top-k membership (targets without gradient), teaches the router's sign to predict the
+choice. ``aux_loss()`` returns it for the latest training forward (mean over routed layers);
+add ``coef * handle.aux_loss()`` to the loss. In evaluation and generation the layers route
+causally: a token runs the layer when its router logit is positive, whatever the other tokens,
+so a full forward and token-by-token generation with a cache make the same choices.
+
+``remove(model)`` restores the original layer classes, deletes the routers from the layers (the
+state dict is the original model's again) and returns them, by layer name, detached.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from random_ltd import ops, surgery
+from random_ltd.errors import RandomLTDError
+from random_ltd.layer_selection import LayerSelection, parse_layer_selection
+from random_ltd.selection import LayerInfo, Strategy, Weighted
+from random_ltd.span import check_keep_fraction
+
+ROUTER_NAME = "mod_router"
+WEIGHTS = ("sigmoid", "logit")
+_EPSILON = 1e-9  # 0.29 * 100 is 28.999999999999996 in floating point: floor it to 29, not 28
+
+
+def capacity_length(capacity: float | int, seq_len: int) -> int:
+    """Tokens a routed layer runs on of ``seq_len``: ``floor(capacity * s)`` (at least 1), or the count."""
+    if isinstance(capacity, int):
+        return min(capacity, seq_len)
+    return min(seq_len, max(1, math.floor(capacity * seq_len + _EPSILON)))
+
+
+def router_weight(logits: torch.Tensor, weight: str) -> torch.Tensor:
+    """The factor of a kept token's residual branch: ``sigmoid(logit)`` or the raw logit."""
+    return torch.sigmoid(logits) if weight == "sigmoid" else logits
+
+
+def membership(indices: torch.Tensor, seq_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(B, s)``: 1 where a position is among ``indices`` ``(B, k)``, else 0 (the auxiliary loss's targets)."""
+    targets = torch.zeros(indices.shape[0], seq_len, dtype=dtype, device=indices.device)
+    return targets.scatter(1, indices, 1.0)
+
+
+class MixtureOfDepths(Strategy):
+    """Expert-choice top-``capacity`` routing with one router per routed layer (see the module doc)."""
+
+    weighted = True
+    keeps_own_length = True  # the capacity: the handle's kept length does not apply
+
+    def __init__(self, routers: dict[int, nn.Module], capacity: float | int, weight: str = "sigmoid"):
+        self.routers = routers
+        self.capacity = capacity
+        self.weight = weight
+        self.aux_losses: dict[int, torch.Tensor] = {}  # by layer position; a checkpoint replay overwrites its own
+
+    def logits(self, layer: LayerInfo, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, s)`` router scores of the batch-first ``tokens``."""
+        return self.routers[layer.position](tokens).squeeze(-1)
+
+    def select(self, layer: LayerInfo, tokens: torch.Tensor, keep, context) -> Weighted:
+        logits = self.logits(layer, tokens)
+        indices = ops.keep_top(logits.detach(), capacity_length(self.capacity, tokens.shape[1]))
+        targets = membership(indices, tokens.shape[1], logits.dtype)
+        self.aux_losses[layer.position] = F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+        return Weighted(indices, router_weight(logits.gather(1, indices), self.weight))
+
+    def select_causal(self, layer: LayerInfo, tokens: torch.Tensor) -> Weighted:
+        """Each token by itself: it runs the layer when its router logit is positive (evaluation, generation).
+
+        The kept length becomes a shape, so it is read on the host (one sync per layer and call);
+        the sequences of a batch must choose as many tokens each.
+        """
+        logits = self.logits(layer, tokens)
+        chosen = logits > 0
+        counts = chosen.sum(dim=1).tolist()
+        if len(set(counts)) > 1:
+            raise RandomLTDError(f"causal Mixture-of-Depths routing: layer {layer.position} ({layer.name}) runs "
+                                 f"{counts} tokens in the sequences of this batch; it needs as many in each "
+                                 "(evaluate or generate one sequence per call, or batches that route alike)")
+        indices = ops.keep_top(chosen.to(logits.dtype), counts[0])
+        return Weighted(indices, router_weight(logits.gather(1, indices), self.weight))
+
+    def aux_loss(self) -> torch.Tensor:
+        """Mean over routed layers of the router-prediction BCE of the latest training forward."""
+        if not self.aux_losses:
+            raise RandomLTDError("no training forward has routed tokens yet: aux_loss() follows one")
+        return torch.stack(list(self.aux_losses.values())).mean()
+
+    def state_dict(self) -> dict:
+        return {"capacity": self.capacity, "weight": self.weight}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = (state.get("capacity", self.capacity), state.get("weight", self.weight))
+        if saved != (self.capacity, self.weight):
+            raise RandomLTDError(f"the saved Mixture-of-Depths setting (capacity, weight) {saved} differs from this "
+                                 f"model's {(self.capacity, self.weight)}: apply the same one")
+
+    def __repr__(self) -> str:
+        return f"MixtureOfDepths(capacity={self.capacity}, weight={self.weight!r}, layers={sorted(self.routers)})"
+
+
+def _check_layers(layers: LayerSelection, num_layers: int) -> list[int]:
+    if not isinstance(layers, str):
+        values = list(layers)
+        if len(values) != len({index % num_layers if isinstance(index, int) else index for index in values}):
+            raise RandomLTDError(f"layers={layers!r} routes a layer twice: each routed layer has one router")
+    return parse_layer_selection(layers, num_layers)
+
+
+def _hidden_size(model: nn.Module, hidden_size: int | None) -> int:
+    if hidden_size is not None:
+        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
+            raise RandomLTDError(f"hidden_size must be a positive integer, got {hidden_size!r}")
+        return hidden_size
+    config = getattr(model, "config", None)
+    for name in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise RandomLTDError("cannot tell the hidden size of this model's layers: pass hidden_size=")
+
+
+def _new_router(layer: nn.Module, hidden_size: int) -> nn.Linear:
+    reference = next(layer.parameters(), None)
+    router = nn.Linear(hidden_size, 1)
+    if reference is not None:
+        router = router.to(device=reference.device, dtype=reference.dtype)
+    return router
+
+
+def apply(
+    model: nn.Module,
+    layers: LayerSelection = "1::2",
+    *,
+    capacity: float | int = 0.125,
+    weight: str = "sigmoid",
+    hidden_size: int | None = None,
+    stack: str | None = None,
+) -> surgery.RandomLTDHandle:
+    """Route ``layers`` of ``model`` with Mixture-of-Depths, in place; returns ``random_ltd.apply``'s handle.
+
+    ``layers``: as ``random_ltd.apply`` (default every other layer from the second, the paper's
+    best setting, never the first, whose cache length positions the generated tokens);
+    ``capacity``: a fraction in (0, 1] of each sequence or an int count >= 2 (default 12.5%);
+    ``weight``: ``"sigmoid"`` or ``"logit"`` (the router weight ``r``); ``hidden_size``: the
+    routers' input size (default the model config's). Everything is checked before the model is
+    touched. ``handle.aux_loss()`` is the router-prediction loss of the latest training forward.
+    """
+    if not isinstance(model, nn.Module):
+        raise RandomLTDError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
+    surgery.check_unapplied(model)
+    capacity = check_keep_fraction(capacity)
+    if weight not in WEIGHTS:
+        raise RandomLTDError(f"weight={weight!r}: the router weight is one of {WEIGHTS}")
+    size = _hidden_size(model, hidden_size)
+    _, members = surgery.find_layer_stack(model, stack)
+    chosen = _check_layers(layers, len(members))
+    for index in chosen:
+        name, layer = members[index]
+        if hasattr(layer, ROUTER_NAME):
+            raise RandomLTDError(f"layer {name} already has a {ROUTER_NAME!r} attribute: it cannot take a router")
+    routers = {index: _new_router(members[index][1], size) for index in chosen}
+    strategy = MixtureOfDepths(routers, capacity, weight)
+    handle = surgery.apply(model, chosen, strategy=strategy, stack=stack)
+    for index, router in routers.items():
+        members[index][1].add_module(ROUTER_NAME, router)
+    return handle
+
+
+def remove(model: nn.Module) -> dict[str, nn.Module]:
+    """Undo ``apply``; returns the trained routers by layer name, no longer part of the model."""
+    handle = surgery.get_handle(model)
+    if handle is None or not isinstance(handle.strategy, MixtureOfDepths):
+        raise RandomLTDError("Mixture-of-Depths is not applied to this model")
+    layers = {layer.index: layer.name for layer in handle.layers}
+    surgery.remove(model)
+    modules = dict(model.named_modules())
+    routers = {}
+    for index, router in handle.strategy.routers.items():
+        layer = modules[layers[index]]
+        delattr(layer, ROUTER_NAME)
+        routers[layers[index]] = router
+    return routers
+
