@@ -170,7 +170,8 @@ def _forward_weighted(layer, state: LayerState, call: LayerCall):
     tokens = hidden if batch_first else hidden.transpose(0, 1)
     training = layer.training and not _cache_holds_tokens(state, call)
     if training:
-        chosen = control.strategy.select(state.info, tokens, control.keep, None)
+        context = control.contexts.for_layer(state.info.position, hidden) if control.strategy.needs_context else None
+        chosen = control.strategy.select(state.info, tokens, control.keep, context)
     else:
         chosen = control.strategy.select_causal(state.info, tokens)
     kept_len, seq_len = chosen.indices.shape[1], tokens.shape[1]
@@ -178,7 +179,7 @@ def _forward_weighted(layer, state: LayerState, call: LayerCall):
         return hidden
     if kept_len == seq_len:
         return _weigh(call.call(original, layer), tokens, chosen.weights, batch_first)
-    if not training and _cache_holds_tokens(state, call) and seq_len > 1:
+    if not training and seq_len > 1 and _cache_filled(state, call):
         raise RandomLTDError("causal routing with a cache that holds tokens runs one new token per call; "
                              "several new tokens at once (chunked prefill) are not supported")
     flat = ops.flat_indices(chosen.indices, seq_len)
@@ -224,11 +225,16 @@ def with_hidden(output, full: torch.Tensor):
 def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
     """True while generating: a cache is passed and it already holds (or, with gradients off,
     is about to receive) this layer's keys and values. See the README's no-grad rule."""
+    return _cache_filled(state, call, any_cache_when_no_grad=True)
+
+
+def _cache_filled(state: LayerState, call: LayerCall, any_cache_when_no_grad: bool = False) -> bool:
+    """A cache passed to this call already holds this layer's keys and values."""
     for name in state.adapter.caches:
         cache = call.get(name)
         if cache is None or not hasattr(cache, "get_seq_length"):
             continue
-        if not torch.is_grad_enabled():
+        if any_cache_when_no_grad and not torch.is_grad_enabled():
             return True
         layer_idx = state.cache_layer_idx
         held = cache.get_seq_length(layer_idx) if layer_idx is not None else cache.get_seq_length()

@@ -25,6 +25,7 @@ state dict is the original model's again) and returns them, by layer name, detac
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
@@ -59,28 +60,46 @@ def membership(indices: torch.Tensor, seq_len: int, dtype: torch.dtype) -> torch
     return targets.scatter(1, indices, 1.0)
 
 
+def prediction_loss(logits: torch.Tensor, indices: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """The router-prediction loss: mean BCE of ``(B, s)`` logits against top-k membership, over valid tokens."""
+    targets = membership(indices, logits.shape[1], torch.float32)
+    losses = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+    if valid is None:
+        return losses.mean()
+    return (losses * valid).sum() / valid.sum().clamp_min(1)
+
+
 class MixtureOfDepths(Strategy):
     """Expert-choice top-``capacity`` routing with one router per routed layer (see the module doc)."""
 
     weighted = True
     keeps_own_length = True  # the capacity: the handle's kept length does not apply
 
-    def __init__(self, routers: dict[int, nn.Module], capacity: float | int, weight: str = "sigmoid"):
+    def __init__(self, routers: dict[int, nn.Module], capacity: float | int, weight: str = "sigmoid",
+                 skip_padding: bool = True):
         self.routers = routers
         self.capacity = capacity
         self.weight = weight
+        self.needs_context = skip_padding  # the context: the model's (B, s) attention_mask, or None
         self.aux_losses: dict[int, torch.Tensor] = {}  # by layer position; a checkpoint replay overwrites its own
 
     def logits(self, layer: LayerInfo, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, s)`` router scores of the batch-first ``tokens``."""
         return self.routers[layer.position](tokens).squeeze(-1)
 
-    def select(self, layer: LayerInfo, tokens: torch.Tensor, keep, context) -> Weighted:
+    def begin_forward(self, inputs: Mapping[str, object], keep) -> torch.Tensor | None:
+        mask = inputs.get("attention_mask")
+        return mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def select(self, layer: LayerInfo, tokens: torch.Tensor, keep, context: torch.Tensor | None) -> Weighted:
         logits = self.logits(layer, tokens)
-        indices = ops.keep_top(logits.detach(), capacity_length(self.capacity, tokens.shape[1]))
-        targets = membership(indices, tokens.shape[1], logits.dtype)
-        self.aux_losses[layer.position] = F.binary_cross_entropy_with_logits(logits.float(), targets.float())
-        return Weighted(indices, router_weight(logits.gather(1, indices), self.weight))
+        keys = logits.detach()
+        valid = None if context is None else _valid(context, tokens.shape[:2], layer)
+        if valid is not None:  # padding runs the layer only where a sequence has fewer tokens than the capacity
+            keys = keys.masked_fill(~valid, float("-inf"))
+        indices = ops.keep_top(keys, capacity_length(self.capacity, tokens.shape[1]))
+        self.aux_losses[layer.position] = prediction_loss(logits, indices, valid)
+        return Weighted(indices, router_weight(logits, self.weight).gather(1, indices))
 
     def select_causal(self, layer: LayerInfo, tokens: torch.Tensor) -> Weighted:
         """Each token by itself: it runs the layer when its router logit is positive (evaluation, generation).
@@ -96,7 +115,7 @@ class MixtureOfDepths(Strategy):
                                  f"{counts} tokens in the sequences of this batch; it needs as many in each "
                                  "(evaluate or generate one sequence per call, or batches that route alike)")
         indices = ops.keep_top(chosen.to(logits.dtype), counts[0])
-        return Weighted(indices, router_weight(logits.gather(1, indices), self.weight))
+        return Weighted(indices, router_weight(logits, self.weight).gather(1, indices))
 
     def aux_loss(self) -> torch.Tensor:
         """Mean over routed layers of the router-prediction BCE of the latest training forward."""
@@ -115,6 +134,13 @@ class MixtureOfDepths(Strategy):
 
     def __repr__(self) -> str:
         return f"MixtureOfDepths(capacity={self.capacity}, weight={self.weight!r}, layers={sorted(self.routers)})"
+
+
+def _valid(mask: torch.Tensor, shape: torch.Size, layer: LayerInfo) -> torch.Tensor:
+    if tuple(mask.shape) != tuple(shape):
+        raise RandomLTDError(f"layer {layer.position} ({layer.name}) routes {tuple(shape)} tokens but the model's "
+                             f"attention_mask is {tuple(mask.shape)}: apply with skip_padding=False")
+    return mask.bool()
 
 
 def _check_layers(layers: LayerSelection, num_layers: int) -> list[int]:
@@ -153,6 +179,7 @@ def apply(
     capacity: float | int = 0.125,
     weight: str = "sigmoid",
     hidden_size: int | None = None,
+    skip_padding: bool = True,
     stack: str | None = None,
 ) -> surgery.RandomLTDHandle:
     """Route ``layers`` of ``model`` with Mixture-of-Depths, in place; returns ``random_ltd.apply``'s handle.
@@ -161,13 +188,18 @@ def apply(
     best setting, never the first, whose cache length positions the generated tokens);
     ``capacity``: a fraction in (0, 1] of each sequence or an int count >= 2 (default 12.5%);
     ``weight``: ``"sigmoid"`` or ``"logit"`` (the router weight ``r``); ``hidden_size``: the
-    routers' input size (default the model config's). Everything is checked before the model is
+    routers' input size (default the model config's); ``skip_padding``: read the model's 2-D
+    ``attention_mask`` (a forward hook, ``random_ltd.contexts``) so that padding is chosen last and
+    left out of the auxiliary loss; ``False`` for inputs without padding when each routed block is
+    compiled with ``fullgraph=True`` (the context lookup does not trace). Everything is checked before the model is
     touched. ``handle.aux_loss()`` is the router-prediction loss of the latest training forward.
     """
     if not isinstance(model, nn.Module):
         raise RandomLTDError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
     surgery.check_unapplied(model)
     capacity = check_keep_fraction(capacity)
+    if not isinstance(skip_padding, bool):
+        raise RandomLTDError(f"skip_padding must be True or False, got {skip_padding!r}")
     if weight not in WEIGHTS:
         raise RandomLTDError(f"weight={weight!r}: the router weight is one of {WEIGHTS}")
     size = _hidden_size(model, hidden_size)
@@ -178,7 +210,7 @@ def apply(
         if hasattr(layer, ROUTER_NAME):
             raise RandomLTDError(f"layer {name} already has a {ROUTER_NAME!r} attribute: it cannot take a router")
     routers = {index: _new_router(members[index][1], size) for index in chosen}
-    strategy = MixtureOfDepths(routers, capacity, weight)
+    strategy = MixtureOfDepths(routers, capacity, weight, skip_padding)
     handle = surgery.apply(model, chosen, strategy=strategy, stack=stack)
     for index, router in routers.items():
         members[index][1].add_module(ROUTER_NAME, router)
