@@ -18,7 +18,7 @@ from test_layer import _take
 from test_span import _batch_first, _bound, _capture, _hidden, _original_on, _spy_draws
 
 import random_ltd
-from random_ltd import mod
+from random_ltd import accounting, mod
 from random_ltd.surgery import find_layer_stack
 
 torch.set_num_threads(1)
@@ -345,3 +345,21 @@ def test_mod_on_a_model_already_routed_is_refused_and_leaves_it_untouched(first)
     assert set(model.state_dict()) == keys and random_ltd.get_handle(model) is handle
     with pytest.raises(random_ltd.RandomLTDError):
         handle.set_keep(4) if first == "mod" else mod.remove(model)
+
+
+def test_capacity_length_floors_the_fraction_and_caps_counts():
+    assert [accounting.capacity_length(c, 100) for c in (0.125, 0.29, 1.0, 0.001, 7, 500)] == [12, 29, 100, 1, 7, 100]
+
+
+def test_layer_tokens_count_the_capacity_in_routed_layers():
+    tokens = accounting.mod_layer_tokens_per_step(64, 2, 4, [1, 3], 0.125)
+    assert tokens == 2 * (2 * 64 + 2 * 8)
+    assert accounting.mod_layer_tokens_per_step(64, 2, 4, 2, 1.0) == 2 * 4 * 64
+
+
+def test_flops_add_each_router_s_d_to_one_map_over_every_token():
+    plain = accounting.flops_per_step(64, 2, 4, 32, kept=8, drop_layers=[1, 3], vocab_size=97)
+    routed = accounting.mod_flops_per_step(64, 2, 4, 32, routed_layers=[1, 3], capacity=0.125, vocab_size=97)
+    assert routed - plain == 3 * 2 * 2 * (2 * 64 * 32)  # backward x3, batch, two routers, 2 s d each
+    full = accounting.mod_flops_per_step(64, 1, 4, 32, routed_layers=2, capacity=1.0, backward=False)
+    assert full == accounting.flops_per_step(64, 1, 4, 32, backward=False) + 2 * (2 * 64 * 32)

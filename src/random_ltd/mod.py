@@ -24,7 +24,6 @@ state dict is the original model's again) and returns them, by layer name, detac
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
@@ -32,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from random_ltd import ops, surgery
+from random_ltd.accounting import capacity_length
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
 from random_ltd.selection import LayerInfo, Strategy, Weighted
@@ -39,14 +39,6 @@ from random_ltd.span import check_keep_fraction
 
 ROUTER_NAME = "mod_router"
 WEIGHTS = ("sigmoid", "logit")
-_EPSILON = 1e-9  # 0.29 * 100 is 28.999999999999996 in floating point: floor it to 29, not 28
-
-
-def capacity_length(capacity: float | int, seq_len: int) -> int:
-    """Tokens a routed layer runs on of ``seq_len``: ``floor(capacity * s)`` (at least 1), or the count."""
-    if isinstance(capacity, int):
-        return min(capacity, seq_len)
-    return min(seq_len, max(1, math.floor(capacity * seq_len + _EPSILON)))
 
 
 def router_weight(logits: torch.Tensor, weight: str) -> torch.Tensor:
