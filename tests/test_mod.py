@@ -363,3 +363,35 @@ def test_flops_add_each_router_s_d_to_one_map_over_every_token():
     assert routed - plain == 3 * 2 * 2 * (2 * 64 * 32)  # backward x3, batch, two routers, 2 s d each
     full = accounting.mod_flops_per_step(64, 1, 4, 32, routed_layers=2, capacity=1.0, backward=False)
     assert full == accounting.flops_per_step(64, 1, 4, 32, backward=False) + 2 * (2 * 64 * 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["llama-sdpa-pad", "gpt2-eager-pad", "bert-sdpa-pad", "vit-sdpa"])
+def test_a_routed_layer_s_forward_and_backward_do_not_sync_the_host(name):
+    """``set_sync_debug_mode("error")`` raises at any device-to-host synchronisation (as tests/test_sync.py)."""
+    case, model = _build(name)
+    model = model.cuda()
+    handle = _apply(case, model, layers=[1], capacity=0.25)
+    calls = _capture(model, handle)
+    inputs = {key: value.cuda() for key, value in case.inputs(torch.Generator().manual_seed(1)).items()}
+    case.loss(model, inputs)
+    (call,) = calls
+    args = tuple(_detached(a) for a in call["args"])
+    kwargs = {key: _detached(value) for key, value in call["kwargs"].items()}
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        output = call["layer"](*args, **kwargs)
+        output = output if isinstance(output, torch.Tensor) else output[0]
+        (output.float().square().mean() + handle.aux_loss()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(output).all()
+
+
+def _detached(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().requires_grad_(value.is_floating_point())
+    if isinstance(value, tuple):
+        return tuple(_detached(v) for v in value)
+    return value
