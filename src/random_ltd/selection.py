@@ -13,6 +13,9 @@ A strategy (``Strategy``) has
 - ``state_dict()`` / ``load_state_dict(state)``: saved and restored with the handle's.
 - ``routes``: ``True`` for a strategy whose kept subset spans several layers (``select`` then
   returns a ``random_ltd.routes.RouteStep``: start, continue or end a route).
+- ``weighted``: ``True`` for a strategy that scales the kept tokens' residual branch (``select``
+  then returns ``Weighted``; evaluation asks ``select_causal(layer, tokens)``: Mixture-of-Depths,
+  ``random_ltd.mod``).
 
 - ``UniformSelection``: random-LTD. Each layer draws its own uniform subset (``rng``), with
   optional protected tokens (positions, or positions holding given ids) chosen first.
