@@ -18,6 +18,7 @@ from test_layer import _take
 from test_span import _batch_first, _bound, _capture, _hidden, _original_on, _spy_draws
 
 import random_ltd
+import random_ltd.layer
 from random_ltd import accounting, mod
 from random_ltd.surgery import find_layer_stack
 
@@ -288,6 +289,41 @@ def test_checkpointed_gradients_equal_uncheckpointed(reentrant):
     assert grads[0].keys() == grads[1].keys() and any("mod_router" in n for n in grads[0])
     for name in grads[1]:
         assert torch.equal(grads[0][name], grads[1][name]), name
+
+
+def test_the_aux_loss_under_non_reentrant_checkpointing_gives_the_uncheckpointed_gradients():
+    case, model = _build("llama-sdpa-pad")
+    handle = _apply(case, model, capacity=0.25)
+    reference = copy.deepcopy(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    inputs = case.inputs(torch.Generator().manual_seed(2))
+    grads = []
+    for each in (model, reference):
+        case.loss(each, inputs)  # a forward before the one whose backward runs: the replay must not mix them
+        each.zero_grad(set_to_none=True)
+        loss = case.loss(each, inputs)
+        (loss + random_ltd.get_handle(each).aux_loss()).backward()
+        grads.append({n: p.grad for n, p in each.named_parameters() if p.grad is not None})
+    assert handle is random_ltd.get_handle(model)
+    for name in grads[1]:
+        assert torch.equal(grads[0][name], grads[1][name]), name
+
+
+def test_the_aux_loss_refuses_to_be_silently_gradient_free_under_reentrant_checkpointing():
+    case, model = _build("llama-sdpa-pad")
+    handle = _apply(case, model, capacity=0.25)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    case.loss(model, case.inputs(torch.Generator().manual_seed(2)))
+    with pytest.raises(random_ltd.RandomLTDError, match="use_reentrant=False"):
+        handle.aux_loss()
+
+
+def test_sequence_parallel_hidden_states_are_refused_clearly(monkeypatch):
+    case, model = _build("llama-sdpa-pad")
+    _apply(case, model, capacity=0.25)
+    monkeypatch.setattr(random_ltd.layer, "_sharded_layout", lambda hidden, batch_first: object())
+    with pytest.raises(random_ltd.RandomLTDError, match="sequence-parallel"):
+        case.loss(model, case.inputs(torch.Generator().manual_seed(2)))
 
 
 @pytest.mark.parametrize("name", ["llama-sdpa", "gpt2-sdpa"])

@@ -167,6 +167,9 @@ def _forward_weighted(layer, state: LayerState, call: LayerCall):
     hidden_name = state.adapter.hidden or state.plan.first()
     hidden = call.get(hidden_name)
     batch_first = _batch_first(layer, state.adapter)
+    if _sharded_layout(hidden, batch_first) is not None:
+        raise RandomLTDError("weighted strategies (Mixture-of-Depths) do not support sequence-parallel (DTensor) "
+                             "hidden states yet")
     tokens = hidden if batch_first else hidden.transpose(0, 1)
     training = layer.training and not _cache_holds_tokens(state, call)
     if training:

@@ -113,6 +113,10 @@ class MixtureOfDepths(Strategy):
         """Mean over routed layers of the router-prediction BCE of the latest training forward."""
         if not self.aux_losses:
             raise RandomLTDError("no training forward has routed tokens yet: aux_loss() follows one")
+        if torch.is_grad_enabled() and any(not loss.requires_grad and self.routers[position].weight.requires_grad
+                                           for position, loss in self.aux_losses.items()):
+            raise RandomLTDError("the router-prediction loss of this forward has no gradient: reentrant gradient "
+                                 "checkpointing runs the forward without autograd; use use_reentrant=False")
         return torch.stack(list(self.aux_losses.values())).mean()
 
     def state_dict(self) -> dict:
