@@ -431,3 +431,31 @@ def _detached(value):
     if isinstance(value, tuple):
         return tuple(_detached(v) for v in value)
     return value
+
+
+def test_aux_loss_coef_adds_the_aux_loss_to_the_model_s_loss_as_moe_models_do():
+    case, model = _build("llama-sdpa-pad")
+    reference = copy.deepcopy(model)
+    handle = _apply(case, model, capacity=0.25, aux_loss_coef=0.1)
+    _apply(case, reference, capacity=0.25)
+    reference.load_state_dict(model.state_dict())
+    inputs = case.inputs(torch.Generator().manual_seed(2))
+    output = model(**inputs, labels=inputs["input_ids"])
+    expected = reference(**inputs, labels=inputs["input_ids"]).loss
+    assert torch.equal(output.mod_aux_loss, handle.aux_loss())
+    assert torch.equal(output.loss, expected + 0.1 * handle.aux_loss())
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(**{k: v[:1, :2] for k, v in inputs.items()}, labels=inputs["input_ids"][:1, :2])
+    assert not hasattr(evaluated, "mod_aux_loss"), "evaluation adds no stale training loss"
+    mod.remove(model)
+    assert not model._forward_hooks and not model._forward_pre_hooks
+
+
+def test_random_ltd_remove_takes_the_routers_and_hooks_away_too():
+    case, model = _build("llama-sdpa-pad")
+    keys = set(model.state_dict())
+    _apply(case, model, aux_loss_coef=0.1)
+    random_ltd.remove(model)
+    assert set(model.state_dict()) == keys
+    assert not model._forward_hooks and not model._forward_pre_hooks

@@ -74,6 +74,8 @@ class MixtureOfDepths(Strategy):
         self.weight = weight
         self.needs_context = skip_padding  # the context: the model's (B, s) attention_mask, or None
         self.aux_losses: dict[int, torch.Tensor] = {}  # by layer position; a checkpoint replay overwrites its own
+        self.hooks = None  # AuxLossHooks, installed by apply
+        self.removed: dict[str, nn.Module] = {}  # the routers by layer name, once removed from the model
 
     def logits(self, layer: LayerInfo, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, s)`` router scores of the batch-first ``tokens``."""
@@ -119,6 +121,15 @@ class MixtureOfDepths(Strategy):
                                  "checkpointing runs the forward without autograd; use use_reentrant=False")
         return torch.stack(list(self.aux_losses.values())).mean()
 
+    def on_remove(self, model: nn.Module, layer_names: dict[int, str]) -> None:
+        """Called by ``random_ltd.remove``: the routers leave the layers (kept in ``removed``), the hooks go."""
+        modules = dict(model.named_modules())
+        for position in self.routers:
+            delattr(modules[layer_names[position]], ROUTER_NAME)
+        self.removed = {layer_names[position]: router for position, router in self.routers.items()}
+        if self.hooks is not None:
+            self.hooks.remove()
+
     def state_dict(self) -> dict:
         return {"capacity": self.capacity, "weight": self.weight}
 
@@ -130,6 +141,34 @@ class MixtureOfDepths(Strategy):
 
     def __repr__(self) -> str:
         return f"MixtureOfDepths(capacity={self.capacity}, weight={self.weight!r}, layers={sorted(self.routers)})"
+
+
+class AuxLossHooks:
+    """The model's forward hooks: each forward starts with no recorded loss; with ``coef``, a training forward's
+    ``output.loss`` gets ``coef * aux_loss()`` added and ``output.mod_aux_loss`` holds it, as MoE models add their
+    load-balancing loss."""
+
+    def __init__(self, model: nn.Module, strategy: MixtureOfDepths, coef: float | None):
+        self.strategy, self.coef = strategy, coef
+        self.handles = [model.register_forward_pre_hook(self.before)]
+        if coef is not None:
+            self.handles.append(model.register_forward_hook(self.after))
+
+    def before(self, model, args) -> None:
+        self.strategy.aux_losses = {}
+
+    def after(self, model, args, output):
+        if not (model.training and self.strategy.aux_losses):
+            return None
+        aux = self.strategy.aux_loss()
+        output.mod_aux_loss = aux
+        if getattr(output, "loss", None) is not None:
+            output.loss = output.loss + self.coef * aux.to(output.loss.dtype)
+        return output
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def _valid(mask: torch.Tensor, shape: torch.Size, layer: LayerInfo) -> torch.Tensor:
@@ -176,6 +215,7 @@ def apply(
     weight: str = "sigmoid",
     hidden_size: int | None = None,
     skip_padding: bool = True,
+    aux_loss_coef: float | None = None,
     stack: str | None = None,
 ) -> surgery.RandomLTDHandle:
     """Route ``layers`` of ``model`` with Mixture-of-Depths, in place; returns ``random_ltd.apply``'s handle.
@@ -187,7 +227,9 @@ def apply(
     routers' input size (default the model config's); ``skip_padding``: read the model's 2-D
     ``attention_mask`` (a forward hook, ``random_ltd.contexts``) so that padding is chosen last and
     left out of the auxiliary loss; ``False`` for inputs without padding when each routed block is
-    compiled with ``fullgraph=True`` (the context lookup does not trace). Everything is checked before the model is
+    compiled with ``fullgraph=True`` (the context lookup does not trace); ``aux_loss_coef``: add
+    ``aux_loss_coef * aux_loss()`` to a training forward's ``output.loss`` (and set
+    ``output.mod_aux_loss``), as MoE models add theirs. Everything is checked before the model is
     touched. ``handle.aux_loss()`` is the router-prediction loss of the latest training forward.
     """
     if not isinstance(model, nn.Module):
@@ -196,6 +238,9 @@ def apply(
     capacity = check_keep_fraction(capacity)
     if not isinstance(skip_padding, bool):
         raise RandomLTDError(f"skip_padding must be True or False, got {skip_padding!r}")
+    if aux_loss_coef is not None and (isinstance(aux_loss_coef, bool) or not isinstance(aux_loss_coef, (int, float))
+                                      or not aux_loss_coef >= 0):
+        raise RandomLTDError(f"aux_loss_coef must be a number >= 0 or None, got {aux_loss_coef!r}")
     if weight not in WEIGHTS:
         raise RandomLTDError(f"weight={weight!r}: the router weight is one of {WEIGHTS}")
     size = _hidden_size(model, hidden_size)
@@ -210,21 +255,15 @@ def apply(
     handle = surgery.apply(model, chosen, strategy=strategy, stack=stack)
     for index, router in routers.items():
         members[index][1].add_module(ROUTER_NAME, router)
+    strategy.hooks = AuxLossHooks(model, strategy, aux_loss_coef)
     return handle
 
 
 def remove(model: nn.Module) -> dict[str, nn.Module]:
-    """Undo ``apply``; returns the trained routers by layer name, no longer part of the model."""
+    """Undo ``apply`` (as ``random_ltd.remove`` does); returns the trained routers by layer name, no longer
+    part of the model."""
     handle = surgery.get_handle(model)
     if handle is None or not isinstance(handle.strategy, MixtureOfDepths):
         raise RandomLTDError("Mixture-of-Depths is not applied to this model")
-    layers = {layer.index: layer.name for layer in handle.layers}
     surgery.remove(model)
-    modules = dict(model.named_modules())
-    routers = {}
-    for index, router in handle.strategy.routers.items():
-        layer = modules[layers[index]]
-        delattr(layer, ROUTER_NAME)
-        routers[layers[index]] = router
-    return routers
-
+    return handle.strategy.removed
