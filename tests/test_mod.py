@@ -459,3 +459,22 @@ def test_random_ltd_remove_takes_the_routers_and_hooks_away_too():
     random_ltd.remove(model)
     assert set(model.state_dict()) == keys
     assert not model._forward_hooks and not model._forward_pre_hooks
+
+
+def test_generate_with_the_cache_picks_the_tokens_of_full_forwards():
+    """transformers' ``generate`` (greedy, KV cache) against a loop of full forwards without a cache."""
+    case, model = _build("llama-sdpa")
+    handle = _apply(case, model, capacity=0.25)
+    for router in handle.strategy.routers.values():
+        torch.nn.init.normal_(router.weight, std=1.0)
+    model.eval()
+    ids = torch.randint(1, zoo.VOCAB, (1, 6), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        generated = model.generate(ids, max_new_tokens=8, do_sample=False, min_new_tokens=8, output_logits=True,
+                                   return_dict_in_generate=True)
+        expected, logits = ids, []
+        for _ in range(8):
+            logits.append(model(input_ids=expected, use_cache=False).logits[:, -1])
+            expected = torch.cat([expected, logits[-1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generated.sequences, expected)
+    torch.testing.assert_close(torch.stack(generated.logits), torch.stack(logits), rtol=1e-5, atol=1e-5)
