@@ -478,3 +478,23 @@ def test_generate_with_the_cache_picks_the_tokens_of_full_forwards():
             expected = torch.cat([expected, logits[-1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(generated.sequences, expected)
     torch.testing.assert_close(torch.stack(generated.logits), torch.stack(logits), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama-sdpa", "falcon-alibi-sdpa", "gpt-neo-local-eager", "bloom-alibi-eager-pad"])
+def test_a_layer_every_token_skips_returns_its_input_in_the_layer_s_output_structure(name):
+    case, model = _build(name)
+    handle = _apply(case, model, layers=[1])
+    torch.nn.init.zeros_(handle.strategy.routers[1].weight)
+    torch.nn.init.constant_(handle.strategy.routers[1].bias, -1.0)  # every logit negative: every token skips
+    model.eval()
+    calls = _capture(model, handle)
+    layer = dict(model.named_modules())[handle.layers[0].name]
+    structures = []
+    layer.register_forward_hook(lambda m, args, kwargs, out: structures.append(type(out)), with_kwargs=True)
+    inputs = {key: value[:1] for key, value in case.inputs(torch.Generator().manual_seed(0)).items()}
+    with torch.no_grad():
+        case.loss(model, inputs)
+        assert torch.equal(_hidden(calls[0], calls[0]["output"]), _hidden(calls[0]))
+        random_ltd.remove(model)
+        case.loss(model, inputs)
+    assert len(structures) == 2 and structures[0] is structures[1], "the original layer's output structure"

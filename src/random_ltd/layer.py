@@ -178,8 +178,8 @@ def _forward_weighted(layer, state: LayerState, call: LayerCall):
     else:
         chosen = control.strategy.select_causal(state.info, tokens)
     kept_len, seq_len = chosen.indices.shape[1], tokens.shape[1]
-    if kept_len == 0:  # no token of this call runs the layer (nor enters its cache)
-        return hidden
+    if kept_len == 0:  # no token runs the layer (nor enters its cache): its input, in its output's structure
+        return _skipped(layer, state, call, hidden_name, tokens, batch_first)
     if kept_len == seq_len:
         return _weigh(call.call(original, layer), tokens, chosen.weights, batch_first)
     if not training and seq_len > 1 and _cache_filled(state, call):
@@ -191,6 +191,18 @@ def _forward_weighted(layer, state: LayerState, call: LayerCall):
     gather_inputs(layer, state.adapter, call, chosen.indices, seq_len, keep_caches=not training)
     output = _weigh(call.call(original, layer), kept, chosen.weights, batch_first)
     return replace_hidden(output, passthrough, flat, batch_first)
+
+
+def _skipped(layer, state: LayerState, call: LayerCall, hidden_name: str, tokens: torch.Tensor, batch_first: bool):
+    """The layer's input as its output, in the structure the layer returns (a tensor, or a tuple led by the
+    hidden states), learnt from a call on each sequence's first token without its cache (other outputs, such
+    as attention weights, are that call's)."""
+    first = torch.zeros(tokens.shape[0], 1, dtype=torch.long, device=tokens.device)
+    kept = ops.gather_tokens(tokens, ops.flat_indices(first, tokens.shape[1]), 1)
+    call[hidden_name] = kept if batch_first else kept.transpose(0, 1)
+    gather_inputs(layer, state.adapter, call, first, tokens.shape[1])
+    output = call.call(state.original_class.forward, layer)
+    return with_hidden(output, tokens if batch_first else tokens.transpose(0, 1))
 
 
 def _weigh(output, kept: torch.Tensor, weights: torch.Tensor, batch_first: bool):
