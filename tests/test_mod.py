@@ -498,3 +498,12 @@ def test_a_layer_every_token_skips_returns_its_input_in_the_layer_s_output_struc
         random_ltd.remove(model)
         case.loss(model, inputs)
     assert len(structures) == 2 and structures[0] is structures[1], "the original layer's output structure"
+
+
+def test_a_mixture_of_depths_without_routers_for_the_handle_s_layers_is_refused():
+    case, model = _build("llama-sdpa-pad")
+    handle = random_ltd.apply(model, "1:3", keep=8, seed=1)
+    strategy = mod.MixtureOfDepths({1: torch.nn.Linear(32, 1)}, 0.5)
+    with pytest.raises(random_ltd.RandomLTDError, match="routers for layers"):
+        handle.strategy = strategy
+    assert isinstance(handle.strategy, random_ltd.UniformSelection)

@@ -77,6 +77,12 @@ class MixtureOfDepths(Strategy):
         self.hooks = None  # AuxLossHooks, installed by apply
         self.removed: dict[str, nn.Module] = {}  # the routers by layer name, once removed from the model
 
+    def check_layers(self, wrapped) -> None:
+        """Refuse a handle whose wrapped layers are not the routed ones (``handle.strategy = ...``)."""
+        if list(wrapped) != sorted(self.routers):
+            raise RandomLTDError(f"this Mixture-of-Depths has routers for layers {sorted(self.routers)}, not the "
+                                 f"handle's wrapped layers {list(wrapped)}: mod.apply(model, ...) adds them")
+
     def logits(self, layer: LayerInfo, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, s)`` router scores of the batch-first ``tokens``."""
         return self.routers[layer.position](tokens).squeeze(-1)
