@@ -5,6 +5,7 @@ A dropping layer processes the kept length, every other layer the full length.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from random_ltd.errors import ConfigError
@@ -111,3 +112,32 @@ def total_flops(schedule: KeptLengthSchedule, total_steps: int, *, batch_size: i
     return sum(count * flops_per_step(schedule.seq_len, batch_size, num_layers, d_model, kept=kept,
                                       drop_layers=drop_layers, ffn_dim=ffn_dim, vocab_size=vocab_size)
                for _, kept, count in kept_segments(schedule, total_steps))
+
+
+_EPSILON = 1e-9  # 0.29 * 100 is 28.999999999999996 in floating point: floor it to 29, not 28
+
+
+def capacity_length(capacity: float | int, seq_len: int) -> int:
+    """Mixture-of-Depths: tokens a routed layer runs on of ``seq_len``: ``floor(capacity * s)`` (at least 1),
+    or the int count."""
+    if isinstance(capacity, int):
+        return min(capacity, seq_len)
+    return min(seq_len, max(1, math.floor(capacity * seq_len + _EPSILON)))
+
+
+def mod_layer_tokens_per_step(seq_len: int, batch_size: int, num_layers: int, routed_layers: DropLayers,
+                              capacity: float | int) -> int:
+    """Layer-tokens of one Mixture-of-Depths training step: routed layers run ``capacity_length`` tokens."""
+    return layer_tokens_per_step(seq_len, batch_size, num_layers, routed_layers, capacity_length(capacity, seq_len))
+
+
+def mod_flops_per_step(seq_len: int, batch_size: int, num_layers: int, d_model: int, *, routed_layers: DropLayers,
+                       capacity: float | int, ffn_dim: int | None = None, vocab_size: int = 0,
+                       backward: bool = True) -> int:
+    """``flops_per_step`` of a Mixture-of-Depths step: routed layers run ``capacity_length`` tokens and each
+    adds its router, ``2 s d`` (a ``d -> 1`` map over every token); top-k, the weighting and the
+    router-prediction loss are elementwise and left out, as norms are."""
+    flops = flops_per_step(seq_len, batch_size, num_layers, d_model, kept=capacity_length(capacity, seq_len),
+                           drop_layers=routed_layers, ffn_dim=ffn_dim, vocab_size=vocab_size, backward=backward)
+    routers = count_drop_layers(num_layers, routed_layers) * 2 * seq_len * d_model
+    return flops + (3 if backward else 1) * batch_size * routers

@@ -422,4 +422,6 @@ def remove(model: nn.Module) -> None:
     handle.remove_hooks()
     if handle.router_loss is not None:
         handle.router_loss.remove()
+    if callable(getattr(handle.strategy, "on_remove", None)):  # what the strategy added (Mixture-of-Depths' routers)
+        handle.strategy.on_remove(model, {layer.index: layer.name for layer in handle.layers})
     del model.__dict__[_HANDLE_ATTR]

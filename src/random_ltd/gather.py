@@ -18,10 +18,12 @@ from random_ltd.errors import RandomLTDError
 
 
 def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indices: torch.Tensor,
-                  seq_len: int, memo: dict | None = None, attention: AttentionSetup | None = None) -> None:
+                  seq_len: int, memo: dict | None = None, attention: AttentionSetup | None = None,
+                  keep_caches: bool = False) -> None:
     """``memo``: gathered masks and positions by argument name, reused while the call passes the same
     tensor (the layers of one route share one dict: ``random_ltd.routes``); ``attention``: the layer's
-    per-wrap attention setup (``random_ltd.attention.other_inputs``)."""
+    per-wrap attention setup (``random_ltd.attention.other_inputs``); ``keep_caches``: pass the
+    caches on (causal routing at generation, ``random_ltd.mod``: the kept tokens enter the cache)."""
     # before the positions are gathered: the varlen boundaries read them
     gather_attention_inputs(layer, adapter, call, indices, seq_len, attention)
     _gather_masks(adapter, call, indices, seq_len, memo)
@@ -33,9 +35,9 @@ def gather_inputs(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, indi
         pair = call.get(name)
         if pair is not None:
             call[name] = tuple(ops.gather_table_tail(part, indices[0], seq_len) for part in pair)
-    for name in adapter.caches:
+    for name in () if keep_caches else adapter.caches:
         call.set_if_present(name, None)
-    if adapter.use_cache:
+    if adapter.use_cache and not keep_caches:
         call.set_if_present(adapter.use_cache, False)
     if adapter.prepare is not None:
         adapter.prepare(layer, call, indices)

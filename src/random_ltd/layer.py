@@ -125,6 +125,8 @@ class RandomLTDLayerMixin(swap.SwappedModule):
         state: LayerState = self.__dict__[_STATE_ATTR]
         control = state.control
         keep = control.keep
+        if getattr(control.strategy, "weighted", False):  # Mixture-of-Depths: weighs the kept tokens' residual
+            return _forward_weighted(self, state, LayerCall(state.plan, args, kwargs))
         if not self.training or not control.dropping:
             return super().forward(*args, **kwargs)
         call = LayerCall(state.plan, args, kwargs)
@@ -201,6 +203,63 @@ def _forward_on_route(layer, state: LayerState, call: LayerCall, hidden_name: st
     return replace_hidden(output, route.passthrough, route.flat, batch_first, index=state.adapter.output_index)
 
 
+def _forward_weighted(layer, state: LayerState, call: LayerCall):
+    """A weighted strategy's layer: the chosen tokens leave as ``x + w * (layer(x) - x)``, the rest as ``x``.
+
+    Training asks ``select`` (any batch, no host sync); evaluation and generation ask
+    ``select_causal``, whose choice of a token depends on that token alone, and keep the cache.
+    """
+    control, original = state.control, state.original_forward
+    hidden_name = state.adapter.hidden or state.plan.first()
+    hidden = call.get(hidden_name)
+    batch_first = _batch_first(layer, state.adapter)
+    if _sharded_layout(hidden, batch_first) is not None:
+        raise RandomLTDError("weighted strategies (Mixture-of-Depths) do not support sequence-parallel (DTensor) "
+                             "hidden states yet")
+    tokens = hidden if batch_first else hidden.transpose(0, 1)
+    training = layer.training and not _cache_holds_tokens(state, call)
+    if training:
+        context = control.contexts.for_layer(state.info.position, hidden) if control.strategy.needs_context else None
+        chosen = control.strategy.select(state.info, tokens, control.keep, context)
+    else:
+        chosen = control.strategy.select_causal(state.info, tokens)
+    kept_len, seq_len = chosen.indices.shape[1], tokens.shape[1]
+    if kept_len == 0:  # no token runs the layer (nor enters its cache): its input, in its output's structure
+        return _skipped(layer, state, call, hidden_name, tokens, batch_first)
+    if kept_len == seq_len:
+        return _weigh(call.call(original, layer), tokens, chosen.weights, batch_first, state.adapter.output_index)
+    if not training and seq_len > 1 and _cache_filled(state, call):
+        raise RandomLTDError("causal routing with a cache that holds tokens runs one new token per call; "
+                             "several new tokens at once (chunked prefill) are not supported")
+    flat = ops.flat_indices(chosen.indices, seq_len)
+    kept, passthrough = ops.split_tokens(tokens, flat, kept_len)
+    call[hidden_name] = kept if batch_first else kept.transpose(0, 1)
+    gather_inputs(layer, state.adapter, call, chosen.indices, seq_len, attention=state.attention,
+                  keep_caches=not training)
+    output = _weigh(call.call(original, layer), kept, chosen.weights, batch_first, state.adapter.output_index)
+    return replace_hidden(output, passthrough, flat, batch_first, index=state.adapter.output_index)
+
+
+def _skipped(layer, state: LayerState, call: LayerCall, hidden_name: str, tokens: torch.Tensor, batch_first: bool):
+    """The layer's input as its output, in the structure the layer returns (a tensor, or a tuple led by the
+    hidden states), learnt from a call on each sequence's first token without its cache (other outputs, such
+    as attention weights, are that call's)."""
+    first = torch.zeros(tokens.shape[0], 1, dtype=torch.long, device=tokens.device)
+    kept = ops.gather_tokens(tokens, ops.flat_indices(first, tokens.shape[1]), 1)
+    call[hidden_name] = kept if batch_first else kept.transpose(0, 1)
+    gather_inputs(layer, state.adapter, call, first, tokens.shape[1], attention=state.attention)
+    output = call.call(state.original_forward, layer)
+    return with_hidden(output, tokens if batch_first else tokens.transpose(0, 1), state.adapter.output_index)
+
+
+def _weigh(output, kept: torch.Tensor, weights: torch.Tensor, batch_first: bool, index: int = 0):
+    """``output`` with its hidden states ``y`` (of the batch-first inputs ``kept``) made ``kept + w * (y - kept)``."""
+    short = output if isinstance(output, torch.Tensor) else output[index]
+    short = short if batch_first else short.transpose(0, 1)
+    weighed = kept + weights.unsqueeze(-1).to(kept.dtype) * (short - kept)
+    return with_hidden(output, weighed if batch_first else weighed.transpose(0, 1), index)
+
+
 def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_first: bool, layout=None,
                    index: int = 0):
     """Merge the layer's short output into the full sequence, keeping the output's structure.
@@ -214,6 +273,12 @@ def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_
     full = ops.merge_tokens(passthrough, short, flat)
     full = full if batch_first else full.transpose(0, 1)
     full = full if layout is None else layout.to_sharded(full)
+    return with_hidden(output, full, index)
+
+
+def with_hidden(output, full: torch.Tensor, index: int = 0):
+    """A layer's ``output`` (a tensor, or a tuple/list/NamedTuple holding it at ``index``) with ``full`` as its
+    hidden states."""
     if isinstance(output, torch.Tensor):
         return full
     if hasattr(output, "_fields"):  # a NamedTuple: built from its fields, not from one iterable
@@ -225,11 +290,16 @@ def replace_hidden(output, passthrough: torch.Tensor, flat: torch.Tensor, batch_
 def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
     """True while generating: a cache is passed and it already holds (or, with gradients off,
     is about to receive) this layer's keys and values. See the README's no-grad rule."""
+    return _cache_filled(state, call, any_cache_when_no_grad=True)
+
+
+def _cache_filled(state: LayerState, call: LayerCall, any_cache_when_no_grad: bool = False) -> bool:
+    """A cache passed to this call already holds this layer's keys and values."""
     for name in state.adapter.caches:
         cache = call.get(name)
         if cache is None or not hasattr(cache, "get_seq_length"):
             continue
-        if not torch.is_grad_enabled():
+        if any_cache_when_no_grad and not torch.is_grad_enabled():
             return True
         layer_idx = state.cache_layer_idx
         held = cache.get_seq_length(layer_idx) if layer_idx is not None else cache.get_seq_length()

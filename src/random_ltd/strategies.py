@@ -13,6 +13,9 @@ A strategy (``Strategy``) has
 - ``state_dict()`` / ``load_state_dict(state)``: saved and restored with the handle's.
 - ``routes``: ``True`` for a strategy whose kept subset spans several layers (``select`` then
   returns a ``random_ltd.routes.RouteStep``: start, continue or end a route).
+- ``weighted``: ``True`` for a strategy that scales the kept tokens' residual branch (``select``
+  then returns ``Weighted``; evaluation asks ``select_causal(layer, tokens)``: Mixture-of-Depths,
+  ``random_ltd.mod``).
 
 - ``UniformSelection``: random-LTD. Each layer draws its own uniform subset (``rng``), with
   optional protected tokens (positions, or positions holding given ids) chosen first.
@@ -45,11 +48,24 @@ class LayerInfo:
     stream: object = None  # what the strategy's stream(position) returned when the layer was wrapped
 
 
+@dataclasses.dataclass(frozen=True)
+class Weighted:
+    """``select``'s answer for a strategy with ``weighted = True`` (Mixture-of-Depths, ``random_ltd.mod``).
+
+    ``indices`` ``(B, k)`` sorted ascending, ``weights`` ``(B, k)``: kept token ``x`` leaves the layer
+    as ``x + w * (layer(x) - x)``; every other token leaves unchanged. ``k == 0`` skips the layer.
+    """
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+
+
 class Strategy:
     """Base of selection strategies: no context, no state; ``select`` is the one method to write."""
 
     needs_context: bool = False
     routes: bool = False  # True: select returns random_ltd.routes.RouteStep (a span of layers), not indices
+    weighted: bool = False  # True: select returns Weighted, also in evaluation (through select_causal)
 
     def begin_forward(self, inputs: Mapping[str, object], keep: int):
         """The context of one training forward, from the model's arguments (``needs_context`` only)."""
