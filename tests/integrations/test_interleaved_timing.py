@@ -1,4 +1,4 @@
-"""examples/interleaved_timing.py: both arms of the training program, stepped alternately."""
+"""examples/interleaved_timing.py: both arms of the training program, stepped in lockstep."""
 from __future__ import annotations
 
 import re
@@ -16,7 +16,8 @@ def test_prints_summed_and_paired_savings_for_the_steps_asked(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     first, second = done.stdout.strip().splitlines()[-2:]
-    assert first.startswith("gpt: 4 steps interleaved, kept ")
-    match = re.search(r"paired ([+-][\d.]+)%; FLOP saving ([+-][\d.]+)%", second)
+    assert first.startswith("gpt: 4 rounds in lockstep; baseline ")
+    match = re.search(r"paired ([+-][\d.]+)% \(95% interval [+-][\d.]+% to [+-][\d.]+%\); FLOP saving ([+-][\d.]+)%",
+                      second)
     assert match, second
     assert 0 < float(match.group(2)) < 100  # the quick schedule drops tokens in its first steps
