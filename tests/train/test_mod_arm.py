@@ -94,3 +94,27 @@ def test_single_sequences_cut_batches_along_their_first_dimension():
     assert len(cut) == 3 and all(part["note"] == "x" for part in cut)
     assert torch.equal(torch.cat([part["input_ids"] for part in cut]), batch["input_ids"])
     assert torch.equal(torch.cat([part["labels"] for part in cut]), batch["labels"])
+
+
+class Killed(Exception):
+    pass
+
+
+def test_the_mod_arm_resumes_after_a_kill_as_if_never_stopped(tiny, tmp_path):
+    """The routers are saved with the model and the optimizer: a resumed run writes the same metrics."""
+    settings = dict(arms=("mod",), drop_layers="1::2", steps=4, eval_every=2, checkpoint_every=2)
+
+    def metrics(root):
+        return [{k: v for k, v in json.loads(line).items() if k != "wall_clock_s"}
+                for line in (arm_dir(root, "mod", 0) / "metrics.jsonl").read_text().splitlines()]
+
+    def kill(arm, seed, step):
+        if step == 3:
+            raise Killed
+
+    run_training(tiny(out=str(tmp_path / "whole"), **settings))
+    interrupted = tiny(out=str(tmp_path / "cut"), **settings)
+    with pytest.raises(Killed):
+        run_training(interrupted, on_step=kill)
+    run_training(interrupted, resume=True)
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
