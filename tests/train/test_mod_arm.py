@@ -118,3 +118,16 @@ def test_the_mod_arm_resumes_after_a_kill_as_if_never_stopped(tiny, tmp_path):
         run_training(interrupted, on_step=kill)
     run_training(interrupted, resume=True)
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
+
+
+def test_the_mod_arm_is_refused_on_the_dit_task_whose_loss_is_outside_the_model():
+    with pytest.raises(ConfigError, match="mod arm needs a task whose model returns its loss"):
+        resolve(TrainConfig(task="dit", arms=("baseline", "mod")))
+
+
+def test_quick_vit_trains_the_mod_arm(fashion_dir, cache, tmp_path):
+    config = TrainConfig(task="vit", quick=True, fashion_mnist_dir=str(fashion_dir), steps=2, batch_size=4,
+                         eval_every=2, eval_batches=1, arms=("mod",), cache_dir=str(cache), out=str(tmp_path / "vit"),
+                         progress=False)
+    summary = run_training(config)
+    assert summary["arms"]["mod"]["final_val_accuracy"] >= 0

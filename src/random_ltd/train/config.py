@@ -268,6 +268,9 @@ def _check_task_fields(config: TrainConfig) -> None:
             raise flag_error(name, f"does not apply to --task {config.task}")
     if config.task in ("vit", "dit") and config.data:
         raise flag_error("data", f"--task {config.task} trains on Fashion-MNIST; --data is for the text tasks")
+    if config.task == "dit" and "mod" in config.arms:  # the flow loss is computed outside the model's forward
+        raise flag_error("arms", "the mod arm needs a task whose model returns its loss (gpt, bert, vit, finetune): "
+                                 "--task dit computes its loss outside the model, where the routers' loss is not added")
     if config.task != "finetune" and (config.lora or config.lora_rank or config.lora_targets):
         raise flag_error("lora", "applies only to --task finetune (a pretrained model)")
     if not config.lora:
