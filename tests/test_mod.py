@@ -507,3 +507,37 @@ def test_a_mixture_of_depths_without_routers_for_the_handle_s_layers_is_refused(
     with pytest.raises(random_ltd.RandomLTDError, match="routers for layers"):
         handle.strategy = strategy
     assert isinstance(handle.strategy, random_ltd.UniformSelection)
+
+
+def test_per_block_compile_of_a_24_layer_model_routed_every_other_layer_holds_under_default_limits():
+    """12 routed GPT-NeoX blocks, each compiled ``fullgraph`` under Dynamo's default recompile limit:
+    the routed blocks share their graphs (a per-layer Python int or router looked up by position would
+    make every routed block its own graph) and the run equals eager, aux loss included."""
+    import test_compile
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = test_compile._deep_gpt_neox(24)
+    eager_handle = mod.apply(eager, "1::2", capacity=0.25, skip_padding=False, aux_loss_coef=0.1)
+    compiled = copy.deepcopy(eager)
+    handle = random_ltd.get_handle(compiled)
+    assert len(handle.layers) == 12
+    backend, graphs = test_compile._counting()
+    for block in compiled.gpt_neox.layers:
+        block.compile(fullgraph=True, backend=backend)
+    ids = torch.randint(0, zoo.VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))
+    results = []
+    for model, model_handle in ((eager, eager_handle), (compiled, handle)):
+        for _step in range(2):
+            model.zero_grad(set_to_none=True)
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.backward()
+        results.append((loss.detach(), model_handle.aux_loss().detach(),
+                        {name: p.grad for name, p in model.named_parameters()}))
+    torch._dynamo.reset()
+    (ref_loss, ref_aux, ref_grads), (loss, aux, grads) = results
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(aux, ref_aux, rtol=1e-5, atol=1e-6)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert len(graphs) <= 2  # one for the plain blocks, one shared by every routed block

@@ -61,6 +61,17 @@ def prediction_loss(logits: torch.Tensor, indices: torch.Tensor, valid: torch.Te
     return (losses * valid).sum() / valid.sum().clamp_min(1)
 
 
+class RouterSlot:
+    """One routed layer's ``LayerInfo.stream``: its router and the aux loss of its latest training forward.
+
+    Compiled blocks read the router and write the loss through this object, never through the layer's
+    position (a Python int guard: every routed block would be its own graph)."""
+
+    def __init__(self, router: nn.Module):
+        self.router = router
+        self.aux_loss: torch.Tensor | None = None
+
+
 class MixtureOfDepths(Strategy):
     """Expert-choice top-``capacity`` routing with one router per routed layer (see the module doc)."""
 
@@ -73,7 +84,7 @@ class MixtureOfDepths(Strategy):
         self.capacity = capacity
         self.weight = weight
         self.needs_context = skip_padding  # the context: the model's (B, s) attention_mask, or None
-        self.aux_losses: dict[int, torch.Tensor] = {}  # by layer position; a checkpoint replay overwrites its own
+        self.slots = {position: RouterSlot(router) for position, router in routers.items()}
         self.hooks = None  # AuxLossHooks, installed by apply
         self.removed: dict[str, nn.Module] = {}  # the routers by layer name, once removed from the model
 
@@ -83,9 +94,25 @@ class MixtureOfDepths(Strategy):
             raise RandomLTDError(f"this Mixture-of-Depths has routers for layers {sorted(self.routers)}, not the "
                                  f"handle's wrapped layers {list(wrapped)}: mod.apply(model, ...) adds them")
 
+    def stream(self, position: int) -> RouterSlot:
+        return self.slots[position]
+
+    @property
+    def aux_losses(self) -> dict[int, torch.Tensor]:
+        """The latest training forward's loss of each routed layer, by position (a checkpoint replay overwrites
+        its own)."""
+        return {position: slot.aux_loss for position, slot in self.slots.items() if slot.aux_loss is not None}
+
+    def clear_aux_losses(self) -> None:
+        for slot in self.slots.values():
+            slot.aux_loss = None
+
+    def _slot(self, layer: LayerInfo) -> RouterSlot:
+        return layer.stream if isinstance(layer.stream, RouterSlot) else self.slots[layer.position]
+
     def logits(self, layer: LayerInfo, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, s)`` router scores of the batch-first ``tokens``."""
-        return self.routers[layer.position](tokens).squeeze(-1)
+        return self._slot(layer).router(tokens).squeeze(-1)
 
     def begin_forward(self, inputs: Mapping[str, object], keep) -> torch.Tensor | None:
         mask = inputs.get("attention_mask")
@@ -98,7 +125,7 @@ class MixtureOfDepths(Strategy):
         if valid is not None:  # padding runs the layer only where a sequence has fewer tokens than the capacity
             keys = keys.masked_fill(~valid, float("-inf"))
         indices = ops.keep_top(keys, capacity_length(self.capacity, tokens.shape[1]))
-        self.aux_losses[layer.position] = prediction_loss(logits, indices, valid)
+        self._slot(layer).aux_loss = prediction_loss(logits, indices, valid)
         return Weighted(indices, router_weight(logits, self.weight).gather(1, indices))
 
     def select_causal(self, layer: LayerInfo, tokens: torch.Tensor) -> Weighted:
@@ -161,7 +188,7 @@ class AuxLossHooks:
             self.handles.append(model.register_forward_hook(self.after))
 
     def before(self, model, args) -> None:
-        self.strategy.aux_losses = {}
+        self.strategy.clear_aux_losses()
 
     def after(self, model, args, output):
         if not (model.training and self.strategy.aux_losses):

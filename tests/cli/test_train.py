@@ -196,3 +196,15 @@ def test_arm_order_flags():
     assert "arm_order" not in explicit_options(parser.parse_args(["train"]))  # auto: the config's default
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--sequential", "--arm-order", "lockstep"])
+
+
+def test_quick_gpt_with_the_mod_arm(tmp_path, corpus, cache):
+    out = tmp_path / "mod"
+    assert train("--quick", "--steps", "3", "--data", str(corpus / "*.txt"), "--vocab-size", "300",
+                 "--arms", "baseline,random_ltd,mod", "--mod-capacity", "0.25", "--mod-aux-coef", "0.1",
+                 "--out", str(out), "--cache-dir", cache, *TINY) == 0
+    summary = read_summary(out)
+    assert list(summary["arms"]) == ["baseline", "random_ltd", "mod"]
+    assert summary["config"]["mod_capacity"] == 0.25 and summary["config"]["mod_aux_coef"] == 0.1
+    assert summary["arms"]["mod"]["layer_tokens"] < summary["arms"]["baseline"]["layer_tokens"]
+    assert "--mod-capacity 0.25" in (out / "report.md").read_text()

@@ -71,7 +71,12 @@ def _add_budget_flags(group) -> None:
 
 def _add_random_ltd_flags(group) -> None:
     group.add_argument("--arms", help="baseline, random_ltd or both (default), comma-separated; tread (opt-in): "
-                                      "one route keeping half the tokens through the --drop-layers span")
+                                      "one route keeping half the tokens through the --drop-layers span; mod "
+                                      "(opt-in): Mixture-of-Depths routing the --drop-layers")
+    group.add_argument("--mod-capacity", type=float,
+                       help="mod arm: fraction of each sequence a routed layer runs, in (0, 1] (default 0.5)")
+    group.add_argument("--mod-aux-coef", type=float,
+                       help="mod arm: weight of the routers' prediction loss in the training loss (default 0.01)")
     group.add_argument("--drop-layers",
                        help="layers that drop tokens: a slice ('1:-1', the default) or indices '1,2,3'")
     group.add_argument("--schedule",

@@ -13,7 +13,13 @@ import warnings
 
 import torch
 
-from random_ltd.accounting import flops_per_step, total_layer_tokens
+from random_ltd.accounting import (
+    capacity_length,
+    flops_per_step,
+    mod_flops_per_step,
+    mod_layer_tokens_per_step,
+    total_layer_tokens,
+)
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer_selection import parse_layer_selection
 from random_ltd.lr import LayerTokenLR, lr_factor
@@ -63,6 +69,8 @@ def plan_arms(config: TrainConfig, shape: ModelShape) -> dict[str, ArmPlan]:
             plans["tread"] = _tread_plan(config, shape, baseline)
         else:
             warnings.warn(tread.UNAVAILABLE, stacklevel=2)
+    if "mod" in config.arms:
+        plans["mod"] = _mod_plan(config, shape, baseline)
     return {arm: plans[arm] for arm in config.arms if arm in plans}
 
 
@@ -75,6 +83,17 @@ def _tread_plan(config: TrainConfig, shape: ModelShape, baseline: ArmPlan) -> Ar
     warmup_steps = baseline.warmup_steps
     return ArmPlan("tread", baseline.steps, schedule, drop_layers, config.lr_clock, layer_tokens, warmup_steps,
                    min(baseline.warmup_layer_tokens, layer_tokens))
+
+
+def _mod_plan(config: TrainConfig, shape: ModelShape, baseline: ArmPlan) -> ArmPlan:
+    """The baseline's steps, Mixture-of-Depths on ``--drop-layers`` at ``--mod-capacity``: a constant kept
+    length equal to what each routed layer runs, so that the driver counts MoD's layer-tokens."""
+    drop_layers = drop_layer_indices(config, shape.num_layers)
+    schedule = ConstantKeep(shape.seq_len, capacity_length(config.mod_capacity, shape.seq_len))
+    layer_tokens = baseline.steps * mod_layer_tokens_per_step(shape.seq_len, config.batch_size, shape.num_layers,
+                                                              list(drop_layers), config.mod_capacity)
+    return ArmPlan("mod", baseline.steps, schedule, drop_layers, config.lr_clock, layer_tokens,
+                   baseline.warmup_steps, min(baseline.warmup_layer_tokens, layer_tokens))
 
 
 def _random_ltd_plan(config: TrainConfig, shape: ModelShape, baseline: ArmPlan, full_step_tokens: int) -> ArmPlan:
@@ -114,5 +133,10 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, pla
 
 
 def step_flops(config: TrainConfig, shape: ModelShape, plan: ArmPlan, kept: int) -> int:
+    """One training step's FLOPs (``accounting``); the ``mod`` arm's include its routers."""
+    if plan.arm == "mod":
+        return mod_flops_per_step(shape.seq_len, config.batch_size, shape.num_layers, shape.hidden,
+                                  routed_layers=list(plan.drop_layers), capacity=config.mod_capacity,
+                                  ffn_dim=shape.ffn_hidden, vocab_size=shape.vocab_size)
     return flops_per_step(shape.seq_len, config.batch_size, shape.num_layers, shape.hidden, kept=kept,
                           drop_layers=list(plan.drop_layers), ffn_dim=shape.ffn_hidden, vocab_size=shape.vocab_size)

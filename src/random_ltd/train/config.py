@@ -17,8 +17,9 @@ from random_ltd.schedules import MSLG, ConstantKeep
 
 TASKS = ("gpt", "bert", "vit", "finetune", "dit")
 ARMS = ("baseline", "random_ltd")
-# opt-in arms (--arms): "tread" routes one kept half through the span of --drop-layers (train/tread.py)
-KNOWN_ARMS = ARMS + ("tread",)
+# opt-in arms (--arms): "tread" routes one kept half through the span of --drop-layers (train/tread.py);
+# "mod" routes the --drop-layers with Mixture-of-Depths at --mod-capacity (train/mod_arm.py)
+KNOWN_ARMS = ARMS + ("tread", "mod")
 MODEL_SIZES = ("tiny", "small", "base")
 SCHEDULES = ("mslg", "constant")
 LR_CLOCKS = ("layer_tokens", "steps")
@@ -64,6 +65,10 @@ class TrainConfig:
     full_at: float | None = None
     lr_clock: str = "layer_tokens"
     budget_ratio: float | None = None
+    # mod arm: the fraction of each sequence a routed layer runs (0.5: the layer-tokens of a constant
+    # random-LTD half), and the weight of the routers' prediction loss added to the training loss
+    mod_capacity: float = 0.5
+    mod_aux_coef: float = 0.01
     # optimisation
     lr: float | None = None
     lr_decay: str = "cosine"
@@ -131,6 +136,8 @@ class TrainConfig:
         _check_number("corpus_mb", self.corpus_mb, 0.0, math.inf, optional=True, open_low=True)
         _check_number("lr", self.lr, 0.0, math.inf, optional=True, open_low=True)
         _check_number("budget_ratio", self.budget_ratio, 0.0, math.inf, optional=True, open_low=True)
+        _check_number("mod_capacity", self.mod_capacity, 0.0, 1.0, open_low=True)
+        _check_number("mod_aux_coef", self.mod_aux_coef, 0.0, math.inf)
         if self.full_at is not None:
             _check_number("full_at", self.full_at, 0.0, math.inf, open_low=True)
             if self.full_at > 1 and self.full_at != int(self.full_at):
@@ -261,6 +268,9 @@ def _check_task_fields(config: TrainConfig) -> None:
             raise flag_error(name, f"does not apply to --task {config.task}")
     if config.task in ("vit", "dit") and config.data:
         raise flag_error("data", f"--task {config.task} trains on Fashion-MNIST; --data is for the text tasks")
+    if config.task == "dit" and "mod" in config.arms:  # the flow loss is computed outside the model's forward
+        raise flag_error("arms", "the mod arm needs a task whose model returns its loss (gpt, bert, vit, finetune): "
+                                 "--task dit computes its loss outside the model, where the routers' loss is not added")
     if config.task != "finetune" and (config.lora or config.lora_rank or config.lora_targets):
         raise flag_error("lora", "applies only to --task finetune (a pretrained model)")
     if not config.lora:

@@ -8,7 +8,7 @@ from pathlib import Path
 from random_ltd.train.config import TrainConfig
 from random_ltd.train.rundir import arm_dir
 
-COLOURS = {"baseline": "tab:blue", "random_ltd": "tab:orange", "tread": "tab:green"}
+COLOURS = {"baseline": "tab:blue", "random_ltd": "tab:orange", "tread": "tab:green", "mod": "tab:red"}
 # (metrics key, file name part, axis label)
 AXES = (("step", "steps", "steps"), ("layer_tokens", "layer_tokens", "layer-tokens"),
         ("wall_clock_s", "wall_clock", "wall-clock (s, training only)"))

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from random_ltd.driver import Driver
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.rng import derive_seed
-from random_ltd.train import checkpoint, data_parallel, memory, report, tread
+from random_ltd.train import checkpoint, data_parallel, memory, mod_arm, report, tread
 from random_ltd.train.arms import ArmPlan, make_lr_scheduler, plan_arms, step_flops
 from random_ltd.train.config import ConfigError, TrainConfig, resolve
 from random_ltd.train.methods import RANDOM_LTD, Method
@@ -215,8 +215,13 @@ def train_step(run: Run, arm: Arm) -> dict:
     counts.wall_clock_s += seconds
     counts.cpu_s += cpu_seconds
     counts.flops += step_flops(run.config, run.shape, arm.plan, kept) * ranks.world_size
-    return {"step": driver.step, "train_loss": train_loss, "lr": lr, "kept": kept, "layer_tokens": driver.layer_tokens,
-            "tokens": driver.tokens, "flops": counts.flops, "wall_clock_s": round(counts.wall_clock_s, 4)}
+    record = {"step": driver.step, "train_loss": train_loss, "lr": lr, "kept": kept,
+              "layer_tokens": driver.layer_tokens, "tokens": driver.tokens, "flops": counts.flops,
+              "wall_clock_s": round(counts.wall_clock_s, 4)}
+    aux_loss = getattr(output, "mod_aux_loss", None)  # the mod arm's router-prediction loss, inside train_loss
+    if aux_loss is not None:
+        record["mod/aux_loss"] = aux_loss.detach().item()
+    return record
 
 
 @contextlib.contextmanager
@@ -259,6 +264,8 @@ def open_arm(run: Run, plan: ArmPlan, seed: int, position: int = 0) -> Arm:
     bar = tqdm(total=plan.steps, initial=driver.step, desc=f"{plan.arm} (seed {seed})", unit="step", position=position,
                disable=not (run.config.progress and run.ranks.is_main), dynamic_ncols=True)
     val_batches = [to_device(batch, run.device) for batch in run.task.val_batches()]
+    if plan.arm == "mod":  # causal routing: one sequence per call
+        val_batches = mod_arm.single_sequences(val_batches)
     return Arm(plan, seed, folder, model, data_parallel.wrap(model, run.ranks), optimizer, driver, counts, rng, metrics,
                val_batches, bar)
 
@@ -270,13 +277,13 @@ def build_arm(config: TrainConfig, task: Task, shape: ModelShape, plan: ArmPlan,
     Every rank builds the same weights; each draws its own random-LTD indices (per-rank seed).
     The driver counts the global batch (all ranks) for the schedule, layer-tokens and LR.
     """
-    torch.manual_seed(seed)  # same seed -> same initial weights; the surgery adds no parameters
+    torch.manual_seed(seed)  # same seed -> same initial weights (the mod arm's routers are drawn after them)
     model = training_model(task.build_model()).to(device)
     ltd_seed = derive_seed(seed, 1)
     ltd_seed = rank_seed(ltd_seed, ranks.rank) if ranks.distributed else ltd_seed
-    method = tread.TREAD if plan.arm == "tread" else method
+    method = {"tread": tread.TREAD, "mod": mod_arm.MixtureOfDepthsArm(config)}.get(plan.arm, method)
     handle = method.prepare(model, task, plan.drop_layers, shape, ltd_seed) if plan.drops else None
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config)  # after the surgery: it sees the mod arm's routers
     driver = Driver(handle, plan.schedule, batch_size=config.batch_size * ranks.world_size, seq_len=shape.seq_len,
                     lr_scheduler=make_lr_scheduler(optimizer, config, plan), num_layers=shape.num_layers)
     # Every arm's stream starts from this state. Random-LTD's draws consume it too (they come from
