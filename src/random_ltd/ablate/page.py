@@ -39,8 +39,9 @@ statement about this scale, not a refutation.
 Times are CPU seconds per seed of the arm's process (one torch thread each), summed over its
 training steps, not wall-clock: arms train two at a time on a machine that other work shares,
 and wall-clock would compare the load each arm met rather than the arms. Each study states the
-load average its arms saw. `dit` was run on its own (`random-ltd ablate dit`, torch's default
-threads, as its scale line says): its CPU times compare its own arms only.
+load average its arms saw. `dit` was run on its own (`random-ltd ablate dit`) with torch's default
+threads (its scale line says how many): threads that wait on each other under a changing load
+inflate CPU time, so its CPU column does not compare its arms either.
 
 Every study: `random-ltd ablate all --jobs 2 --threads 1` (arms shared between studies are
 trained once; a study with fewer seeds takes the first seeds of a run with more; per-arm runs,
