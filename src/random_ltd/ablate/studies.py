@@ -1,7 +1,8 @@
 """The paper's claims as studies: arms to train and claims to judge.
 
 Section 4's headline results (GPT and BERT pretraining, ViT, finetuning a pretrained model) and
-Section 5's ablations. Every study starts from one base configuration of ``random-ltd train``
+Section 5's ablations; ``dit`` checks TREAD's (Krause et al. 2025) claims on a diffusion
+transformer. Every study starts from one base configuration of ``random-ltd train``
 and changes only what the paper's experiment changes; ``lr-small`` and ``budget-small`` rerun two
 ablations at a larger model size. The settings, the claims and each study's number of seeds were
 written down before any run; ``docs/results.md`` reports what came out.
