@@ -82,3 +82,13 @@ def test_fewer_seeds_are_taken_from_a_run_with_more(tmp_path, monkeypatch):
     assert runs.covering_count(arm, tmp_path, 1, 0, (1,)) is None
     monkeypatch.setattr(runs, "run_training", lambda *a, **k: pytest.fail("trained again"))
     assert runs.train(arm, tmp_path, seeds=1, device="cpu", counts=(1, 2)) == both[:1]
+
+
+def test_tread_arm_keeps_its_span_and_lr_clock_only():
+    plain = Arm.make("t", "tread", TINY)
+    assert "kept_start" not in dict(plain.settings) and "full_at" not in dict(plain.settings)
+    assert Arm.make("u", "tread", {**TINY, "kept_start": 4}).key(2, 0) == plain.key(2, 0)
+    assert Arm.make("v", "tread", {**TINY, "drop_layers": "1:2"}).key(2, 0) != plain.key(2, 0)
+    assert plain.key(2, 0) != Arm.make("b", "baseline", TINY).key(2, 0)
+    with pytest.raises(ValueError):
+        Arm.make("x", "tread", TINY, method="tokenbypass")

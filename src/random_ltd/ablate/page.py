@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from random_ltd.ablate import plots, verdict
-from random_ltd.ablate.studies import ABLATION_SEEDS, HEADLINE_SEEDS, STUDIES
+from random_ltd.ablate.studies import ABLATION_SEEDS, DIT_SEEDS, HEADLINE_SEEDS, STUDIES
 
 _BLOCK = re.compile(r"<!-- study: (?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /study: (?P=name) -->", re.DOTALL)
 _DATA = re.compile(r"<!-- data: (?P<json>.*?) -->")
@@ -31,15 +31,17 @@ a tolerance tol = {verdict.DEFAULT_TOLERANCE:.0%} of B's mean validation loss:
 
 These rules were fixed before any run, and no setting was changed after seeing a verdict. So was
 each study's number of seeds ({ABLATION_SEEDS} for Section 5's ablations, {HEADLINE_SEEDS} for Section 4's
-headline results and the small-model reruns): seeds are never added to a study until a verdict
-appears. The models are tiny (CPU, minutes) next to the paper's (GPT-3 350M-1.3B, BERT-large,
-GPT-2 350M), so a claim that does not reproduce here is a statement about this scale, not a
-refutation.
+headline results and the small-model reruns, {DIT_SEEDS} for the diffusion study `dit`): seeds are
+never added to a study until a verdict appears. The models are tiny (CPU, minutes) next to the
+paper's (GPT-3 350M-1.3B, BERT-large, GPT-2 350M), so a claim that does not reproduce here is a
+statement about this scale, not a refutation.
 
 Times are CPU seconds per seed of the arm's process (one torch thread each), summed over its
 training steps, not wall-clock: arms train two at a time on a machine that other work shares,
 and wall-clock would compare the load each arm met rather than the arms. Each study states the
-load average its arms saw.
+load average its arms saw. `dit` was run on its own (`random-ltd ablate dit`) with torch's default
+threads (its scale line says how many): threads that wait on each other under a changing load
+inflate CPU time, so its CPU column does not compare its arms either.
 
 Every study: `random-ltd ablate all --jobs 2 --threads 1` (arms shared between studies are
 trained once; a study with fewer seeds takes the first seeds of a run with more; per-arm runs,

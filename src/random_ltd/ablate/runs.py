@@ -33,12 +33,15 @@ ENGINES = ("program", "bare")
 # Fields that only shape the random-LTD arm: a baseline run ignores them, so they leave its key.
 RANDOM_LTD_FIELDS = ("drop_layers", "schedule", "kept_start", "kept_increment", "kept_every", "full_at",
                      "lr_clock", "budget_ratio")
+# The tread arm reads its span and LR clock only (its route keeps a fixed fraction: ``train/tread.py``).
+TREAD_FIELDS = ("drop_layers", "lr_clock")
+ARMS = ("baseline", "random_ltd", "tread")
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    """``label``: the name in tables; ``arm``: "baseline" or "random_ltd" (whose plan — steps,
-    schedule, layers, LR — it follows); ``settings``: ``TrainConfig`` fields; ``method``: ``None``
+    """``label``: the name in tables; ``arm``: one of ``ARMS`` (whose plan — steps, schedule,
+    layers, LR — it follows); ``settings``: ``TrainConfig`` fields; ``method``: ``None``
     for the arm's own (random-LTD for ``random_ltd``), else a ``METHODS`` name; ``engine``: one of
     ``ENGINES``."""
 
@@ -50,12 +53,13 @@ class Arm:
 
     @classmethod
     def make(cls, label: str, arm: str, settings: dict, method: str | None = None) -> Arm:
-        if arm not in ("baseline", "random_ltd"):
-            raise ValueError(f"arm must be baseline or random_ltd, got {arm!r}")
-        if method is not None and (method not in METHODS or arm == "baseline"):
+        if arm not in ARMS:
+            raise ValueError(f"arm must be one of {', '.join(ARMS)}, got {arm!r}")
+        if method is not None and (method not in METHODS or arm != "random_ltd"):
             raise ValueError(f"unknown method {method!r} for the {arm} arm")
-        if arm == "baseline":
-            settings = {k: v for k, v in settings.items() if k not in RANDOM_LTD_FIELDS}
+        if arm != "random_ltd":
+            kept = TREAD_FIELDS if arm == "tread" else ()
+            settings = {k: v for k, v in settings.items() if k not in RANDOM_LTD_FIELDS or k in kept}
         return cls(label, arm, tuple(sorted(settings.items())), method)
 
     def config(self, seeds: int, seed: int, device: str) -> TrainConfig:

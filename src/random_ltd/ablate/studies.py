@@ -1,7 +1,8 @@
 """The paper's claims as studies: arms to train and claims to judge.
 
 Section 4's headline results (GPT and BERT pretraining, ViT, finetuning a pretrained model) and
-Section 5's ablations. Every study starts from one base configuration of ``random-ltd train``
+Section 5's ablations; ``dit`` checks TREAD's (Krause et al. 2025) claims on a diffusion
+transformer. Every study starts from one base configuration of ``random-ltd train``
 and changes only what the paper's experiment changes; ``lr-small`` and ``budget-small`` rerun two
 ablations at a larger model size. The settings, the claims and each study's number of seeds were
 written down before any run; ``docs/results.md`` reports what came out.
@@ -15,8 +16,8 @@ from random_ltd.ablate.runs import Arm
 from random_ltd.accounting import kept_segments
 from random_ltd.layer_selection import parse_layer_selection
 from random_ltd.tokenbypass import bypass_range
-from random_ltd.train.arms import make_schedule
-from random_ltd.train.tasks import budget_steps, resolve_config
+from random_ltd.train.arms import make_schedule, plan_arms
+from random_ltd.train.tasks import budget_steps, make_task, resolve_config
 
 VIT_STEPS, FINETUNE_STEPS = 200, 40
 GPT = dict(task="gpt", model_size="tiny", layers=6, seq_len=128, batch_size=8, steps=300, vocab_size=1024,
@@ -35,6 +36,14 @@ FINETUNE = dict(task="finetune", layers=30, seq_len=64, batch_size=4, steps=FINE
                 eval_every=FINETUNE_STEPS // 5, eval_batches=4, kept_start=16, full_at=0.7)
 FINETUNE_QUICK = dict(task="finetune", quick=True, layers=4, seq_len=32, batch_size=2, steps=4, corpus_mb=0.3,
                       lr=1e-4, eval_every=2, eval_batches=1, kept_start=8, full_at=0.75)
+# The dit study (issue 23): a tiny DiT, patch 4 (49 image tokens), the dit task's --quick model
+# with twice its steps and evaluation, sized so 4 arms x 3 seeds run in about 12 minutes on 2 cores.
+DIT = dict(task="dit", model_size="tiny", patch_size=4, batch_size=16, steps=120, lr=2e-3, dropout=0.0,
+           eval_every=30, eval_batches=4, full_at=0.8)
+DIT_QUICK = dict(task="dit", quick=True, model_size="tiny", patch_size=7, batch_size=8, steps=6, lr=2e-3,
+                 dropout=0.0, eval_every=3, eval_batches=1, full_at=0.8)
+TREAD_STEP_FRACTION = 3 / 4  # "fewer steps": TREAD trains 3/4 of the baseline's steps
+DIT_SEEDS = 3
 SMALL_CORPUS_MB = {False: 0.04, True: 0.05}  # the dropout study: small enough that the baseline overfits
 DROPOUT = 0.1
 # Seeds per study, fixed before any run (a verdict must not decide how many seeds it gets):
@@ -249,6 +258,31 @@ def dropout(quick: bool):
     return arms, claims
 
 
+def tread_layer_token_ratio(settings: dict) -> float:
+    """The tread arm's layer-tokens as a fraction of the baseline's over the same steps."""
+    config = resolve_config(Arm.make("", "tread", settings).config(1, 0, "cpu"))
+    plans = plan_arms(dataclasses.replace(config, arms=("baseline", "tread")), make_task(config).shape())
+    return plans["tread"].layer_tokens / plans["baseline"].layer_tokens
+
+
+def dit(quick: bool):
+    """TREAD (one route keeping half the tokens through the span of layers 1..B-2) against the
+    baseline at fewer steps, and against random-LTD (MSLG) trained to TREAD's layer-tokens."""
+    settings = DIT_QUICK if quick else DIT
+    fewer = max(1, round(settings["steps"] * TREAD_STEP_FRACTION))
+    ratio = tread_layer_token_ratio(settings)
+    tread_fewer, tread_full = f"TREAD, {fewer} steps", f"TREAD, {settings['steps']} steps"
+    ltd = f"random-LTD (MSLG), TREAD's layer-tokens ({ratio:.0%} of the baseline's)"
+    arms = [baseline(settings), Arm.make(tread_fewer, "tread", {**settings, "steps": fewer}),
+            Arm.make(tread_full, "tread", settings), random_ltd(ltd, {**settings, "budget_ratio": ratio})]
+    claims = [Claim("TREAD", f"TREAD reaches the baseline's quality in fewer steps: after {fewer} of the "
+                             f"baseline's {settings['steps']} steps its validation loss is no worse", "no_worse",
+                    (tread_fewer,), ("baseline",)),
+              Claim("TREAD", "At equal layer-tokens, random-LTD (MSLG) reaches TREAD's validation loss", "no_worse",
+                    (ltd,), (tread_full,))]
+    return arms, claims
+
+
 SMALL_RERUN = "The same arms and claims as `{name}`, with the `small` GPT-2 (width 192 instead of 64)."
 
 STUDIES = {study.name: study for study in (
@@ -291,4 +325,11 @@ STUDIES = {study.name: study for study in (
     Study("dropout", "5.7", "Random-LTD and dropout",
           "GPT-2 on a small corpus trained for many epochs, so that the baseline overfits; each arm with and "
           f"without dropout {DROPOUT}. overfit_rise = final validation loss - its minimum during training.", dropout),
+    Study("dit", "TREAD", "Diffusion transformer: TREAD vs the baseline and random-LTD",
+          "Class-conditional DiT (diffusers, 4 layers, width 32) on Fashion-MNIST, rectified flow, patch 4: 49 "
+          "image tokens; validation loss = mean flow loss at noise levels 0.1..0.9 (fixed images and noise). "
+          "TREAD routes a uniform random half of each image's tokens past layers 1..2 (one span, drawn once per "
+          "forward); random-LTD (MSLG from half to full length at 80% of its steps, in layers 1..2) trains the "
+          "fewest steps that use TREAD's layer-tokens. Seeds and settings fixed before the run.", dit,
+          seeds=DIT_SEEDS),
 )}
