@@ -27,6 +27,7 @@ from random_ltd.integrations.torchtitan_parts import (  # noqa: F401
     ADAPTER,
     BLOCK_CLASS,
     KeptLengthStepper,
+    dropping_config_class,
     layer_token_lr_lambda,
     register,
 )
@@ -65,21 +66,8 @@ class RandomLTDConverter(ModelConfigConverter):
             raise RandomLTDError(f"{type(model_config).__name__} has no list of layer configs to drop tokens in")
         parse_layer_selection(self.config.layers, len(layers))  # validates against this model
         register()
-        return _dropping_config_class(type(model_config), self.config)(
+        return dropping_config_class(type(model_config), self.config)(
             **{f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config) if f.init})
-
-
-def _dropping_config_class(config_class: type, ltd: RandomLTDConverter.Config) -> type:
-    """A subclass of the model's config class whose ``build`` applies random-LTD to the built model."""
-
-    def build(self, **kwargs):
-        model = config_class.build(self, **kwargs)
-        register()
-        random_ltd.apply(model, ltd.layers, seed=ltd.seed)
-        return model
-
-    return type(f"RandomLTD{config_class.__name__}", (config_class,),
-                {"build": build, "random_ltd": ltd, "__qualname__": f"RandomLTD{config_class.__qualname__}"})
 
 
 def post_optimizer_build(optimizers: Any, model_parts: list, parallel_dims: Any, *, ltd: RandomLTDConverter.Config,

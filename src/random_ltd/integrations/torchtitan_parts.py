@@ -1,7 +1,8 @@
 """The torchtitan integration's pieces that need no torchtitan import: the adapter of its
 ``TransformerBlock`` (positions default to the token index; a flex ``BlockMask`` is rebuilt on the
-kept tokens), the per-step setter of the kept length, and the LayerToken LR as a ``step -> factor``
-function. ``random_ltd.integrations.torchtitan`` wires them into torchtitan's extension points.
+kept tokens), the model config class whose ``build`` applies random-LTD, the per-step setter of
+the kept length, and the LayerToken LR as a ``step -> factor`` function.
+``random_ltd.integrations.torchtitan`` wires them into torchtitan's extension points.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 
 from random_ltd.adapters import LayerAdapter, register_layer
-from random_ltd.api import parse_layer_selection
+from random_ltd.api import apply, parse_layer_selection
 from random_ltd.attention.flex import gather_block_mask, is_block_mask
 from random_ltd.errors import RandomLTDError
 from random_ltd.lr import lr_factor
@@ -41,6 +42,20 @@ ADAPTER = LayerAdapter(name="torchtitan", hidden="x", positions=("positions",), 
 def register() -> None:
     """Register torchtitan's ``TransformerBlock`` (and its subclasses) for random-LTD; done on use."""
     register_layer(BLOCK_CLASS, ADAPTER)
+
+
+def dropping_config_class(config_class: type, ltd: Any) -> type:
+    """A subclass of the model's config class whose ``build`` applies random-LTD to the built model
+    (``ltd``: the converter's config, its ``layers`` and ``seed``)."""
+
+    def build(self, **kwargs):
+        model = config_class.build(self, **kwargs)
+        register()
+        apply(model, ltd.layers, seed=ltd.seed)
+        return model
+
+    return type(f"RandomLTD{config_class.__name__}", (config_class,),
+                {"build": build, "random_ltd": ltd, "__qualname__": f"RandomLTD{config_class.__qualname__}"})
 
 
 class KeptLengthStepper:
