@@ -3,8 +3,10 @@ once, and the clock that opens an optimizer step at its first micro-batch and cl
 engine's step counter has moved on."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import torch
 
 from random_ltd.api import RandomLTDHandle, apply, get_handle
 from random_ltd.driver import Driver
@@ -62,3 +64,23 @@ class StepClock:
         self.driver.after_step(batch_size)
         self.open_step = None
         return True
+
+
+def engine_metrics(driver: Driver | None) -> dict[str, float]:
+    """The driver's metrics for an engine's log: all but ``random_ltd/step`` (the engine logs its own step)."""
+    values = {} if driver is None else driver.metrics()
+    values.pop("random_ltd/step", None)
+    return values
+
+
+def batch_rows(batch: Any, default: int | None = None) -> int:
+    """Sequences in a micro-batch: the first dimension of its first tensor (else ``default``)."""
+    values = [batch] if isinstance(batch, torch.Tensor) else batch.values() if isinstance(batch, Mapping) \
+        else batch if isinstance(batch, (list, tuple)) else []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value.shape[0]
+    if default is not None:
+        return default
+    raise ConfigError("batch_size", f"cannot read the batch size from a {type(batch).__name__}: "
+                      "pass RandomLTDCallback(batch_size=...)")

@@ -30,8 +30,9 @@ import torch.nn as nn
 
 from random_ltd.api import RandomLTDHandle, find_layer_stack, get_handle
 from random_ltd.errors import RandomLTDError
-from random_ltd.integrations.common import check_seed
+from random_ltd.integrations.common import check_seed, ensure_applied
 from random_ltd.layer import is_wrapped, layer_state, unwrap_layer, wrap_layer
+from random_ltd.layer_selection import LayerSelection
 from random_ltd.rng import derive_seed
 
 
@@ -88,6 +89,18 @@ def load_rank_state(driver: Any, state: dict) -> None:
     driver.load_state_dict(state)
     if seeded:
         handle.load_state_dict({**state["handle"], "seed": own_seed})
+
+
+def apply_on_rank(model: Any, layers: LayerSelection, *, base_seed: int, rank: int, stack: str | None = None,
+                  keep_prefix_tokens: bool = False) -> RandomLTDHandle:
+    """``ensure_applied`` with this rank's own seed, ``rank_seed(base_seed, rank)``."""
+    return ensure_applied(model, layers, seed=rank_seed(base_seed, rank), stack=stack,
+                          keep_prefix_tokens=keep_prefix_tokens)
+
+
+def resume_rank_state(driver: Any, saved: dict) -> None:
+    """``load_rank_state`` of a checkpointed driver state, keeping the schedule given today over the saved one."""
+    load_rank_state(driver, {**saved, "schedule": driver.schedule.state_dict()})
 
 
 def check_kept_lengths_agree(handle: RandomLTDHandle, group: Any = None) -> int | None:

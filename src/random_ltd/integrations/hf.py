@@ -20,8 +20,8 @@ from transformers.trainer_callback import ExportableState
 
 from random_ltd.driver import Driver
 from random_ltd.errors import ConfigError, RandomLTDError
-from random_ltd.integrations.common import check_seed, ensure_applied
-from random_ltd.integrations.distributed import load_rank_state, rank_seed
+from random_ltd.integrations.common import check_seed, engine_metrics
+from random_ltd.integrations.distributed import apply_on_rank, resume_rank_state
 from random_ltd.layer_selection import LayerSelection
 from random_ltd.lr import LayerTokenLR, check_layer_token_lr
 from random_ltd.run import Run, check_schedule
@@ -79,17 +79,15 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
 
     def build_run(self, model: Any, args: Any, max_steps: int) -> Run:
         """The run's numbers from the Trainer's, applying random-LTD to ``model`` first if needed."""
-        seed = rank_seed(self.seed if self.seed is not None else args.seed, args.process_index)
-        self.handle = handle = ensure_applied(model, self.layers, seed=seed, stack=self.stack,
-                                              keep_prefix_tokens=self.keep_prefix_tokens)
+        base_seed = self.seed if self.seed is not None else args.seed
+        self.handle = handle = apply_on_rank(model, self.layers, base_seed=base_seed, rank=args.process_index,
+                                             stack=self.stack, keep_prefix_tokens=self.keep_prefix_tokens)
         return Run.build(self.schedule, batch_size=args.train_batch_size * args.gradient_accumulation_steps
                          * args.world_size, num_layers=handle.num_layers, drop_layers=handle.drop_layers,
                          total_steps=max_steps)
 
     def metrics(self) -> dict[str, float]:
-        values = {} if self.driver is None else self.driver.metrics()
-        values.pop("random_ltd/step", None)  # the Trainer logs its step
-        return values
+        return engine_metrics(self.driver)
 
     def add_metrics(self, logs: dict) -> None:
         if is_training_log(logs):
@@ -117,7 +115,7 @@ class RandomLTDCallback(TrainerCallback, ExportableState):
                           "from the schedule; the index stream restarts", stacklevel=2)
             self.driver.restart_at(state.global_step)
         else:  # the schedule given today wins over the saved one
-            load_rank_state(self.driver, {**saved, "schedule": self.driver.schedule.state_dict()})
+            resume_rank_state(self.driver, saved)
 
     def _driver(self) -> Driver:
         if self.driver is None:

@@ -19,8 +19,8 @@ import torch
 
 from random_ltd.driver import Driver, restore_rng, rng_state
 from random_ltd.errors import ConfigError
-from random_ltd.integrations.common import StepClock, check_seed, ensure_applied
-from random_ltd.integrations.distributed import load_rank_state, rank_seed
+from random_ltd.integrations.common import StepClock, batch_rows, check_seed, engine_metrics
+from random_ltd.integrations.distributed import apply_on_rank, resume_rank_state
 from random_ltd.layer_selection import LayerSelection
 from random_ltd.lr import LayerTokenLR, check_layer_token_lr
 from random_ltd.run import Run, check_schedule
@@ -50,10 +50,9 @@ class RandomLTDCallback(pl.Callback):
         if not isinstance(model, torch.nn.Module):
             raise ConfigError("model_attr", f"{type(pl_module).__name__}.{self.model_attr} is not a torch module; "
                               "pass model_attr=None to apply random-LTD to the LightningModule itself")
-        seed = rank_seed(self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0)),
-                         trainer.global_rank)
-        self.handle = ensure_applied(model, self.layers, seed=seed, stack=self.stack,
-                                     keep_prefix_tokens=self.keep_prefix_tokens)
+        base_seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self.handle = apply_on_rank(model, self.layers, base_seed=base_seed, rank=trainer.global_rank,
+                                    stack=self.stack, keep_prefix_tokens=self.keep_prefix_tokens)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._saved and self._saved.get("rng") is not None:  # before the dataloader's iterator draws from it
@@ -70,7 +69,7 @@ class RandomLTDCallback(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
         if self.clock is None or not self.clock.after_micro_batch(self._window_rows * trainer.world_size):
             return  # accumulating: the optimizer has not stepped yet
-        values = {name: float(value) for name, value in self.driver.metrics().items() if name != "random_ltd/step"}
+        values = {name: float(value) for name, value in engine_metrics(self.driver).items()}
         pl_module.log_dict(values, on_step=True, on_epoch=False, prog_bar=False, logger=True, rank_zero_only=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -95,7 +94,7 @@ class RandomLTDCallback(pl.Callback):
                              lr_scheduler=lr)
         self.clock = StepClock(self.driver, lambda: trainer.global_step)
         if self._saved:
-            load_rank_state(self.driver, {**self._saved["driver"], "schedule": run.schedule.state_dict()})
+            resume_rank_state(self.driver, self._saved["driver"])
             self._saved = None
             for group, last_lr in zip(lr.optimizer.param_groups, lr.get_last_lr(), strict=True) if lr else ():
                 group["lr"] = last_lr  # the optimizer was restored with the LR of the step before the save
@@ -109,15 +108,3 @@ def _single_optimizer(trainer: pl.Trainer) -> torch.optim.Optimizer:
         raise ConfigError("layer_token_lr", f"needs exactly one optimizer, the module has {len(trainer.optimizers)}")
     return trainer.optimizers[0]
 
-
-def batch_rows(batch: Any, default: int | None = None) -> int:
-    """Sequences in a micro-batch: the first dimension of its first tensor (else ``default``)."""
-    values = [batch] if isinstance(batch, torch.Tensor) else batch.values() if isinstance(batch, Mapping) \
-        else batch if isinstance(batch, (list, tuple)) else []
-    for value in values:
-        if isinstance(value, torch.Tensor):
-            return value.shape[0]
-    if default is not None:
-        return default
-    raise ConfigError("batch_size", f"cannot read the batch size from a {type(batch).__name__}: "
-                      "pass RandomLTDCallback(batch_size=...)")
