@@ -225,3 +225,12 @@ def test_rng_state_round_trips():
     first = torch.rand(3)
     random_ltd.driver.restore_rng(saved)
     assert torch.equal(torch.rand(3), first)
+
+
+def test_rng_state_round_trip_replays_dropout():
+    from random_ltd.driver import restore_rng, rng_state
+
+    state = rng_state()
+    first = torch.nn.functional.dropout(torch.ones(100), 0.5)
+    restore_rng(state)
+    assert torch.equal(torch.nn.functional.dropout(torch.ones(100), 0.5), first)

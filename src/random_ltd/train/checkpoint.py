@@ -54,19 +54,6 @@ def load(path: Path) -> dict[str, Any] | None:
     return state
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def truncate(path: Path, size: int) -> None:
     """Cut ``metrics.jsonl`` back to what the checkpoint covered (lines of lost steps go)."""
     if path.exists() and path.stat().st_size > size:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from random_ltd.driver import Driver
+from random_ltd.driver import Driver, restore_rng, rng_state
 from random_ltd.integrations.distributed import load_rank_state, rank_seed
 from random_ltd.rng import derive_seed
 from random_ltd.train import checkpoint, data_parallel, memory, mod_arm, report, tread
@@ -228,11 +228,11 @@ def train_step(run: Run, arm: Arm) -> dict:
 def own_rng(arm: Arm) -> Iterator[None]:
     """Run with ``arm``'s torch RNG state and keep what it leaves: stepped in lockstep, the arms'
     draws (dropout, random-LTD's indices) never interleave, so each computes what it would alone."""
-    checkpoint.restore_rng(arm.rng)
+    restore_rng(arm.rng)
     try:
         yield
     finally:
-        arm.rng = checkpoint.rng_state()
+        arm.rng = rng_state()
 
 
 def evaluate(run: Run, arm: Arm) -> dict:
@@ -252,7 +252,7 @@ def open_arm(run: Run, plan: ArmPlan, seed: int, position: int = 0) -> Arm:
     folder.mkdir(parents=True, exist_ok=True)
     model, optimizer, driver = build_arm(run.config, run.task, run.shape, plan, seed, run.device, run.ranks,
                                          run.method)
-    counts, rng = Counts(load_average_start=load_average()), checkpoint.rng_state()
+    counts, rng = Counts(load_average_start=load_average()), rng_state()
     saved = checkpoint.load(folder / checkpoint.FILENAME)
     if saved is not None:
         model.load_state_dict(saved["model"])
