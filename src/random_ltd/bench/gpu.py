@@ -24,7 +24,7 @@ import torch.nn as nn
 import random_ltd
 from random_ltd.bench import sections
 from random_ltd.bench.memory import measure_step
-from random_ltd.bench.stack import autocast
+from random_ltd.bench.stack import StackBench, autocast
 from random_ltd.bench.timing import interleaved, synchronize
 
 DROP_LAYERS = "1:-1"
@@ -157,12 +157,7 @@ class RealStackBench:
     def ideal(self, keep: int) -> None:
         self._step(None, lambda: self.stack.ideal(self.inputs, keep))
 
-    def variants(self, keeps: list[int]) -> dict[str, Callable[[], None]]:
-        steps: dict[str, Callable[[], None]] = {"full": self.full}
-        for keep in keeps:
-            steps[f"ltd@{keep}"] = lambda keep=keep: self.random_ltd(keep)
-            steps[f"ideal@{keep}"] = lambda keep=keep: self.ideal(keep)
-        return steps
+    variants = StackBench.variants  # the same full / ltd@k / ideal@k steps as the CPU bench
 
 
 def measure(bench: RealStackBench, keeps: list[int], repeats: int, warmup: int,
