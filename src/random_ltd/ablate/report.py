@@ -7,8 +7,8 @@ from pathlib import Path
 from random_ltd.ablate import verdict
 from random_ltd.ablate.studies import Claim, Study
 
-METRICS = ("final_val_loss", "final_val_accuracy", "overfit_rise", "layer_tokens", "wall_clock_s", "cpu_s")
-_RECORDED = ("final_val_loss", "final_val_accuracy", "layer_tokens", "wall_clock_s", "cpu_s")
+METRICS = ("final_val_loss", "final_val_accuracy", "overfit_rise", "layer_tokens", "flops", "wall_clock_s", "cpu_s")
+_RECORDED = ("final_val_loss", "final_val_accuracy", "layer_tokens", "flops", "wall_clock_s", "cpu_s")
 
 
 def overfit_rise(result: dict) -> float:
@@ -46,10 +46,11 @@ def load_range(runs: list[dict]) -> list[float]:
 
 
 def mean_curve(runs: list[dict]) -> list[list[float]]:
-    """Validation curve averaged over seeds (``[step, layer_tokens, val_loss]``) at the common steps."""
+    """Validation curve averaged over seeds (``[step, layer_tokens, val_loss, flops]``, ``runs.with_curve``)
+    at the common steps."""
     length = min(len(r["curve"]) for r in runs)
-    return [[runs[0]["curve"][i][0], sum(r["curve"][i][1] for r in runs) / len(runs),
-             sum(r["curve"][i][2] for r in runs) / len(runs)] for i in range(length)]
+    return [[runs[0]["curve"][i][0], *(sum(r["curve"][i][k] for r in runs) / len(runs) for k in (1, 2, 3))]
+            for i in range(length)]
 
 
 def judge_claim(claim: Claim, arms: dict[str, dict], tolerance: float = verdict.DEFAULT_TOLERANCE) -> dict:
@@ -80,25 +81,35 @@ CPU_NOTE = ("CPU time: process CPU seconds per seed of one single-threaded proce
             "steps (every method trains on the same loop). The ratio is to the first arm's.")
 
 
-def arms_table(arms: dict[str, dict]) -> str:
+def arms_table(arms: dict[str, dict], flops: bool = False) -> str:
     """One row per arm. The time shown is CPU time (see ``CPU_NOTE``), not wall-clock: parallel arms
-    run under different load, and wall-clock would compare the load rather than the arms."""
+    run under different load, and wall-clock would compare the load rather than the arms. ``flops``:
+    a column of training FLOPs (the estimate ``random-ltd train`` counts) and their ratio to the baseline's."""
     reference = next((arm for label, arm in arms.items() if label.startswith(("baseline", "plain"))), None)
     first = next(iter(arms.values()))
     accuracy = all("final_val_accuracy_mean" in arm for arm in arms.values())
-    lines = ["| arm | steps | layer-tokens | saving | val loss (mean ± std) | val perplexity | "
+    lines = ["| arm | steps | layer-tokens | saving | " + ("training FLOPs | FLOPs vs baseline | " if flops else "")
+             + "val loss (mean ± std) | val perplexity | "
              + ("val accuracy (mean ± std) | " if accuracy else "") + "overfit rise | CPU s/seed | CPU vs first |",
-             "|---|---:|---:|---:|---:|---:|" + ("---:|" if accuracy else "") + "---:|---:|---:|"]
+             "|---|---:|---:|---:|" + ("---:|---:|" if flops else "") + "---:|---:|" + ("---:|" if accuracy else "")
+             + "---:|---:|---:|"]
     for label, arm in arms.items():
         saving = "—" if reference is None else \
             f"{100 * (1 - arm['layer_tokens_mean'] / reference['layer_tokens_mean']):.1f}%"
         score = f"{fmt(arm['final_val_accuracy_mean'], arm['final_val_accuracy_std'])} | " if accuracy else ""
-        lines.append(f"| {label} | {arm['steps']} | {arm['layer_tokens_mean']:.4g} | {saving} | "
+        cost = f"{arm['flops_mean']:.4g} | {flops_ratio(arm, reference)} | " if flops else ""
+        lines.append(f"| {label} | {arm['steps']} | {arm['layer_tokens_mean']:.4g} | {saving} | {cost}"
                      f"{fmt(arm['final_val_loss_mean'], arm['final_val_loss_std'])} | "
                      f"{math.exp(min(arm['final_val_loss_mean'], 50)):.2f} | {score}"
                      f"{fmt(arm['overfit_rise_mean'], arm['overfit_rise_std'])} | {cpu_cell(arm)} | "
                      f"{cpu_ratio(arm, first)} |")
     return "\n".join(lines)
+
+
+def flops_ratio(arm: dict, reference: dict | None) -> str:
+    if reference is None or not reference.get("flops_mean"):
+        return "—"
+    return f"{arm['flops_mean'] / reference['flops_mean']:.3f}"
 
 
 def cpu_cell(arm: dict) -> str:
@@ -130,23 +141,26 @@ def study_markdown(study: Study, arms: dict[str, dict], judged: list[dict], comm
     return "\n".join([
         f"## {study.section} {study.title} (`{study.name}`)", "",
         study.setup, "", context, "", "```bash", command, "```", "",
-        arms_table(arms), "", CPU_NOTE, "", claims_table(judged), "",
+        arms_table(arms, flops=study.budget == "flops"), "", CPU_NOTE, "", claims_table(judged), "",
     ])
 
 
 def plot(path: Path, study: Study, arms: dict[str, dict]) -> None:
-    """Left: mean validation curves against layer-tokens; right: final loss per arm (mean ± std)."""
+    """Left: mean validation curves against the study's budget (layer-tokens, or training FLOPs);
+    right: final loss per arm (mean ± std)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.8))
+    by_flops = study.budget == "flops"
     for number, (label, arm) in enumerate(arms.items()):
         points = arm["curve_mean"]
-        curves.plot([p[1] for p in points], [p[2] for p in points], label=label, linewidth=1.2,
+        curves.plot([p[3 if by_flops else 1] for p in points], [p[2] for p in points], label=label, linewidth=1.2,
                     color=plt.cm.tab20(number % 20), linestyle="-" if number < 10 else "--")
-    curves.set(xlabel="layer-tokens", ylabel="validation loss (mean over seeds)", title=study.title)
+    curves.set(xlabel="training FLOPs (estimate)" if by_flops else "layer-tokens",
+               ylabel="validation loss (mean over seeds)", title=study.title)
     curves.legend(fontsize=7)
     labels = list(arms)
     bars.bar(range(len(labels)), [arms[k]["final_val_loss_mean"] for k in labels],

@@ -30,12 +30,18 @@ from random_ltd.train.rundir import arm_dir, pick_device
 from random_ltd.train.tasks import Task, make_task, resolve_config
 
 ENGINES = ("program", "bare")
-# Fields that only shape the random-LTD arm: a baseline run ignores them, so they leave its key.
+# Fields that only shape the dropping arms: an arm that does not read one drops it from its
+# settings, so it leaves the arm's key (the baseline of every study is one run).
 RANDOM_LTD_FIELDS = ("drop_layers", "schedule", "kept_start", "kept_increment", "kept_every", "full_at",
                      "lr_clock", "budget_ratio")
-# The tread arm reads its span and LR clock only (its route keeps a fixed fraction: ``train/tread.py``).
-TREAD_FIELDS = ("drop_layers", "lr_clock")
-ARMS = ("baseline", "random_ltd", "tread")
+MOD_ONLY_FIELDS = ("mod_capacity", "mod_aux_coef")
+ARM_FIELDS = {
+    "baseline": (),
+    "random_ltd": RANDOM_LTD_FIELDS,
+    "tread": ("drop_layers", "lr_clock"),  # its route keeps a fixed fraction (``train/tread.py``)
+    "mod": ("drop_layers", "lr_clock") + MOD_ONLY_FIELDS,  # a fixed capacity (``train/mod_arm.py``)
+}
+ARMS = tuple(ARM_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +63,8 @@ class Arm:
             raise ValueError(f"arm must be one of {', '.join(ARMS)}, got {arm!r}")
         if method is not None and (method not in METHODS or arm != "random_ltd"):
             raise ValueError(f"unknown method {method!r} for the {arm} arm")
-        if arm != "random_ltd":
-            kept = TREAD_FIELDS if arm == "tread" else ()
-            settings = {k: v for k, v in settings.items() if k not in RANDOM_LTD_FIELDS or k in kept}
+        unread = set(RANDOM_LTD_FIELDS + MOD_ONLY_FIELDS) - set(ARM_FIELDS[arm])
+        settings = {k: v for k, v in settings.items() if k not in unread}
         return cls(label, arm, tuple(sorted(settings.items())), method)
 
     def config(self, seeds: int, seed: int, device: str) -> TrainConfig:
@@ -139,18 +144,18 @@ def with_train_arm(arm: Arm, config: TrainConfig, folder: Path) -> list[dict]:
 
 
 def with_curve(result: dict, folder: Path, arm: str) -> dict:
-    """A seed's result with its validation curve (``[step, layer_tokens, val_loss]`` per evaluation)."""
+    """A seed's result with its validation curve (``[step, layer_tokens, val_loss, flops]`` per evaluation)."""
     curve = []
     for line in (arm_dir(folder, arm, result["seed"]) / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         if "val_loss" in record:
-            curve.append([record["step"], record.get("layer_tokens", 0), record["val_loss"]])
+            curve.append([record["step"], record.get("layer_tokens", 0), record["val_loss"], record.get("flops", 0)])
     return {**result, "curve": curve}
 
 
 _PREPARED: dict[str, Task] = {}
 # Fields a task never reads (they steer the optimizer, the budget, random-LTD and the run).
-_NOT_DATA = RANDOM_LTD_FIELDS + ("arms", "seed", "seeds", "out", "progress", "device", "eval_every",
+_NOT_DATA = RANDOM_LTD_FIELDS + MOD_ONLY_FIELDS + ("arms", "seed", "seeds", "out", "progress", "device", "eval_every",
                                   "checkpoint_every", "steps", "tokens", "lr", "lr_decay", "warmup",
                                   "min_lr_ratio", "weight_decay", "grad_clip")
 

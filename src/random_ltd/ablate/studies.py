@@ -2,8 +2,9 @@
 
 Section 4's headline results (GPT and BERT pretraining, ViT, finetuning a pretrained model) and
 Section 5's ablations; ``dit`` checks TREAD's (Krause et al. 2025) claims on a diffusion
-transformer. Every study starts from one base configuration of ``random-ltd train``
-and changes only what the paper's experiment changes; ``lr-small`` and ``budget-small`` rerun two
+transformer, ``mod`` Mixture-of-Depths (Raposo et al. 2024) against random-LTD at equal FLOPs.
+Every study starts from one base configuration of ``random-ltd train`` and changes only what the
+paper's experiment changes; ``lr-small`` and ``budget-small`` rerun two
 ablations at a larger model size. The settings, the claims and each study's number of seeds were
 written down before any run; ``docs/results.md`` reports what came out.
 """
@@ -12,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from random_ltd.ablate.runs import Arm
+from random_ltd.ablate.runs import Arm, prepared_task
 from random_ltd.accounting import kept_segments
 from random_ltd.layer_selection import parse_layer_selection
+from random_ltd.schedules import ConstantKeep
+from random_ltd.search import first_true
 from random_ltd.tokenbypass import bypass_range
-from random_ltd.train.arms import make_schedule, plan_arms
+from random_ltd.train.arms import make_schedule, plan_arms, step_flops
 from random_ltd.train.tasks import budget_steps, make_task, resolve_config
 
 VIT_STEPS, FINETUNE_STEPS = 200, 40
@@ -44,6 +47,10 @@ DIT_QUICK = dict(task="dit", quick=True, model_size="tiny", patch_size=7, batch_
                  dropout=0.0, eval_every=3, eval_batches=1, full_at=0.8)
 TREAD_STEP_FRACTION = 3 / 4  # "fewer steps": TREAD trains 3/4 of the baseline's steps
 DIT_SEEDS = 3
+# The mod study (issue 24): the MoD paper's best setting (12.5% capacity, every other block) and MoD
+# in random-LTD's own layers at half capacity, each trained for the most steps within the baseline's FLOPs.
+MOD_SPARSE = dict(mod_capacity=0.125, drop_layers="1:5:2")  # layers 1 and 3 of 6
+MOD_HALF = dict(mod_capacity=0.5, drop_layers="1:-1")
 SMALL_CORPUS_MB = {False: 0.04, True: 0.05}  # the dropout study: small enough that the baseline overfits
 DROPOUT = 0.1
 # Seeds per study, fixed before any run (a verdict must not decide how many seeds it gets):
@@ -83,6 +90,7 @@ class Study:
     build: Callable[[bool], tuple[list[Arm], list[Claim]]]
     seeds: int = ABLATION_SEEDS
     rerun_of: str | None = None  # the study this one repeats at another model size
+    budget: str = "layer_tokens"  # what its arms are matched on: "layer_tokens" or "flops" (tables, plots)
 
     def seeds_for(self, quick: bool) -> int:
         return QUICK_SEEDS if quick else self.seeds
@@ -283,6 +291,54 @@ def dit(quick: bool):
     return arms, claims
 
 
+def training_flops(arm: Arm) -> int:
+    """``arm``'s training FLOPs over all its steps, the estimate ``random-ltd train`` counts step by step
+    (the vocabulary, in the output layer's cost, is the tokenizer's: the task's data is prepared)."""
+    config = resolve_config(arm.config(1, 0, "cpu"))
+    shape = prepared_task(config).shape()
+    plan = plan_arms(config, shape)[arm.arm]
+    schedule = plan.schedule or ConstantKeep(shape.seq_len, shape.seq_len)
+    return sum(count * step_flops(config, shape, plan, kept) for _, kept, count in kept_segments(schedule, plan.steps))
+
+
+def steps_within_flops(kind: str, settings: dict, budget: int) -> int:
+    """The most steps of a ``kind`` arm whose training FLOPs stay within ``budget`` (a schedule is
+    stretched to each candidate length, as it would be in training)."""
+    def over_budget(steps: int) -> bool:
+        return training_flops(Arm.make("", kind, {**settings, "steps": steps})) > budget
+
+    most = 4 * settings["steps"]  # every arm here saves well under 3/4 of the baseline's FLOPs
+    if not over_budget(most):
+        raise ValueError(f"a {kind} arm within {budget:.3g} FLOPs would train more than {most} steps")
+    return max(1, first_true(over_budget, 1, most) - 1)
+
+
+def mod(quick: bool):
+    """Mixture-of-Depths (two settings) and random-LTD (MSLG), each for the most steps within the
+    baseline's training FLOPs; claims fixed before any run."""
+    settings = base(quick)
+    budget = training_flops(baseline(settings))
+    ltd_settings = {**settings, "steps": steps_within_flops("random_ltd", settings, budget)}
+    sparse = {**settings, **MOD_SPARSE}
+    half = {**settings, **MOD_HALF}
+    sparse = {**sparse, "steps": steps_within_flops("mod", sparse, budget)}
+    half = {**half, "steps": steps_within_flops("mod", half, budget)}
+    ltd_label, sparse_label, half_label = ("random-LTD (MSLG), layers 1-4", "MoD 12.5%, layers 1 and 3",
+                                           "MoD 50%, layers 1-4")
+    arms = [baseline(settings), random_ltd(ltd_label, ltd_settings), Arm.make(sparse_label, "mod", sparse),
+            Arm.make(half_label, "mod", half)]
+    equal = "at the baseline's training FLOPs"
+    claims = [Claim("MoD", f"MoD in the paper's setting (12.5% capacity, every other layer) {equal} reaches the "
+                           "baseline's validation loss (isoFLOP)", "no_worse", (sparse_label,), ("baseline",)),
+              Claim("MoD", f"MoD at half capacity in random-LTD's layers {equal} reaches the baseline's validation "
+                           "loss", "no_worse", (half_label,), ("baseline",)),
+              Claim("MoD", f"Random-LTD (MSLG) {equal} reaches the baseline's validation loss", "no_worse",
+                    (ltd_label,), ("baseline",)),
+              Claim("MoD", "At equal training FLOPs, MoD's learned routing (paper's setting) beats random-LTD's "
+                           "random routing", "better", (sparse_label,), (ltd_label,))]
+    return arms, claims
+
+
 SMALL_RERUN = "The same arms and claims as `{name}`, with the `small` GPT-2 (width 192 instead of 64)."
 
 STUDIES = {study.name: study for study in (
@@ -332,4 +388,13 @@ STUDIES = {study.name: study for study in (
           "forward); random-LTD (MSLG from half to full length at 80% of its steps, in layers 1..2) trains the "
           "fewest steps that use TREAD's layer-tokens. Seeds and settings fixed before the run.", dit,
           seeds=DIT_SEEDS),
+    Study("mod", "MoD", "Mixture-of-Depths vs random-LTD at equal training FLOPs",
+          "GPT-2 causal LM (the `gpt` study's model and data). Every arm trains for the most steps whose training "
+          "FLOPs (the estimate `random-ltd train` counts, MoD's routers included) stay within the baseline's at "
+          "300 steps: random-LTD with MSLG in layers 1..4; Mixture-of-Depths (learned expert-choice top-k routers, "
+          "router-prediction loss 0.01) at 12.5% capacity in every other layer (1 and 3, the MoD paper's best "
+          "setting) and at 50% in layers 1..4. Each arm is validated as it would run at inference: random-LTD at "
+          "full length, MoD routing causally (a token runs a routed layer when its router logit is positive, one "
+          "sequence at a time). Seeds and settings fixed before the run.", mod, seeds=HEADLINE_SEEDS,
+          budget="flops"),
 )}
