@@ -12,7 +12,9 @@ flash attention's varlen metadata. Flash cannot run on the CPU, so that path run
 attention-implementation lookup (random-LTD's, not transformers') is made to answer "flash_attention_2"
 (``sync_audit.pretend_flash``): every dropping layer then computes the kept tokens' varlen boundaries
 exactly as under flash, and sdpa ignores them; a hook checks that they reach the attention. On CUDA the
-same audit runs on the device (``scripts/gpu-check``), flex with its backward.
+same audit runs on the device (``scripts/gpu-check``), flex with its backward. Mixture-of-Depths'
+training step (learned top-k, weighted rejoin, router-prediction loss) is held to the same rule; its
+causal inference path reads the routed count on the host by design (``mod.select_causal``).
 """
 from __future__ import annotations
 
@@ -214,3 +216,20 @@ def test_a_backward_sync_is_attributed_by_its_forward_with_forward_traces(monkey
         _, handle, audit = _gpt2_step(forward_traces=traced)
         backward = [r for r in audit.select("sync", "random_ltd", in_layer=True) if r.backward]
         assert len(backward) == (len(handle.layers) if traced else 0), audit.describe(None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["gpt2-sdpa", "llama-sdpa-pad", "gpt2-eager-pad", "bert-sdpa-pad", "vit-sdpa"])
+def test_mixture_of_depths_routing_does_not_sync_in_routed_layers(name, device, monkeypatch):
+    """Mixture-of-Depths' top-k, weighting and router-prediction loss: the training step as random-LTD's."""
+    from random_ltd import mod
+
+    case = CASES[name]
+    torch.manual_seed(0)
+    model = case.build().to(device).train()
+    handle = mod.apply(model, [1, 2], capacity=0.5)
+    dropped = _spy_dropping(monkeypatch)
+    inputs = _moved(case.inputs(torch.Generator().manual_seed(1)), device)
+    audit = _audited_step(model, inputs, lambda model, inputs: case.loss(model, inputs) + handle.aux_loss(),
+                          forward_traces=True)
+    _assert_sync_free(audit, handle, dropped)

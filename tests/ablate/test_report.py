@@ -8,9 +8,10 @@ from random_ltd.ablate.studies import Claim
 from random_ltd.ablate.verdict import NOT_REPRODUCED, REPRODUCED
 
 
-def result(seed: int, loss: float, accuracy: float | None = None, cpu: float = 10.0) -> dict:
-    entry = {"seed": seed, "steps": 5, "layer_tokens": 100, "wall_clock_s": 99.0, "cpu_s": cpu,
-             "final_val_loss": loss, "curve": [[0, 0, loss + 1], [5, 100, loss]], "load_average": [1.5, 2.5]}
+def result(seed: int, loss: float, accuracy: float | None = None, cpu: float = 10.0, flops: int = 1000) -> dict:
+    entry = {"seed": seed, "steps": 5, "layer_tokens": 100, "flops": flops, "wall_clock_s": 99.0, "cpu_s": cpu,
+             "final_val_loss": loss, "curve": [[0, 0, loss + 1, 0], [5, 100, loss, flops]],
+             "load_average": [1.5, 2.5]}
     if accuracy is not None:
         entry["final_val_accuracy"] = accuracy
     return entry
@@ -60,3 +61,27 @@ def test_table_shows_cpu_time_and_its_ratio_not_wall_clock():
     assert baseline.endswith("| 11.0 | 1.00 |") and ltd.endswith("| 7.7 | 0.70 |")
     assert bypass.endswith("| 30.0 | 2.73 |")
     assert arms["baseline"]["load_average"] == [1.5, 2.5]
+
+
+def test_flop_matched_study_shows_training_flops_and_plots_against_them(tmp_path, monkeypatch):
+    arms = report.summarize_arms({
+        "baseline": [result(0, 1.0, flops=1000), result(1, 1.0, flops=1000)],
+        "MoD": [result(0, 0.9, flops=990), result(1, 0.9, flops=994)],
+    })
+    assert arms["MoD"]["curve_mean"][-1] == [5, 100, 0.9, 992]
+    assert "FLOPs" not in report.arms_table(arms)
+    header, _, baseline, routed = report.arms_table(arms, flops=True).splitlines()
+    assert "| training FLOPs | FLOPs vs baseline |" in header
+    assert "| 1000 | 1.000 |" in baseline and "| 992 | 0.992 |" in routed
+
+    from random_ltd.ablate import STUDIES
+
+    drawn = []
+    import matplotlib.axes
+
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, x, *a, **k: drawn.append(list(x)) or
+                        original(self, x, *a, **k))
+    report.plot(tmp_path / "mod.png", STUDIES["mod"], arms)
+    report.plot(tmp_path / "gpt.png", STUDIES["gpt"], arms)
+    assert drawn == [[0, 1000], [0, 992], [0, 100], [0, 100]]  # x: FLOPs for mod, layer-tokens for gpt

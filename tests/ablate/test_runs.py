@@ -21,6 +21,18 @@ def test_baseline_key_ignores_random_ltd_settings():
     assert Arm.make("c", "random_ltd", TINY).key(2, 0) != changed.key(2, 0)
 
 
+def test_each_arm_keeps_only_the_settings_it_reads():
+    mod_only = {"mod_capacity": 0.25, "mod_aux_coef": 0.1}
+    settings = {**TINY, **mod_only, "drop_layers": "1"}
+    assert Arm.make("a", "baseline", settings).key(2, 0) == Arm.make("b", "baseline", TINY).key(2, 0)
+    dropping = Arm.make("d", "random_ltd", {**TINY, "drop_layers": "1"})
+    assert Arm.make("c", "random_ltd", settings).key(2, 0) == dropping.key(2, 0)
+    routed = dict(Arm.make("e", "mod", settings).settings)
+    assert routed["mod_capacity"] == 0.25 and routed["drop_layers"] == "1"
+    assert "kept_start" not in routed and "full_at" not in routed  # MSLG settings leave a MoD arm's key
+    assert Arm.make("f", "mod", settings).key(2, 0) != Arm.make("g", "mod", {**settings, "mod_capacity": 0.5}).key(2, 0)
+
+
 def test_rejects_unknown_arm_or_method():
     with pytest.raises(ValueError):
         Arm.make("x", "both", TINY)

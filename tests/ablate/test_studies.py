@@ -4,12 +4,14 @@ from __future__ import annotations
 import pytest
 
 from random_ltd.ablate import STUDIES
+from random_ltd.ablate.runs import Arm
 from random_ltd.ablate.studies import (
     ABLATION_SEEDS,
     DIT_SEEDS,
     HEADLINE_SEEDS,
     layer_token_saving,
     matching_constant_keep,
+    training_flops,
 )
 from random_ltd.accounting import total_layer_tokens
 from random_ltd.layer_selection import parse_layer_selection
@@ -93,7 +95,7 @@ def test_seed_counts_are_fixed_per_study():
     assert len(ablations) == 7
     assert all(STUDIES[name].seeds == ABLATION_SEEDS == 10 for name in ablations)
     others = [name for name in STUDIES if name not in ablations and name != "dit"]
-    assert sorted(others) == ["bert", "budget-small", "finetune", "gpt", "lr-small", "vit"]
+    assert sorted(others) == ["bert", "budget-small", "finetune", "gpt", "lr-small", "mod", "vit"]
     assert STUDIES["dit"].seeds == DIT_SEEDS == 3  # sized for about 12 minutes on 2 cores
     assert all(STUDIES[name].seeds == HEADLINE_SEEDS >= 5 for name in others)
     assert {study.seeds_for(True) for study in STUDIES.values()} == {2}
@@ -196,3 +198,25 @@ def test_dit_quick_run_builds_its_block(tmp_path, monkeypatch):
     text = results.read_text()
     assert "<!-- study: dit -->" in text and "random-ltd ablate dit --quick" in text
     assert (tmp_path / "results" / "dit.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_mod_study_arms_train_the_most_steps_within_the_baselines_flops(quick):
+    arms, claims = STUDIES["mod"].build(quick)
+    assert STUDIES["mod"].budget == "flops"
+    baseline, *others = arms
+    assert baseline.key(5, 0) == STUDIES["gpt"].build(quick)[0][0].key(5, 0)  # the gpt study's baseline run
+    budget = training_flops(baseline)
+    for arm in others:
+        settings = dict(arm.settings)
+        assert training_flops(arm) <= budget < training_flops(Arm.make("", arm.arm, {**settings,
+                                                                                     "steps": settings["steps"] + 1}))
+        assert settings["steps"] > dict(baseline.settings)["steps"]  # each saves FLOPs per step
+    routed = {dict(arm.settings)["mod_capacity"]: dict(arm.settings)["drop_layers"] for arm in others
+              if arm.arm == "mod"}
+    assert routed == {0.125: "1:5:2", 0.5: "1:-1"}  # the MoD paper's setting; random-LTD's layers at half
+    (ltd,) = [arm for arm in others if arm.arm == "random_ltd"]
+    sparse = next(arm for arm in others if dict(arm.settings).get("mod_capacity") == 0.125)
+    assert [claim.kind for claim in claims] == ["no_worse"] * 3 + ["better"]
+    assert claims[-1].a == (sparse.label,) and claims[-1].b == (ltd.label,)
+

@@ -81,10 +81,28 @@ def test_parallel_jobs_give_the_same_numbers(quick_run, tmp_path):
     assert parallel["judged"] == sequential["judged"]
 
 
+def test_mod_arms_count_the_flops_they_were_matched_on(quick_run):
+    """Each arm's FLOPs, counted step by step in training, are the closed-form sum the study matched
+    its step counts on; the table shows them."""
+    from random_ltd.ablate.studies import training_flops
+
+    trained = json.loads((quick_run / "mod" / "results.json").read_text())["arms"]
+    for arm in STUDIES["mod"].build(True)[0]:
+        assert trained[arm.label]["flops"] == [training_flops(arm)] * 2, arm.label
+    assert "| training FLOPs | FLOPs vs baseline |" in (quick_run / "mod" / "table.md").read_text()
+
+
 def test_list_trains_nothing(capsys, tmp_path):
     assert main(["ablate", "--list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in STUDIES)
+
+
+def test_help_lists_every_study():
+    from random_ltd.cli.ablate import EPILOG
+
+    listed = [line.split()[0] for line in EPILOG.split("studies:")[1].split("\n\n")[0].splitlines() if line.strip()]
+    assert listed == [*STUDIES, "all"]
 
 
 @pytest.mark.parametrize("argv, flag", [

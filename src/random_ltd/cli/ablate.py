@@ -34,9 +34,12 @@ studies:
   budget          5.6  baseline at budgets B and 1.5B vs random-LTD on 2/3 of each (Table 7)
   budget-small    5.6  the same with the small GPT-2
   dropout         5.7  baseline and random-LTD with/without dropout on a small corpus
+  dit             TREAD  diffusion transformer: TREAD vs the baseline and random-LTD (Fashion-MNIST)
+  mod             MoD  Mixture-of-Depths vs random-LTD vs the baseline at equal training FLOPs
   all             every study in turn (about 1.5 h with --jobs 2 on 2 CPU cores: see docs/results.md)
 
-Seeds per study are fixed in advance: 10 for Section 5, 5 for Section 4 and the small reruns.
+Seeds per study are fixed in advance: 10 for Section 5, 5 for Section 4, the small reruns and mod,
+3 for dit.
 
 Verdicts: reproduced / not reproduced / inconclusive at this scale, from the per-seed
 differences (rules at the top of the results page). Exit status 0, or 2 on bad input.
