@@ -10,10 +10,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from random_ltd.accounting import check_capacity
 from random_ltd.deepspeed_config import from_deepspeed_config
 from random_ltd.errors import ConfigError
 from random_ltd.lr import DECAYS
-from random_ltd.accounting import check_capacity
 from random_ltd.planner import FlopModel, Plan, Training, build_mod_plan, build_plan, lr_curves, solve_for_saving
 from random_ltd.schedules import MSLG, ConstantKeep
 

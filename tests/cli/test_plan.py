@@ -240,8 +240,7 @@ def test_mod_human_output(capsys):
 def test_mod_at_full_capacity_saves_nothing_and_pays_for_its_routers(capsys):
     _, out, _ = invoke(capsys, *SMALL, "--mod-capacity", "1.0")
     assert "LayerToken saving  0.0%" in out
-    saving = float(re.search(r"FLOP saving        (-?[\d.]+)%", out).group(1))
-    assert -1 < saving < 0
+    assert "FLOP saving        -0.0%   (routers included;" in out, "the routers cost a hair more than nothing"
 
 
 def test_mod_plot_writes_a_png(capsys, tmp_path):
