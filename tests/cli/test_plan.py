@@ -272,6 +272,20 @@ def test_readme_shows_what_the_command_prints(capsys):
     assert f"The LayerToken saving of this schedule is {saving}" in section
 
 
+def test_planning_page_shows_what_the_mod_command_prints(capsys):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "planning.md").read_text()
+    section = text.split("<!-- section: plan-mod -->")[1].split("<!-- /section: plan-mod -->")[0]
+    command = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1).replace("\\\n", " ").split()
+    shown = re.search(r"```text\n(.*?)```", section, flags=re.S).group(1)
+    assert command[:2] == ["random-ltd", "plan"] and "--mod-capacity" in command
+    code, out, _ = invoke(capsys, *command[2:])
+    assert code == 0 and out == shown
+    saving = re.search(r"LayerToken saving  ([\d.]+%)", out).group(1)
+    assert f"The LayerToken saving of this plan is {saving}" in section
+
+
 TWELVE_LAYERS = ["--seq-len", "512", "--layers", "12", "--batch-size", "4", "--total-steps", "100", "--keep", "128"]
 
 
