@@ -181,6 +181,9 @@ def test_mod_plan_costs_a_random_ltd_plan_at_its_routed_length_plus_its_routers(
     assert mod_plan.layer_tokens == ltd_plan.layer_tokens
     assert mod_plan.flops - ltd_plan.flops == 400 * 3 * 4 * 4 * (2 * 128 * 64)
     assert ltd_plan.method == "random_ltd" and ltd_plan.capacity is None
+    assert (ltd_plan.random_ltd_layer_tokens, ltd_plan.random_ltd_flops) == (ltd_plan.layer_tokens, ltd_plan.flops)
+    with pytest.raises(random_ltd.RandomLTDError, match="no random-LTD totals"):
+        _ = mod_plan.random_ltd_layer_tokens
 
 
 def test_mod_json_names_the_method_s_totals():
