@@ -2,11 +2,14 @@ import pytest
 import torch
 
 from random_ltd.accounting import (
+    check_capacity,
     count_drop_layers,
     flops_per_step,
     kept_segments,
     layer_flops,
     layer_tokens_per_step,
+    mod_flops_per_step,
+    mod_layer_tokens_per_step,
     total_flops,
     total_layer_tokens,
 )
@@ -108,3 +111,41 @@ def test_negative_layer_indices_count_once():
     assert count_drop_layers(6, [1, -2]) == 2
     with pytest.raises(ConfigError):
         count_drop_layers(6, [4, -2])
+
+
+@pytest.mark.parametrize("capacity", [0.125, 1.0, 2, 64, 5000])
+def test_capacity_is_a_fraction_in_0_1_or_a_count_of_at_least_2(capacity):
+    checked = check_capacity(capacity)
+    assert checked == capacity and type(checked) is type(capacity)
+
+
+@pytest.mark.parametrize("capacity, reason", [
+    (0.0, r"kept fraction must lie in \(0, 1\], got 0.0"),
+    (1.5, r"kept fraction must lie in \(0, 1\], got 1.5"),
+    (-0.25, "kept fraction must lie in"),
+    (float("nan"), "kept fraction must lie in .*nan"),
+    (float("inf"), "kept fraction must lie in"),
+    (1, "an int 1 would keep one token; write 1.0"),
+    (0, "count must be at least 2, got 0"),
+    (-3, "count must be at least 2"),
+    (True, "fraction in \\(0, 1\\] or an int token count, got True"),
+    ("0.5", "fraction in .* got '0.5'"),
+    (None, "fraction in"),
+])
+def test_bad_capacity_is_a_config_error_naming_the_setting(capacity, reason):
+    with pytest.raises(ConfigError, match=reason) as caught:
+        check_capacity(capacity)
+    assert caught.value.field == "mod_capacity"
+    with pytest.raises(ConfigError, match="^keep: "):
+        check_capacity(capacity, field="keep")
+
+
+@pytest.mark.parametrize("call", [
+    lambda capacity: mod_layer_tokens_per_step(64, 2, 4, [1, 3], capacity),
+    lambda capacity: mod_flops_per_step(64, 2, 4, 32, routed_layers=[1, 3], capacity=capacity),
+])
+@pytest.mark.parametrize("capacity", [0, 1, 1.5, True])
+def test_mod_accounting_refuses_a_bad_capacity(call, capacity):
+    with pytest.raises(ConfigError) as caught:
+        call(capacity)
+    assert caught.value.field == "mod_capacity"

@@ -2,8 +2,9 @@ import math
 
 import pytest
 
-from random_ltd.accounting import flops_per_step, layer_tokens_per_step
-from random_ltd.planner import FlopModel, Training, build_plan, lr_curves, solve_for_saving
+import random_ltd
+from random_ltd.accounting import flops_per_step, layer_tokens_per_step, mod_flops_per_step, mod_layer_tokens_per_step
+from random_ltd.planner import FlopModel, Training, build_mod_plan, build_plan, lr_curves, solve_for_saving
 from random_ltd.schedules import MSLG, ConfigError, ConstantKeep
 
 SMALL = Training(seq_len=128, num_layers=6, batch_size=4, total_steps=400, flop_model=FlopModel(64, vocab_size=50))
@@ -133,3 +134,90 @@ def test_lr_curves_show_the_layer_token_clock_running_slower_during_growth():
     assert curves["layer_token_lr"][25] > curves["iteration_lr"][25]
     assert curves["layer_token_lr"][-1] == pytest.approx(0.1, abs=0.01)
     assert math.isclose(curves["layer_token_lr"][0], 1.0)
+
+
+def mod_stepwise(capacity, training, routed):
+    """Reference Mixture-of-Depths totals: every step, one at a time, over the routed layers given."""
+    model = training.flop_model
+    shape = (training.seq_len, training.batch_size, training.num_layers)
+    tokens = [mod_layer_tokens_per_step(*shape, routed, capacity) for _ in range(training.steps)]
+    flops = sum(mod_flops_per_step(*shape, model.d_model, routed_layers=routed, capacity=capacity,
+                                   ffn_dim=model.ffn, vocab_size=model.vocab_size) for _ in range(training.steps))
+    return tokens, flops
+
+
+@pytest.mark.parametrize("capacity, drop_layers, routed, routed_length", [
+    (0.125, "1:-1", [1, 2, 3, 4], 16),
+    (0.125, "1:-1:2", [1, 3], 16),  # every other block, the paper's best setting
+    (0.29, "::2", [0, 2, 4], 37),
+    (40, "2,3", [2, 3], 40),
+])
+def test_mod_plan_totals_equal_step_by_step(capacity, drop_layers, routed, routed_length):
+    training = Training(seq_len=128, num_layers=6, batch_size=4, total_steps=400, drop_layers=drop_layers,
+                        flop_model=FlopModel(64, ffn_dim=200, vocab_size=50))
+    plan = build_mod_plan(capacity, training)
+    tokens, flops = mod_stepwise(capacity, training, routed)
+    assert plan.method == "mod" and plan.capacity == capacity and plan.drop_layers == routed
+    assert plan.layer_tokens == sum(tokens) and plan.flops == flops
+    assert plan.layer_tokens == 400 * 4 * (len(routed) * routed_length + (6 - len(routed)) * 128)
+    assert plan.change_points == [(0, routed_length)] and plan.schedule(399) == routed_length
+    assert plan.baseline_layer_tokens == 400 * 4 * 128 * 6
+    assert plan.baseline_flops == build_plan(random_ltd.ConstantKeep(128, 128), training).baseline_flops
+    assert plan.layer_token_saving == pytest.approx(1 - sum(tokens) / plan.baseline_layer_tokens)
+    assert plan.flop_saving == pytest.approx(1 - flops / plan.baseline_flops)
+    assert [plan.layer_tokens_before(t) for t in (0, 1, 250, 400)] == [sum(tokens[:t]) for t in (0, 1, 250, 400)]
+
+
+def test_mod_plan_at_full_capacity_saves_no_layer_tokens_and_pays_for_its_routers():
+    plan = build_mod_plan(1.0, SMALL)
+    assert plan.layer_tokens == plan.baseline_layer_tokens and plan.layer_token_saving == 0.0
+    routers = 400 * 3 * 4 * 4 * (2 * 128 * 64)  # steps, backward x3, batch, routed layers, 2 s d each
+    assert plan.flops == plan.baseline_flops + routers
+    assert -0.01 < plan.flop_saving < 0
+
+
+def test_mod_plan_costs_a_random_ltd_plan_at_its_routed_length_plus_its_routers():
+    mod_plan, ltd_plan = build_mod_plan(0.25, SMALL), build_plan(random_ltd.ConstantKeep(128, 32), SMALL)
+    assert mod_plan.layer_tokens == ltd_plan.layer_tokens
+    assert mod_plan.flops - ltd_plan.flops == 400 * 3 * 4 * 4 * (2 * 128 * 64)
+    assert ltd_plan.method == "random_ltd" and ltd_plan.capacity is None
+    assert (ltd_plan.random_ltd_layer_tokens, ltd_plan.random_ltd_flops) == (ltd_plan.layer_tokens, ltd_plan.flops)
+    with pytest.raises(random_ltd.RandomLTDError, match="no random-LTD totals"):
+        _ = mod_plan.random_ltd_layer_tokens
+
+
+def test_mod_json_names_the_method_s_totals():
+    data = build_mod_plan(0.125, SMALL).to_json()
+    assert data["method"] == "mod" and data["mod_capacity"] == 0.125 and data["routed_length"] == 16
+    assert data["mod_layer_tokens"] == 400 * 4 * (4 * 16 + 2 * 128)
+    assert data["mod_flops"] == mod_stepwise(0.125, SMALL, [1, 2, 3, 4])[1]
+    assert data["drop_layers"] == [1, 2, 3, 4] and data["schedule"] == [{"step": 0, "kept": 16}]
+    assert {"layer_token_saving", "flop_saving", "baseline_layer_tokens", "baseline_flops"} <= set(data)
+    assert not {"random_ltd_layer_tokens", "random_ltd_flops"} & set(data)
+
+
+def test_random_ltd_json_keeps_its_keys_and_gains_only_the_method():
+    data = build_plan(MSLG(128, 16, 16, every_steps=37), SMALL).to_json()
+    assert set(data) == {"method", "seq_len", "num_layers", "drop_layers", "batch_size", "tokens_per_step",
+                         "total_steps", "total_tokens", "schedule_config", "schedule", "full_length_step",
+                         "baseline_layer_tokens", "random_ltd_layer_tokens", "layer_token_saving", "baseline_flops",
+                         "random_ltd_flops", "flop_saving", "flop_model"}
+    assert data["method"] == "random_ltd"
+
+
+@pytest.mark.parametrize("capacity", [0, 0.0, 1.5, -0.5, 1, -2, True, float("nan"), "0.5", None])
+def test_mod_plan_refuses_a_bad_capacity_naming_it(capacity):
+    with pytest.raises(ConfigError) as caught:
+        build_mod_plan(capacity, SMALL)
+    assert caught.value.field == "mod_capacity"
+
+
+def test_mod_lr_curves_follow_the_iteration_lr_at_a_constant_length():
+    plan = build_mod_plan(0.25, SMALL)
+    curves = lr_curves(plan, points=40, min_lr_ratio=0.1)
+    assert set(curves["kept"]) == {32}
+    assert curves["layer_token_lr"] == pytest.approx(curves["iteration_lr"])
+
+
+def test_build_mod_plan_is_exported():
+    assert random_ltd.build_mod_plan is build_mod_plan and "build_mod_plan" in random_ltd.__all__

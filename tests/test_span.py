@@ -19,7 +19,7 @@ import zoo
 from test_layer import _take
 
 import random_ltd
-from random_ltd import ops, span
+from random_ltd import accounting, ops, span
 from random_ltd.layer import layer_state
 
 torch.set_num_threads(1)
@@ -420,6 +420,23 @@ def test_a_bad_route_is_a_clear_error_and_the_model_is_untouched(routes, match):
         random_ltd.apply(model, routes=routes)
     assert _fingerprint(model) == before and random_ltd.get_handle(model) is None
     random_ltd.apply(model, routes=[(0.5, 1, 2)])  # nothing left behind
+
+
+@pytest.mark.parametrize("keep", [0.5, 1.0, 2, 7, 0.0, 1.5, -0.5, float("nan"), 1, 0, -2, True, "0.5", None])
+def test_a_route_s_keep_follows_the_one_capacity_rule_of_accounting(keep):
+    """Span's keep and Mixture-of-Depths' capacity are one rule (``accounting.capacity_problem``): a
+    route refuses exactly what the planner refuses, with the same reason after its own prefix."""
+    problem = accounting.capacity_problem(keep)
+    if problem is None:
+        assert span.check_keep_fraction(keep, (keep, 1, 2)) == accounting.check_capacity(keep)
+        return
+    with pytest.raises(random_ltd.RandomLTDError) as caught:
+        span.check_keep_fraction(keep, (keep, 1, 2))
+    assert not isinstance(caught.value, random_ltd.ConfigError)
+    assert str(caught.value) == f"routes: route {(keep, 1, 2)!r} has keep {keep!r}: {problem}"
+    with pytest.raises(random_ltd.ConfigError) as planned:
+        accounting.check_capacity(keep)
+    assert planned.value.message == f"{problem}, got {keep!r}"
 
 
 @pytest.mark.parametrize("options, named", [

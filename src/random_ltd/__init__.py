@@ -18,7 +18,7 @@ from random_ltd.deepspeed_config import DeepSpeedLinear, DeepSpeedRandomLTD, fro
 from random_ltd.driver import Driver  # noqa: E402
 from random_ltd.errors import ConfigError, RandomLTDError  # noqa: E402
 from random_ltd.lr import LayerTokenLR, lr_factor  # noqa: E402
-from random_ltd.planner import FlopModel, Plan, Training, build_plan, solve_for_saving  # noqa: E402
+from random_ltd.planner import FlopModel, Plan, Training, build_mod_plan, build_plan, solve_for_saving  # noqa: E402
 from random_ltd.schedules import MSLG, ConstantKeep, change_points  # noqa: E402
 from random_ltd.strategies import LayerInfo, Strategy, UniformSelection  # noqa: E402
 
@@ -53,6 +53,7 @@ __all__ = [
     "FlopModel",
     "Plan",
     "Training",
+    "build_mod_plan",
     "build_plan",
     "solve_for_saving",
 ]

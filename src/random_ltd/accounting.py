@@ -117,6 +117,28 @@ def total_flops(schedule: KeptLengthSchedule, total_steps: int, *, batch_size: i
 _EPSILON = 1e-9  # 0.29 * 100 is 28.999999999999996 in floating point: floor it to 29, not 28
 
 
+def capacity_problem(capacity) -> str | None:
+    """Why ``capacity`` is not a kept fraction in (0, 1] or an int token count >= 2 (``None``: it is one).
+
+    The one rule for Mixture-of-Depths' capacity and a span route's keep: each caller raises its own
+    error around the reason (``check_capacity`` a ``ConfigError``, ``span`` a route's message)."""
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, float)):
+        return "must be a fraction in (0, 1] or an int token count"
+    if isinstance(capacity, int):
+        if capacity == 1:
+            return "an int 1 would keep one token; write 1.0 to keep every token"
+        return "a kept token count must be at least 2" if capacity < 1 else None
+    return None if 0.0 < capacity <= 1.0 else "a kept fraction must lie in (0, 1]"  # NaN fails the comparison
+
+
+def check_capacity(capacity, field: str = "mod_capacity") -> float | int:
+    """``capacity`` checked by ``capacity_problem`` (a ``ConfigError`` naming ``field``): an int count or a float."""
+    problem = capacity_problem(capacity)
+    if problem is not None:
+        raise ConfigError(field, f"{problem}, got {capacity!r}")
+    return capacity if isinstance(capacity, int) else float(capacity)
+
+
 def capacity_length(capacity: float | int, seq_len: int) -> int:
     """Mixture-of-Depths: tokens a routed layer runs on of ``seq_len``: ``floor(capacity * s)`` (at least 1),
     or the int count."""
@@ -128,6 +150,7 @@ def capacity_length(capacity: float | int, seq_len: int) -> int:
 def mod_layer_tokens_per_step(seq_len: int, batch_size: int, num_layers: int, routed_layers: DropLayers,
                               capacity: float | int) -> int:
     """Layer-tokens of one Mixture-of-Depths training step: routed layers run ``capacity_length`` tokens."""
+    capacity = check_capacity(capacity)
     return layer_tokens_per_step(seq_len, batch_size, num_layers, routed_layers, capacity_length(capacity, seq_len))
 
 
@@ -137,6 +160,7 @@ def mod_flops_per_step(seq_len: int, batch_size: int, num_layers: int, d_model: 
     """``flops_per_step`` of a Mixture-of-Depths step: routed layers run ``capacity_length`` tokens and each
     adds its router, ``2 s d`` (a ``d -> 1`` map over every token); top-k, the weighting and the
     router-prediction loss are elementwise and left out, as norms are."""
+    capacity = check_capacity(capacity)
     flops = flops_per_step(seq_len, batch_size, num_layers, d_model, kept=capacity_length(capacity, seq_len),
                            drop_layers=routed_layers, ffn_dim=ffn_dim, vocab_size=vocab_size, backward=backward)
     routers = count_drop_layers(num_layers, routed_layers) * 2 * seq_len * d_model

@@ -51,7 +51,7 @@ class LayerTokenLR(LRScheduler):
 
     Args:
         total_layer_tokens: the budget over which the LR decays (use the random-LTD run's total,
-            e.g. ``plan.random_ltd_layer_tokens``, so that it ends when training ends).
+            e.g. ``plan.layer_tokens``, so that it ends when training ends).
         warmup_layer_tokens: the warmup length, in layer-tokens.
         decay: "cosine", "linear" or "constant".
         min_lr_ratio: the floor of the decay, as a fraction of the base LR.
@@ -80,9 +80,9 @@ class LayerTokenLR(LRScheduler):
     @classmethod
     def from_plan(cls, optimizer: torch.optim.Optimizer, plan: Any, *, warmup_tokens: int = 0,
                   **kwargs: Any) -> LayerTokenLR:
-        """Budget from a ``random_ltd.Plan``: decay over its random-LTD layer-tokens; ``warmup_tokens``
+        """Budget from a ``random_ltd.Plan``: decay over its layer-tokens (``plan.layer_tokens``); ``warmup_tokens``
         training tokens of warmup count ``num_layers`` layer-tokens each (as in the baseline)."""
-        return cls(optimizer, plan.random_ltd_layer_tokens, warmup_layer_tokens=warmup_tokens * plan.num_layers,
+        return cls(optimizer, plan.layer_tokens, warmup_layer_tokens=warmup_tokens * plan.num_layers,
                    **kwargs)
 
     def factor(self) -> float:

@@ -10,16 +10,20 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from random_ltd.accounting import check_capacity
 from random_ltd.deepspeed_config import from_deepspeed_config
 from random_ltd.errors import ConfigError
 from random_ltd.lr import DECAYS
-from random_ltd.planner import FlopModel, Plan, Training, build_plan, lr_curves, solve_for_saving
+from random_ltd.planner import FlopModel, Plan, Training, build_mod_plan, build_plan, lr_curves, solve_for_saving
 from random_ltd.schedules import MSLG, ConstantKeep
 
 # What a DeepSpeed config sets, so a request that reads one may not set it too.
 DEEPSPEED_SETS = ("start", "every_steps", "every_tokens", "full_at", "keep", "multiple_of", "target_saving",
                   "drop_layers")
 SOLVED_FOR = ("every_steps", "every_tokens", "keep")  # what target_saving solves for
+# Mixture-of-Depths routes at a constant capacity: no kept-length schedule, no DeepSpeed config.
+NOT_WITH_MOD = ("start", "every_steps", "every_tokens", "full_at", "keep", "multiple_of", "target_saving",
+                "deepspeed_config")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +53,8 @@ class PlanRequest:
     growing by ``increment`` ``every_steps`` / ``every_tokens`` / to ``full_at``, a constant
     ``keep``, or ``target_saving`` to solve for), or a ``deepspeed_config`` that sets the schedule
     and the layers (the run's length, and the batch if the file lacks it, still given here).
+    ``mod_capacity`` plans Mixture-of-Depths instead: the ``drop_layers`` are routed at that
+    capacity (a fraction in (0, 1] or an int count >= 2), with no schedule setting.
 
     Checked on construction, in the order the settings are read; ``plan()`` reads the DeepSpeed
     config and builds (or solves for) the plan.
@@ -69,6 +75,7 @@ class PlanRequest:
     keep: int | None = None
     multiple_of: int | None = None
     target_saving: float | None = None
+    mod_capacity: float | int | None = None
     d_model: int = 1024
     ffn_dim: int | None = None
     vocab_size: int = 0
@@ -77,6 +84,10 @@ class PlanRequest:
 
     def __post_init__(self):
         with self._naming_the_total():
+            if self.mod_capacity is not None:
+                check_capacity(self.mod_capacity)
+                self._refuse(NOT_WITH_MOD, "not allowed with --mod-capacity (Mixture-of-Depths routes at a constant "
+                                           "capacity, with no kept-length schedule)")
             if self.deepspeed_config is not None:
                 self._refuse(DEEPSPEED_SETS,
                              "not allowed with --deepspeed-config (the file sets the schedule and layers)")
@@ -88,7 +99,7 @@ class PlanRequest:
                                                                 self.drop_layers or "1:-1", self.batch_size))
             if self.target_saving is not None:
                 self._refuse(SOLVED_FOR, "not allowed with --target-saving (it solves for the schedule)")
-            else:
+            elif self.mod_capacity is None:
                 object.__setattr__(self, "schedule", self._schedule())
 
     def plan(self, on_warning: Callable[[str], None] = warnings.warn) -> Plan:
@@ -96,6 +107,8 @@ class PlanRequest:
         with self._naming_the_total():
             if self.deepspeed_config is not None:
                 return self._deepspeed_plan(on_warning)
+            if self.mod_capacity is not None:
+                return build_mod_plan(self.mod_capacity, self.training)
             if self.target_saving is not None:
                 return solve_for_saving(self.target_saving, self.training, increment=self.increment, start=self.start,
                                         full_at=self.full_at, multiple_of=self.multiple_of)

@@ -5,6 +5,8 @@
     plan.layer_token_saving, plan.flop_saving, plan.to_json()
 
 ``solve_for_saving`` is the inverse: the start length or the interval that reaches a target saving.
+``build_mod_plan(capacity, training)`` plans Mixture-of-Depths: the routed layers run a constant
+number of tokens, plus a router each.
 """
 from __future__ import annotations
 
@@ -12,14 +14,23 @@ import bisect
 import dataclasses
 import math
 
-from random_ltd.accounting import flops_per_step, kept_segments, layer_tokens_per_step
+from random_ltd.accounting import (
+    capacity_length,
+    check_capacity,
+    flops_per_step,
+    kept_segments,
+    layer_tokens_per_step,
+    mod_flops_per_step,
+    mod_layer_tokens_per_step,
+)
 from random_ltd.errors import ConfigError, RandomLTDError
 from random_ltd.layer_selection import parse_layer_selection
 from random_ltd.lr import lr_factor
-from random_ltd.schedules import MSLG, KeptLengthSchedule, check_int
+from random_ltd.schedules import MSLG, ConstantKeep, KeptLengthSchedule, check_int
 from random_ltd.search import first_true
 
 DEFAULT_FULL_AT = 0.7  # the paper's GPT setting: full length after 210B of 300B tokens
+METHODS = ("random_ltd", "mod")  # random-LTD's kept-length schedules; Mixture-of-Depths' routers at a capacity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,15 +99,25 @@ class Training:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """A schedule over a training run, with its layer-token and FLOP totals (built by ``build_plan``)."""
+    """A schedule over a training run, with its layer-token and FLOP totals (built by ``build_plan``,
+    or by ``build_mod_plan`` for Mixture-of-Depths: ``method`` "mod", its ``capacity``, a constant
+    schedule at the routed length, FLOPs with the routers)."""
 
     schedule: KeptLengthSchedule
     training: Training
     segments: list[tuple[int, int, int]]  # (first step, kept, number of steps)
     baseline_layer_tokens: int
-    random_ltd_layer_tokens: int
+    layer_tokens: int  # the method's total
     baseline_flops: int
-    random_ltd_flops: int
+    flops: int  # the method's total
+    method: str = "random_ltd"
+    capacity: float | int | None = None  # Mixture-of-Depths only
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError("method", f"one of {', '.join(METHODS)}, got {self.method!r}")
+        if (self.capacity is None) != (self.method != "mod"):
+            raise ConfigError("mod_capacity", "a Mixture-of-Depths plan has a capacity, a random-LTD plan none")
 
     seq_len = property(lambda self: self.training.seq_len)
     num_layers = property(lambda self: self.training.num_layers)
@@ -106,12 +127,32 @@ class Plan:
     drop_layers = property(lambda self: self.training.drop_layer_ids)
 
     @property
+    def random_ltd_layer_tokens(self) -> int:
+        """``layer_tokens`` under random-LTD's name (a random-LTD plan's only)."""
+        return self._random_ltd_total(self.layer_tokens)
+
+    @property
+    def random_ltd_flops(self) -> int:
+        """``flops`` under random-LTD's name (a random-LTD plan's only)."""
+        return self._random_ltd_total(self.flops)
+
+    def _random_ltd_total(self, total: int) -> int:
+        if self.method != "random_ltd":
+            raise RandomLTDError(f"a {self.method} plan has no random-LTD totals: read plan.layer_tokens, plan.flops")
+        return total
+
+    @property
+    def routed_length(self) -> int | None:
+        """Tokens a Mixture-of-Depths routed layer runs of each sequence (``None`` for random-LTD)."""
+        return None if self.capacity is None else capacity_length(self.capacity, self.seq_len)
+
+    @property
     def layer_token_saving(self) -> float:
-        return 1.0 - self.random_ltd_layer_tokens / self.baseline_layer_tokens
+        return 1.0 - self.layer_tokens / self.baseline_layer_tokens
 
     @property
     def flop_saving(self) -> float:
-        return 1.0 - self.random_ltd_flops / self.baseline_flops
+        return 1.0 - self.flops / self.baseline_flops
 
     @property
     def change_points(self) -> list[tuple[int, int]]:
@@ -134,8 +175,11 @@ class Plan:
         return layer_tokens_per_step(self.seq_len, self.batch_size, self.num_layers, self.drop_layers, kept)
 
     def to_json(self) -> dict:
+        """The plan as one JSON object; the method's totals are named for it (``random_ltd_flops``, ``mod_flops``)."""
         model = self.training.flop_model
+        routing = {"mod_capacity": self.capacity, "routed_length": self.routed_length} if self.method == "mod" else {}
         return {
+            "method": self.method, **routing,
             "seq_len": self.seq_len, "num_layers": self.num_layers, "drop_layers": self.drop_layers,
             "batch_size": self.batch_size, "tokens_per_step": self.tokens_per_step,
             "total_steps": self.total_steps, "total_tokens": self.total_steps * self.tokens_per_step,
@@ -143,9 +187,9 @@ class Plan:
             "schedule": [{"step": step, "kept": kept} for step, kept in self.change_points],
             "full_length_step": self.full_length_step,
             "baseline_layer_tokens": self.baseline_layer_tokens,
-            "random_ltd_layer_tokens": self.random_ltd_layer_tokens,
+            f"{self.method}_layer_tokens": self.layer_tokens,
             "layer_token_saving": self.layer_token_saving,
-            "baseline_flops": self.baseline_flops, "random_ltd_flops": self.random_ltd_flops,
+            "baseline_flops": self.baseline_flops, f"{self.method}_flops": self.flops,
             "flop_saving": self.flop_saving,
             "flop_model": {"d_model": model.d_model, "ffn_dim": model.ffn, "vocab_size": model.vocab_size},
         }
@@ -167,8 +211,28 @@ def build_plan(schedule: KeptLengthSchedule, training: Training, *, require_full
     layer_tokens = _sum_over(segments, lambda kept: _step_layer_tokens(training, kept))
     flops = _sum_over(segments, lambda kept: _step_flops(training, kept))
     return Plan(schedule, training, segments, baseline_layer_tokens=training.steps * _step_layer_tokens(training, None),
-                random_ltd_layer_tokens=layer_tokens, baseline_flops=training.steps * _step_flops(training, None),
-                random_ltd_flops=flops)
+                layer_tokens=layer_tokens, baseline_flops=training.steps * _step_flops(training, None), flops=flops)
+
+
+def build_mod_plan(capacity: float | int, training: Training) -> Plan:
+    """Cost of Mixture-of-Depths over ``training``: every step, each routed layer (``training.drop_layers``)
+    runs the top ``capacity_length(capacity, seq_len)`` tokens of each sequence, plus its router.
+
+    ``capacity``: a fraction in (0, 1] or an int count >= 2 (else a ``ConfigError`` naming
+    ``mod_capacity``). The plan's schedule is that constant routed length; its FLOPs are
+    ``mod_flops_per_step``'s (routers included), so at capacity 1.0 it saves no layer-tokens and
+    costs the routers' FLOPs more than the baseline."""
+    capacity = check_capacity(capacity)
+    model, steps = training.flop_model, training.steps
+    shape = (training.seq_len, training.batch_size, training.num_layers)
+    schedule = ConstantKeep(training.seq_len, capacity_length(capacity, training.seq_len))
+    layer_tokens = mod_layer_tokens_per_step(*shape, training.drop_layer_ids, capacity)
+    flops = mod_flops_per_step(*shape, model.d_model, routed_layers=training.drop_layer_ids, capacity=capacity,
+                               ffn_dim=model.ffn, vocab_size=model.vocab_size)
+    return Plan(schedule, training, kept_segments(schedule, steps),
+                baseline_layer_tokens=steps * _step_layer_tokens(training, None), layer_tokens=steps * layer_tokens,
+                baseline_flops=steps * _step_flops(training, None), flops=steps * flops, method="mod",
+                capacity=capacity)
 
 
 def _sum_over(segments: list[tuple[int, int, int]], per_step) -> int:
@@ -251,7 +315,7 @@ def lr_curves(plan: Plan, *, points: int = 400, warmup_fraction: float = 0.0, de
     """Sampled steps with their kept length, the LayerToken LR factor and the iteration-based LR
     factor (same warmup fraction and decay), e.g. to plot what the LayerToken LR changes."""
     steps = sorted({round(i * (plan.total_steps - 1) / max(1, points - 1)) for i in range(points)})
-    budget = plan.random_ltd_layer_tokens
+    budget = plan.layer_tokens
     warmup_layer_tokens = round(warmup_fraction * plan.total_steps * plan.tokens_per_step * plan.num_layers)
     warmup_steps = round(warmup_fraction * plan.total_steps)
     return {

@@ -20,18 +20,16 @@ other layers (and their replays) find them; gathering, masks and merging are ``r
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
 
 from random_ltd import ops, rng
+from random_ltd.accounting import capacity_length, capacity_problem, check_capacity
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer_selection import check_index
 from random_ltd.routes import Route, RouteStep
 from random_ltd.strategies import LayerInfo, Strategy
-
-_EPSILON = 1e-9  # 0.29 * 100 is 28.999999999999996 in floating point: floor it to 29, not 28
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +42,7 @@ class SpanRoute:
 
     def kept_length(self, seq_len: int) -> int:
         """Tokens kept of a sequence of ``seq_len``: ``floor(keep * seq_len)`` (at least 1), or the count."""
-        if isinstance(self.keep, int):
-            return min(self.keep, seq_len)
-        return min(seq_len, max(1, math.floor(self.keep * seq_len + _EPSILON)))
+        return capacity_length(self.keep, seq_len)
 
     def __contains__(self, position: int) -> bool:
         return self.first <= position <= self.last
@@ -102,19 +98,12 @@ def route_layers(routes: Sequence[SpanRoute]) -> list[int]:
 
 
 def check_keep_fraction(keep, route=None) -> float | int:
-    """A route's ``keep``: a fraction in (0, 1], or an int count of at least 2."""
-    where = f"routes: route {route!r} has keep {keep!r}" if route is not None else f"keep {keep!r}"
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)):
-        raise RandomLTDError(f"{where}: keep is a fraction in (0, 1] or a token count")
-    if isinstance(keep, int):
-        if keep == 1:
-            raise RandomLTDError(f"{where}: an int 1 would keep one token; write 1.0 to keep every token")
-        if keep < 1:
-            raise RandomLTDError(f"{where}: a kept token count must be at least 2")
-        return keep
-    if not 0.0 < keep <= 1.0:  # also refuses NaN
-        raise RandomLTDError(f"{where}: a kept fraction must lie in (0, 1]")
-    return float(keep)
+    """A route's ``keep``: a fraction in (0, 1], or an int count of at least 2 (``accounting``'s capacity rule)."""
+    problem = capacity_problem(keep)
+    if problem is not None:
+        where = f"routes: route {route!r} has keep {keep!r}" if route is not None else f"keep {keep!r}"
+        raise RandomLTDError(f"{where}: {problem}")
+    return check_capacity(keep)
 
 
 def parse_routes(text: str) -> list[tuple[float | int, int, int]]:

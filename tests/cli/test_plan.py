@@ -9,8 +9,8 @@ import pytest
 
 from random_ltd.accounting import layer_tokens_per_step
 from random_ltd.cli import main
-from random_ltd.planner import Training, build_plan
-from random_ltd.schedules import MSLG
+from random_ltd.planner import Training, build_mod_plan, build_plan
+from random_ltd.schedules import MSLG, ConstantKeep
 
 SMALL = ["--seq-len", "128", "--layers", "6", "--batch-size", "4", "--total-steps", "500"]
 PAPER_GPT = ["--seq-len", "2048", "--layers", "24", "--start", "128", "--increment", "16", "--every-tokens", "1.75B",
@@ -124,7 +124,8 @@ def test_help_documents_flags_and_json_keys(capsys):
     for text in ("--seq-len", "--layers", "--drop-layers", "--start", "--increment", "--every-steps", "--every-tokens",
                  "--full-at", "--total-steps", "--total-tokens", "--batch-size", "--deepspeed-config",
                  "--target-saving", "--plot", "--json", "layer_token_saving", "flop_saving", "baseline_layer_tokens",
-                 "random_ltd_layer_tokens", "drop_layers", '"step"', '"kept"'):
+                 "random_ltd_layer_tokens", "drop_layers", '"step"', '"kept"', "--mod-capacity", "method",
+                 "mod_capacity", "routed_length", "mod_layer_tokens", "mod_flops", "Mixture-of-Depths"):
         assert text in out, text
 
 
@@ -169,12 +170,84 @@ GROWTH = ["--start", "16", "--every-steps", "10"]
     ([*SMALL, *GROWTH, "--min-lr-ratio", "-1"], "--min-lr-ratio"),
     (["--deepspeed-config", "/no/such.json", "--total-steps", "9", "--batch-size", "2"], "--deepspeed-config"),
     (["--deepspeed-config", "/no/such.json", "--total-steps", "9", "--start", "16"], "--start"),
+    ([*SMALL, "--mod-capacity", "0"], "--mod-capacity"),
+    ([*SMALL, "--mod-capacity", "0.0"], "--mod-capacity"),
+    ([*SMALL, "--mod-capacity", "1.5"], "--mod-capacity"),
+    ([*SMALL, "--mod-capacity", "1"], "--mod-capacity"),
+    ([*SMALL, "--mod-capacity", "-0.5"], "--mod-capacity"),
+    ([*SMALL, "--mod-capacity", "1e400"], "--mod-capacity"),
+    ([*SMALL, "--mod-capacity", "True"], "--mod-capacity"),
+    ([*SMALL, "--mod-capacity", "nan"], "--mod-capacity"),
+    ([*SMALL, "--mod-capacity", "abc"], "--mod-capacity"),
+    ([*SMALL, "--mod-capacity", "0.5", "--drop-layers", "7:9"], "--drop-layers"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(capsys, argv, flag):
     code, out, err = invoke(capsys, *argv)
     assert code == 2 and not out
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("random-ltd plan: error: ") and flag in err, err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    ([*SMALL, "--mod-capacity", "0.25", "--start", "16"], "--start"),
+    ([*SMALL, "--mod-capacity", "0.25", "--start", "16", "--every-steps", "10"], "--start"),
+    ([*SMALL, "--mod-capacity", "0.25", "--keep", "32"], "--keep"),
+    ([*SMALL, "--mod-capacity", "0.25", "--full-at", "0.5"], "--full-at"),
+    ([*SMALL, "--mod-capacity", "0.25", "--multiple-of", "8"], "--multiple-of"),
+    ([*SMALL, "--mod-capacity", "0.25", "--target-saving", "0.2"], "--target-saving"),
+    (["--deepspeed-config", "ds.json", "--total-steps", "9", "--batch-size", "2", "--mod-capacity", "0.25"],
+     "--deepspeed-config"),
+])
+def test_mod_capacity_with_a_schedule_flag_names_both(capsys, argv, flag):
+    code, out, err = invoke(capsys, *argv)
+    assert code == 2 and not out and err.count("\n") == 1, err
+    assert err.startswith(f"random-ltd plan: error: {flag}: not allowed with --mod-capacity"), err
+
+
+def test_mod_capacity_json_equals_the_planner_and_brute_force(capsys):
+    code, out, err = invoke(capsys, *SMALL, "--mod-capacity", "0.125", "--drop-layers", "1:-1:2", "--json")
+    data = json.loads(out)
+    training = Training(128, 6, 4, total_steps=500, drop_layers="1:-1:2")
+    assert code == 0 and not err and data == build_mod_plan(0.125, training).to_json()
+    assert data["method"] == "mod" and data["mod_capacity"] == 0.125 and data["routed_length"] == 16
+    assert data["drop_layers"] == [1, 3]
+    assert data["mod_layer_tokens"] == brute_force_layer_tokens(lambda t: 16, 128, 4, 6, [1, 3], 500)
+    routers = 500 * 3 * 4 * 2 * (2 * 128 * 1024)  # steps, backward x3, batch, routed layers, 2 s d each
+    assert data["mod_flops"] == build_plan(ConstantKeep(128, 16), training).flops + routers
+    assert 0 < data["layer_token_saving"] < 1 and "random_ltd_layer_tokens" not in data
+
+
+@pytest.mark.parametrize("text, capacity, routed", [("16", 16, 16), ("1e-1", 0.1, 12), ("0.5", 0.5, 64),
+                                                     ("1.0", 1.0, 128), ("500", 500, 128)])
+def test_mod_capacity_is_a_fraction_with_a_point_or_e_and_a_count_otherwise(capsys, text, capacity, routed):
+    code, out, _ = invoke(capsys, *SMALL, "--mod-capacity", text, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["mod_capacity"] == capacity and type(data["mod_capacity"]) is type(capacity)
+    assert data["routed_length"] == routed
+
+
+def test_mod_human_output(capsys):
+    code, out, err = invoke(capsys, *SMALL, "--mod-capacity", "0.125", "--drop-layers", "1:-1:2")
+    plan = build_mod_plan(0.125, Training(128, 6, 4, total_steps=500, drop_layers="1:-1:2"))
+    assert code == 0 and not err and out.startswith("Mixture-of-Depths plan\n")
+    assert "2 routed layers: 1, 3" in out
+    assert "routed layers run the top 16 of 128 tokens (capacity 0.125) plus a router each" in out
+    assert f"LayerToken saving  {plan.layer_token_saving:.1%}" in out
+    assert f"FLOP saving        {plan.flop_saving:.1%}   (routers included;" in out
+    assert "random-LTD" not in out and "kept-length schedule" not in out
+
+
+def test_mod_at_full_capacity_saves_nothing_and_pays_for_its_routers(capsys):
+    _, out, _ = invoke(capsys, *SMALL, "--mod-capacity", "1.0")
+    assert "LayerToken saving  0.0%" in out
+    assert "FLOP saving        -0.0%   (routers included;" in out, "the routers cost a hair more than nothing"
+
+
+def test_mod_plot_writes_a_png(capsys, tmp_path):
+    target = tmp_path / "mod.png"
+    code, out, _ = invoke(capsys, *SMALL, "--mod-capacity", "0.25", "--plot", str(target))
+    assert code == 0 and str(target) in out
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and target.stat().st_size > 10_000
 
 
 def test_deepspeed_config_errors_name_the_key(capsys, tmp_path):
@@ -197,6 +270,20 @@ def test_readme_shows_what_the_command_prints(capsys):
     assert code == 0 and out == shown
     saving = re.search(r"LayerToken saving  ([\d.]+%)", out).group(1)
     assert f"The LayerToken saving of this schedule is {saving}" in section
+
+
+def test_planning_page_shows_what_the_mod_command_prints(capsys):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "planning.md").read_text()
+    section = text.split("<!-- section: plan-mod -->")[1].split("<!-- /section: plan-mod -->")[0]
+    command = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1).replace("\\\n", " ").split()
+    shown = re.search(r"```text\n(.*?)```", section, flags=re.S).group(1)
+    assert command[:2] == ["random-ltd", "plan"] and "--mod-capacity" in command
+    code, out, _ = invoke(capsys, *command[2:])
+    assert code == 0 and out == shown
+    saving = re.search(r"LayerToken saving  ([\d.]+%)", out).group(1)
+    assert f"The LayerToken saving of this plan is {saving}" in section
 
 
 TWELVE_LAYERS = ["--seq-len", "512", "--layers", "12", "--batch-size", "4", "--total-steps", "100", "--keep", "128"]

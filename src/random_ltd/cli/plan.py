@@ -1,4 +1,4 @@
-"""``random-ltd plan``: what a kept-length schedule saves over a training run (no model needed).
+"""``random-ltd plan``: what a kept-length schedule (or Mixture-of-Depths) saves over a training run (no model needed).
 
 The command parses its flags into a ``random_ltd.plan_request.PlanRequest`` (which holds the rules
 of what goes with what) and prints the plan; errors name the flag of the setting."""
@@ -25,16 +25,23 @@ Schedules: MSLG from --start, growing by --increment every --every-steps steps, 
 --keep (the paper's constant-drop-rate baseline); or a DeepSpeed config.
 Inverse mode (--target-saving): with --start, find the interval; otherwise find the start
 length that reaches the target with full length at --full-at (default 0.7 of training).
+Mixture-of-Depths (--mod-capacity C, instead of a schedule): the --drop-layers are routed,
+each running the top C tokens of every sequence plus a router (C with a point or an e is a
+fraction in (0, 1], e.g. 0.125; digits alone a token count >= 2); FLOPs include the routers.
 Token counts accept K, M, B (or G) and T suffixes: --total-tokens 300B --every-tokens 1.75B.
 
 example (the paper's GPT-3 setting):
   random-ltd plan --seq-len 2048 --layers 24 --start 128 --increment 16 \\
       --every-tokens 1.75B --total-tokens 300B --batch-size 256
+Mixture-of-Depths at 12.5% on every other block:
+  random-ltd plan --seq-len 2048 --layers 24 --drop-layers 1:-1:2 --mod-capacity 0.125 \\
+      --total-tokens 300B --batch-size 256
 """
 
 EPILOG = """\
 --json prints one object with these keys:
-  layer_token_saving       fraction of layer-tokens saved, 1 - random_ltd / baseline
+  method                   "random_ltd", or "mod" with --mod-capacity
+  layer_token_saving       fraction of layer-tokens saved, 1 - random_ltd (or mod) / baseline
   flop_saving              fraction of training FLOPs saved (estimate, see flop_model)
   baseline_layer_tokens    layer-tokens without dropping: steps * batch * seq_len * layers
   random_ltd_layer_tokens  layer-tokens with the schedule (dropping layers count the kept length)
@@ -46,6 +53,11 @@ EPILOG = """\
   seq_len, num_layers, batch_size, tokens_per_step, total_steps, total_tokens
   flop_model               {"d_model", "ffn_dim", "vocab_size"} used for the FLOP estimate
   target_saving            (only with --target-saving) the requested saving
+with --mod-capacity, instead of random_ltd_layer_tokens and random_ltd_flops:
+  mod_layer_tokens         layer-tokens with routing (routed layers count routed_length)
+  mod_flops                training FLOPs, each routed layer's router (2 s d per sequence) included
+  mod_capacity             the capacity given; routed_length: tokens a routed layer runs per sequence
+  drop_layers, schedule    the routed layers; one entry, the routed length from step 0
 
 Exit status: 0 on success, 2 on bad input (one line naming the flag).
 """
@@ -57,7 +69,8 @@ REQUEST_FIELDS = {"seq_len": "seq_len", "num_layers": "layers", "drop_layers": "
                   "deepspeed_config": "deepspeed_config", "start": "start", "increment": "increment",
                   "every_steps": "every_steps", "every_tokens": "every_tokens", "full_at": "full_at", "keep": "keep",
                   "multiple_of": "multiple_of", "target_saving": "target_saving", "d_model": "d_model",
-                  "ffn_dim": "ffn_dim", "vocab_size": "vocab_size"}  # PlanRequest field: argparse dest
+                  "ffn_dim": "ffn_dim", "vocab_size": "vocab_size",
+                  "mod_capacity": "mod_capacity"}  # PlanRequest field: argparse dest
 
 
 def count(text: str) -> float:
@@ -81,8 +94,16 @@ def full_at(text: str) -> int | float:
     return int(value) if value > 1 and value == int(value) else value
 
 
+def capacity(text: str) -> float | int:
+    """A Mixture-of-Depths capacity: with a point or an ``e`` a fraction (``0.125``, ``1e-1``), digits alone a count."""
+    try:
+        return float(text) if any(c in text.lower() for c in ".e") else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a fraction like 0.125 nor a token count") from None
+
+
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("plan", help="plan a schedule: kept lengths, layer-token and FLOP savings",
+    parser = subparsers.add_parser("plan", help="plan a schedule (or MoD): kept lengths, layer-token and FLOP savings",
                                    description=DESCRIPTION, epilog=EPILOG, hint="",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_flags(parser.add_argument_group("model and run"))
@@ -96,7 +117,8 @@ def _add_run_flags(group) -> None:
     group.add_argument("--seq-len", type=int, metavar="S", help="full sequence length s")
     group.add_argument("--layers", type=int, metavar="L", help="number of transformer layers L")
     group.add_argument("--drop-layers", metavar="SEL",
-                       help='layers that drop tokens: slice or list (default "1:-1": all but first and last)')
+                       help='layers that drop tokens (the routed ones with --mod-capacity): slice or list '
+                            '(default "1:-1": all but first and last)')
     group.add_argument("--batch-size", type=int, metavar="B", help="sequences per optimizer step (global batch)")
     totals = group.add_mutually_exclusive_group()
     totals.add_argument("--total-steps", type=int, metavar="N", help="training length in steps")
@@ -119,6 +141,9 @@ def _add_schedule_flags(group) -> None:
     group.add_argument("--multiple-of", type=int, metavar="M", help="round kept lengths down to a multiple of M")
     group.add_argument("--target-saving", type=float, metavar="FRACTION",
                        help="inverse mode: solve for this LayerToken saving")
+    group.add_argument("--mod-capacity", type=capacity, metavar="C",
+                       help="plan Mixture-of-Depths instead: the --drop-layers run the top C tokens (a fraction "
+                            "in (0, 1] like 0.125, or an int count) plus a router each; no schedule flags")
 
 
 def _add_flop_flags(group) -> None:

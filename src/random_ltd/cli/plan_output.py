@@ -7,6 +7,7 @@ from random_ltd.planner import Plan
 from random_ltd.schedules import MSLG, ConstantKeep
 
 TABLE_ROWS = 12
+METHOD_NAMES = {"random_ltd": "random-LTD", "mod": "MoD"}
 
 
 def amount(value: float) -> str:
@@ -71,33 +72,61 @@ def kept_table(plan: Plan) -> list[str]:
 
 
 def report(plan: Plan, *, target_saving: float | None = None, plot: str | None = None) -> str:
-    model = plan.training.flop_model
-    vocab = f"vocab {model.vocab_size:,}" if model.vocab_size else "no output layer"
-    lines = [
-        "random-LTD plan",
-        f"  model     {plan.num_layers} layers, sequence length {plan.seq_len}; "
-        f"{len(plan.drop_layers)} layers drop tokens: {layer_ranges(plan.drop_layers)}",
-        f"  run       {plan.total_steps:,} steps x {plan.batch_size:,} sequences "
-        f"({plan.tokens_per_step:,} tokens/step) = {amount(plan.total_steps * plan.tokens_per_step)} tokens",
-        f"  schedule  {describe_schedule(plan)}",
-        f"            {_full_length_line(plan)}",
-        "",
-        *kept_table(plan),
-        "",
-        f"  layer-tokens       baseline {amount(plan.baseline_layer_tokens)}   "
-        f"random-LTD {amount(plan.random_ltd_layer_tokens)}",
-        f"  LayerToken saving  {plan.layer_token_saving:.1%}"
-        + (f"   (target {target_saving:.1%})" if target_saving else ""),
-        f"  FLOP saving        {plan.flop_saving:.1%}   (d_model {model.d_model}, ffn {model.ffn}, {vocab}; "
-        "matmuls, training = 3 x forward)",
-    ]
+    lines = _mod_lines(plan) if plan.method == "mod" else _random_ltd_lines(plan, target_saving)
     if plot:
         lines.append(f"  plot               {plot}")
     return "\n".join(lines)
 
 
+def _random_ltd_lines(plan: Plan, target_saving: float | None) -> list[str]:
+    return [
+        "random-LTD plan",
+        f"  model     {plan.num_layers} layers, sequence length {plan.seq_len}; "
+        f"{len(plan.drop_layers)} layers drop tokens: {layer_ranges(plan.drop_layers)}",
+        _run_line(plan),
+        f"  schedule  {describe_schedule(plan)}",
+        f"            {_full_length_line(plan)}",
+        "",
+        *kept_table(plan),
+        "",
+        *_totals_lines(plan, target_saving),
+    ]
+
+
+def _mod_lines(plan: Plan) -> list[str]:
+    return [
+        "Mixture-of-Depths plan",
+        f"  model     {plan.num_layers} layers, sequence length {plan.seq_len}; "
+        f"{len(plan.drop_layers)} routed layers: {layer_ranges(plan.drop_layers)}",
+        _run_line(plan),
+        f"  routing   routed layers run the top {plan.routed_length} of {plan.seq_len} tokens "
+        f"(capacity {plan.capacity}) plus a router each",
+        "",
+        *_totals_lines(plan, None),
+    ]
+
+
+def _run_line(plan: Plan) -> str:
+    return (f"  run       {plan.total_steps:,} steps x {plan.batch_size:,} sequences "
+            f"({plan.tokens_per_step:,} tokens/step) = {amount(plan.total_steps * plan.tokens_per_step)} tokens")
+
+
+def _totals_lines(plan: Plan, target_saving: float | None) -> list[str]:
+    model = plan.training.flop_model
+    vocab = f"vocab {model.vocab_size:,}" if model.vocab_size else "no output layer"
+    routers = "routers included; " if plan.method == "mod" else ""
+    return [
+        f"  layer-tokens       baseline {amount(plan.baseline_layer_tokens)}   "
+        f"{METHOD_NAMES[plan.method]} {amount(plan.layer_tokens)}",
+        f"  LayerToken saving  {plan.layer_token_saving:.1%}"
+        + (f"   (target {target_saving:.1%})" if target_saving else ""),
+        f"  FLOP saving        {plan.flop_saving:.1%}   ({routers}d_model {model.d_model}, ffn {model.ffn}, {vocab}; "
+        "matmuls, training = 3 x forward)",
+    ]
+
+
 def save_plot(plan: Plan, path: str, curves: dict[str, list]) -> None:
-    """Two panels over training steps: the kept length; the LayerToken LR against the iteration LR."""
+    """Two panels over training steps: the kept (or routed) length; the LayerToken LR against the iteration LR."""
     try:
         import matplotlib
     except ImportError:
@@ -109,10 +138,10 @@ def save_plot(plan: Plan, path: str, curves: dict[str, list]) -> None:
     steps = [step for step, _ in plan.change_points] + [plan.total_steps]
     kept = [k for _, k in plan.change_points]
     kept_axis.step(steps, kept + kept[-1:], where="post")
-    kept_axis.set_ylabel("kept length")
+    kept_axis.set_ylabel("routed length" if plan.method == "mod" else "kept length")
     kept_axis.set_ylim(0, plan.seq_len * 1.05)
     kept_axis.set_title(f"LayerToken saving {plan.layer_token_saving:.1%}, FLOP saving {plan.flop_saving:.1%}")
-    lr_axis.plot(curves["step"], curves["layer_token_lr"], label="LayerToken LR (random-LTD)")
+    lr_axis.plot(curves["step"], curves["layer_token_lr"], label=f"LayerToken LR ({METHOD_NAMES[plan.method]})")
     lr_axis.plot(curves["step"], curves["iteration_lr"], "--", label="iteration LR")
     lr_axis.set_ylabel("LR / peak LR")
     lr_axis.set_xlabel("training step")
