@@ -349,7 +349,7 @@ def test_each_routed_block_compiles_fullgraph_and_equals_eager(name):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"capacity": 0.0}, "fraction must lie in"),
+    ({"capacity": 0.0}, "^capacity: .*fraction must lie in"),
     ({"capacity": 1.5}, "fraction must lie in"),
     ({"capacity": float("nan")}, "fraction must lie in"),
     ({"capacity": 1}, "write 1.0"),

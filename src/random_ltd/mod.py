@@ -31,10 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from random_ltd import api, ops
-from random_ltd.accounting import capacity_length
+from random_ltd.accounting import capacity_length, check_capacity
 from random_ltd.errors import RandomLTDError
 from random_ltd.layer_selection import LayerSelection, parse_layer_selection
-from random_ltd.span import check_keep_fraction
 from random_ltd.strategies import LayerInfo, Strategy, Weighted
 
 ROUTER_NAME = "mod_router"
@@ -268,7 +267,7 @@ def apply(
     if not isinstance(model, nn.Module):
         raise RandomLTDError(f"apply() needs a torch.nn.Module, got {type(model).__name__}")
     api.check_unapplied(model)
-    capacity = check_keep_fraction(capacity)
+    capacity = check_capacity(capacity, field="capacity")
     if not isinstance(skip_padding, bool):
         raise RandomLTDError(f"skip_padding must be True or False, got {skip_padding!r}")
     if aux_loss_coef is not None and (isinstance(aux_loss_coef, bool) or not isinstance(aux_loss_coef, (int, float))
