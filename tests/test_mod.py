@@ -1,8 +1,8 @@
 """Mixture-of-Depths (``random_ltd.mod``) against references.
 
 The reference runs the original layer on the subsequence gathered by plain indexing, sequence by
-sequence (``test_span._original_on``, built on ``test_layer._take``), from the hidden states the
-routed layer received, and forms ``x + r * (y - x)`` with the router weight ``r`` read from the
+sequence, stacked into one call (``test_span._original_on``, built on ``test_layer._take``), from
+the hidden states the routed layer received, and forms ``x + r * (y - x)`` with the router weight ``r`` read from the
 layer's own router: the routed model equals it bit for bit on CPU.
 """
 from __future__ import annotations
@@ -14,8 +14,7 @@ import torch
 import torch._dynamo
 import torch.nn.functional as F
 import zoo
-from test_layer import _take
-from test_span import _batch_first, _bound, _capture, _hidden, _original_on, _spy_draws
+from test_span import _bound, _capture, _hidden, _original_on, _spy_draws
 
 import random_ltd
 import random_ltd.layer
@@ -60,49 +59,13 @@ def _router_weights(handle, call, position: int) -> torch.Tensor:
     return torch.sigmoid(router(_hidden(call)).squeeze(-1))
 
 
-def _reference(call, kept: torch.Tensor, indices: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """The original layer on the kept tokens, its inputs gathered sequence by sequence by plain indexing
-    (``test_layer._take``) and stacked into one batch: one call, as the routed layer makes (SDPA's kernels
-    sum a batch of one differently). Sequence by sequence where a gathered input is not per sequence."""
-    state, bound, hidden_name = _bound(call)
-    arguments = {}
-    for name, value in bound.arguments.items():
-        if name == hidden_name:
-            arguments[name] = kept if _batch_first(call) else kept.transpose(0, 1)
-        elif isinstance(value, dict):  # **kwargs
-            arguments[name] = {key: _stacked(item, key, state, indices, seq_len) for key, item in value.items()}
-        else:
-            arguments[name] = _stacked(value, name, state, indices, seq_len)
-        gathered = arguments[name].values() if isinstance(arguments[name], dict) else [arguments[name]]
-        if any(item is _PER_SEQUENCE for item in gathered):
-            return _original_on(call, kept, indices, seq_len)
-    bound.arguments.update(arguments)
-    out = state.original_class.forward(call["layer"], *bound.args, **bound.kwargs)
-    return _hidden(call, out if isinstance(out, torch.Tensor) else out[0])
-
-
-_PER_SEQUENCE = object()
-
-
-def _stacked(value, name, state, indices, seq_len):
-    batch = indices.shape[0]
-    rows = [_take(value, name, state.adapter, b, indices[b], seq_len, batch) for b in range(batch)]
-    if not isinstance(rows[0], (torch.Tensor, tuple)) or rows[0] is value:
-        return rows[0]
-    if name == "src_mask":  # one (k, k) mask per sequence: not a batch of them
-        return _PER_SEQUENCE
-    if isinstance(rows[0], tuple):
-        return tuple(torch.cat(parts) for parts in zip(*rows, strict=True))
-    return torch.cat(rows)
-
-
 def _check_weighted(call, weights: torch.Tensor, indices: torch.Tensor, valid: torch.Tensor | None):
     """Kept rows are ``x + r * (original(x_kept) - x)``; every other row is its input, bit for bit."""
     start = _hidden(call)
     batch, seq_len = start.shape[:2]
     kept = torch.stack([start[b, indices[b]] for b in range(batch)])
     weight = torch.stack([weights[b, indices[b]] for b in range(batch)]).unsqueeze(-1)
-    expected = kept + weight * (_reference(call, kept, indices, seq_len) - kept)
+    expected = kept + weight * (_original_on(call, kept, indices, seq_len) - kept)
     end = _hidden(call, call["output"])
     for b in range(batch):
         dropped = torch.ones(seq_len, dtype=torch.bool)

@@ -1,8 +1,8 @@
 """Span routing (TREAD) through ``random_ltd.apply(model, routes=...)``, against references.
 
 The reference runs the original layers of a route, one after the other, on the subsequence
-gathered by plain indexing, sequence by sequence (``test_layer._take``, the independent gather
-that checks random-LTD's layer), from the hidden states the route's first layer received: the
+gathered by plain indexing, sequence by sequence, and stacked into one batch (``test_layer._take``,
+the independent gather that checks random-LTD's layer), from the hidden states the route's first layer received: the
 routed model equals it bit for bit on CPU.
 """
 from __future__ import annotations
@@ -89,8 +89,8 @@ def _hidden(call, value=None) -> torch.Tensor:
     return hidden if _batch_first(call) else hidden.transpose(0, 1)
 
 
-def _original_on(call, tokens: torch.Tensor, indices: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """The original layer, called with ``call``'s arguments gathered to ``indices`` sequence by sequence."""
+def _original_row_by_row(call, tokens: torch.Tensor, indices: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The original layer called once per sequence, with ``call``'s arguments gathered to ``indices``."""
     batch = indices.shape[0]
     outputs = []
     for b in range(batch):
@@ -109,6 +109,43 @@ def _original_on(call, tokens: torch.Tensor, indices: torch.Tensor, seq_len: int
         out = state.original_class.forward(call["layer"], *bound.args, **bound.kwargs)
         outputs.append(_hidden(call, out if isinstance(out, torch.Tensor) else out[0]))
     return torch.cat(outputs)
+
+
+def _original_on(call, kept: torch.Tensor, indices: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The original layer on the kept tokens, its inputs gathered sequence by sequence by plain
+    indexing (``test_layer._take``) and stacked into one batch: one call, as the routed layer makes
+    (batched matmuls, eager's and SDPA's, may sum a batch of one differently on some CPUs).
+    Sequence by sequence where a gathered input is not per sequence."""
+    state, bound, hidden_name = _bound(call)
+    arguments = {}
+    for name, value in bound.arguments.items():
+        if name == hidden_name:
+            arguments[name] = kept if _batch_first(call) else kept.transpose(0, 1)
+        elif isinstance(value, dict):  # **kwargs
+            arguments[name] = {key: _stacked(item, key, state, indices, seq_len) for key, item in value.items()}
+        else:
+            arguments[name] = _stacked(value, name, state, indices, seq_len)
+        gathered = arguments[name].values() if isinstance(arguments[name], dict) else [arguments[name]]
+        if any(item is _PER_SEQUENCE for item in gathered):
+            return _original_row_by_row(call, kept, indices, seq_len)
+    bound.arguments.update(arguments)
+    out = state.original_class.forward(call["layer"], *bound.args, **bound.kwargs)
+    return _hidden(call, out if isinstance(out, torch.Tensor) else out[0])
+
+
+_PER_SEQUENCE = object()
+
+
+def _stacked(value, name, state, indices, seq_len):
+    batch = indices.shape[0]
+    rows = [_take(value, name, state.adapter, b, indices[b], seq_len, batch) for b in range(batch)]
+    if not isinstance(rows[0], (torch.Tensor, tuple)) or rows[0] is value:
+        return rows[0]
+    if name == "src_mask":  # one (k, k) mask per sequence: not a batch of them
+        return _PER_SEQUENCE
+    if isinstance(rows[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*rows, strict=True))
+    return torch.cat(rows)
 
 
 def _check_route(calls: list[dict], indices: torch.Tensor, valid: torch.Tensor | None):
