@@ -334,6 +334,50 @@ def test_bad_input_is_a_clear_error_and_the_model_is_untouched(options, message)
     assert random_ltd.get_handle(model) is None
 
 
+@pytest.mark.parametrize("name", ["torch-encoder-pad", "torch-encoder-causal-seqfirst", "nanogpt-block",
+                                  "manual-softmax-bidir-pad"])
+def test_without_a_config_the_router_width_is_read_from_the_layer_s_norms(name):
+    case, model = _build(name)
+    width = _hidden_size(case, model)
+    handle = mod.apply(model)
+    assert {router.in_features for router in handle.strategy.routers.values()} == {width}
+    case.loss(model, case.inputs(torch.Generator().manual_seed(1))).backward()
+
+
+class _TwoWidths(torch.nn.Module):
+    """A block whose norms disagree on the width (one on the tokens, one on a head of 8)."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(16)
+        self.head_norm = torch.nn.LayerNorm(8)
+        self.proj = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        return x + self.proj(self.norm(x))
+
+
+def test_norms_that_disagree_on_the_width_ask_for_hidden_size_and_leave_the_model_untouched():
+    model = torch.nn.Sequential(*[_TwoWidths() for _ in range(4)])
+    keys = set(model.state_dict())
+    random_ltd.register_layer(_TwoWidths)
+    try:
+        with pytest.raises(random_ltd.RandomLTDError, match=r"hidden size.*\[8, 16\].*pass hidden_size="):
+            mod.apply(model)
+        assert set(model.state_dict()) == keys and random_ltd.get_handle(model) is None
+        assert {router.in_features for router in mod.apply(model, hidden_size=16).strategy.routers.values()} == {16}
+    finally:
+        random_ltd.remove(model)
+        random_ltd.unregister_layer(_TwoWidths)
+
+
+def test_a_router_of_the_wrong_width_is_a_clear_error_at_the_first_forward():
+    case, model = _build("nanogpt-block")
+    mod.apply(model, hidden_size=_hidden_size(case, model) + 1)
+    with pytest.raises(random_ltd.RandomLTDError, match=r"router.*takes \d+ features.*receives \d+.*hidden_size="):
+        case.loss(model, case.inputs(torch.Generator().manual_seed(1)))
+
+
 @pytest.mark.parametrize("first", ["random-ltd", "mod"])
 def test_mod_on_a_model_already_routed_is_refused_and_leaves_it_untouched(first):
     case, model = _build("llama-sdpa-pad")

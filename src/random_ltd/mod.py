@@ -111,7 +111,13 @@ class MixtureOfDepths(Strategy):
 
     def logits(self, layer: LayerInfo, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, s)`` router scores of the batch-first ``tokens``."""
-        return self._slot(layer).router(tokens).squeeze(-1)
+        router = self._slot(layer).router
+        width = getattr(router, "in_features", tokens.shape[-1])
+        if tokens.shape[-1] != width:
+            raise RandomLTDError(f"Mixture-of-Depths: the router of layer {layer.position} ({layer.name}) takes "
+                                 f"{width} features but the layer receives {tokens.shape[-1]}: pass hidden_size="
+                                 f"{tokens.shape[-1]} to mod.apply")
+        return router(tokens).squeeze(-1)
 
     def begin_forward(self, inputs: Mapping[str, object], keep) -> torch.Tensor | None:
         mask = inputs.get("attention_mask")
@@ -218,7 +224,7 @@ def _check_layers(layers: LayerSelection, num_layers: int) -> list[int]:
     return parse_layer_selection(layers, num_layers)
 
 
-def _hidden_size(model: nn.Module, hidden_size: int | None) -> int:
+def _hidden_size(model: nn.Module, hidden_size: int | None, layers: list[nn.Module]) -> int:
     if hidden_size is not None:
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
             raise RandomLTDError(f"hidden_size must be a positive integer, got {hidden_size!r}")
@@ -228,7 +234,24 @@ def _hidden_size(model: nn.Module, hidden_size: int | None) -> int:
         value = getattr(config, name, None)
         if isinstance(value, int):
             return value
-    raise RandomLTDError("cannot tell the hidden size of this model's layers: pass hidden_size=")
+    widths = sorted({width for layer in layers for width in _layer_widths(layer)})
+    if len(widths) == 1:
+        return widths[0]
+    found = f"its norms and attention read widths {widths}" if widths else "it has no norm or attention to read"
+    raise RandomLTDError(f"cannot tell the hidden size of this model's layers ({found}): pass hidden_size=")
+
+
+def _layer_widths(layer: nn.Module) -> set[int]:
+    """The token widths a block's own modules declare: a norm's last normalised dimension, an
+    ``nn.MultiheadAttention``'s ``embed_dim`` (a model without a config; one width is the hidden size)."""
+    widths = set()
+    for module in layer.modules():
+        shape = getattr(module, "normalized_shape", None)
+        if isinstance(shape, (tuple, list)) and shape and isinstance(shape[-1], int):
+            widths.add(shape[-1])
+        if isinstance(module, nn.MultiheadAttention):
+            widths.add(module.embed_dim)
+    return widths
 
 
 def _new_router(layer: nn.Module, hidden_size: int) -> nn.Linear:
@@ -256,7 +279,8 @@ def apply(
     best setting, never the first, whose cache length positions the generated tokens);
     ``capacity``: a fraction in (0, 1] of each sequence or an int count >= 2 (default 12.5%);
     ``weight``: ``"sigmoid"`` or ``"logit"`` (the router weight ``r``); ``hidden_size``: the
-    routers' input size (default the model config's); ``skip_padding``: read the model's 2-D
+    routers' input size (default the model config's, else the one width the routed
+    layers' norms and attention modules declare); ``skip_padding``: read the model's 2-D
     ``attention_mask`` (a forward hook, ``random_ltd.contexts``) so that padding is chosen last and
     left out of the auxiliary loss; ``False`` for inputs without padding when each routed block is
     compiled with ``fullgraph=True`` (the context lookup does not trace); ``aux_loss_coef``: add
@@ -275,9 +299,9 @@ def apply(
         raise RandomLTDError(f"aux_loss_coef must be a number >= 0 or None, got {aux_loss_coef!r}")
     if weight not in WEIGHTS:
         raise RandomLTDError(f"weight={weight!r}: the router weight is one of {WEIGHTS}")
-    size = _hidden_size(model, hidden_size)
     _, members = api.find_layer_stack(model, stack)
     chosen = _check_layers(layers, len(members))
+    size = _hidden_size(model, hidden_size, [members[index][1] for index in chosen])
     for index in chosen:
         name, layer = members[index]
         if hasattr(layer, ROUTER_NAME):
