@@ -20,7 +20,7 @@ LAYERS = [
     {"random_ltd.ops", "random_ltd.rng", "random_ltd.sharding"},
     {"random_ltd.swap", "random_ltd.calls", "random_ltd.gather", "random_ltd.strategies", "random_ltd.layer",
      "random_ltd.api", "random_ltd.attention", "random_ltd.adapters", "random_ltd.tokenbypass",
-     "random_ltd.contexts", "random_ltd.routes", "random_ltd.span", "random_ltd.mod"},
+     "random_ltd.contexts", "random_ltd.routes", "random_ltd.span", "random_ltd.mod", "random_ltd.cache_keys"},
     {"random_ltd.driver", "random_ltd"},  # the package's own names (``import random_ltd``) sit with the driver
     {"random_ltd.integrations"},
     {"random_ltd.train", "random_ltd.bench", "random_ltd.ablate"},

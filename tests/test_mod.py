@@ -8,6 +8,7 @@ layer's own router: the routed model equals it bit for bit on CPU.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -183,13 +184,37 @@ def _decisions(monkeypatch) -> list[torch.Tensor]:
     return made
 
 
-def test_generation_with_a_cache_routes_as_the_full_forward_does(monkeypatch):
-    case, model = _build("llama-sdpa-pad")
-    handle = _apply(case, model, capacity=0.25)
-    for router in handle.strategy.routers.values():  # about half the tokens run each routed layer
+def _route_about_half(model, handle, ids: torch.Tensor) -> None:
+    """Random router weights, each bias set so that about half the tokens of a forward on ``ids`` run
+    its layer (hidden states of some families sit far from zero)."""
+    logits = {}
+    hooks = []
+    for position, router in handle.strategy.routers.items():
         torch.nn.init.normal_(router.weight, std=1.0)
+        torch.nn.init.zeros_(router.bias)
+        hooks.append(router.register_forward_hook(lambda m, args, out, p=position: logits.setdefault(p, out)))
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for hook in hooks:
+        hook.remove()
+    with torch.no_grad():
+        for position, router in handle.strategy.routers.items():
+            router.bias.fill_(-float(logits[position].float().median()) + 1e-4)
+
+
+GENERATING = ["llama-sdpa", "llama-eager-leftpad", "gpt2-eager-pad", "gptj-eager", "opt-eager-pad", "gemma-eager",
+              "gpt-bigcode-eager", "qwen2-moe-eager-pad", "falcon-rotary-sdpa-pad", "falcon-alibi-sdpa",
+              "bloom-alibi-eager-pad", "gpt-neo-local-eager"]
+
+
+@pytest.mark.parametrize("name", GENERATING)
+def test_generation_with_a_cache_routes_as_the_full_forward_does(name, monkeypatch):
+    """Token by token with a cache, teacher-forced: the same routing decisions and logits as one full forward."""
+    case, model = _build(name)
+    handle = _apply(case, model, capacity=0.25)
     model.eval()
-    ids = torch.randint(0, zoo.VOCAB, (1, 12), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(1, zoo.VOCAB, (1, 12), generator=torch.Generator().manual_seed(3))
+    _route_about_half(model, handle, ids)
     made = _decisions(monkeypatch)
     with torch.no_grad():
         full = model(input_ids=ids, use_cache=False).logits
@@ -468,21 +493,47 @@ def test_random_ltd_remove_takes_the_routers_and_hooks_away_too():
     assert not model._forward_hooks and not model._forward_pre_hooks
 
 
-def test_generate_with_the_cache_picks_the_tokens_of_full_forwards():
-    """transformers' ``generate`` (greedy, KV cache) against a loop of full forwards without a cache."""
-    case, model = _build("llama-sdpa")
+def test_a_cache_records_the_positions_a_routed_layer_holds_and_follows_reordering_but_refuses_cropping():
+    case, model = _build("llama-eager-leftpad")
     handle = _apply(case, model, capacity=0.25)
-    for router in handle.strategy.routers.values():
-        torch.nn.init.normal_(router.weight, std=1.0)
+    model.eval()
+    ids = torch.randint(1, zoo.VOCAB, (1, 12), generator=torch.Generator().manual_seed(3))
+    _route_about_half(model, handle, ids)
+    with torch.no_grad():
+        cache = model(input_ids=ids[:, :8].expand(2, -1), use_cache=True).past_key_values
+    records = cache.__dict__["_random_ltd_held_keys"]
+    assert set(records) == {1, 3} and all(record.seen == 8 for record in records.values())
+    for position, record in records.items():
+        assert record.positions.shape == (2, cache.get_seq_length(position)), "one position per key held"
+    marked = {position: record.positions * torch.tensor([[1], [100]]) for position, record in records.items()}
+    for position in records:
+        records[position] = dataclasses.replace(records[position], positions=marked[position])
+    cache.reorder_cache(torch.tensor([1, 0]))
+    assert all(torch.equal(records[p].positions, marked[p].flip(0)) for p in records), "rows follow the beams"
+    with pytest.raises(random_ltd.RandomLTDError, match="cropping a cache"):
+        cache.crop(4)
+
+
+@pytest.mark.parametrize("name", GENERATING)
+def test_generate_with_the_cache_picks_the_tokens_of_full_forwards(name):
+    """transformers' ``generate`` (greedy, KV cache) against a loop of full forwards without a cache. Eager
+    attention, ALiBi and padding masks hand a routed layer keys in original positions at every step: only
+    those its cache holds are kept."""
+    case, model = _build(name)
+    handle = _apply(case, model, capacity=0.25)
     model.eval()
     ids = torch.randint(1, zoo.VOCAB, (1, 6), generator=torch.Generator().manual_seed(4))
+    _route_about_half(model, handle, torch.randint(1, zoo.VOCAB, (1, 14), generator=torch.Generator().manual_seed(5)))
     with torch.no_grad():
         generated = model.generate(ids, max_new_tokens=8, do_sample=False, min_new_tokens=8, output_logits=True,
                                    return_dict_in_generate=True)
         expected, logits = ids, []
+        eos = model.generation_config.eos_token_id  # min_new_tokens keeps generate from choosing it
         for _ in range(8):
             logits.append(model(input_ids=expected, use_cache=False).logits[:, -1])
-            expected = torch.cat([expected, logits[-1].argmax(-1, keepdim=True)], dim=1)
+            allowed = logits[-1].index_fill(-1, torch.tensor(eos if isinstance(eos, list) else [eos]), -float("inf")) \
+                if eos is not None else logits[-1]
+            expected = torch.cat([expected, allowed.argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(generated.sequences, expected)
     torch.testing.assert_close(torch.stack(generated.logits), torch.stack(logits), rtol=1e-5, atol=1e-5)
 

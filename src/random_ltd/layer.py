@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from random_ltd import ops, routes, swap
+from random_ltd import cache_keys, ops, routes, swap
 from random_ltd.adapters.base import LayerAdapter
 from random_ltd.attention.other_inputs import AttentionSetup, attention_setup
 from random_ltd.calls import CallPlan, LayerCall
@@ -224,13 +224,23 @@ def _forward_weighted(layer, state: LayerState, call: LayerCall):
     else:
         chosen = control.strategy.select_causal(state.info, tokens)
     kept_len, seq_len = chosen.indices.shape[1], tokens.shape[1]
-    if kept_len == 0:  # no token runs the layer (nor enters its cache): its input, in its output's structure
-        return _skipped(layer, state, call, hidden_name, tokens, batch_first)
-    if kept_len == seq_len:
-        return _weigh(call.call(original, layer), tokens, chosen.weights, batch_first, state.adapter.output_index)
-    if not training and seq_len > 1 and _cache_filled(state, call):
+    cache = None if training else _cache(state, call)
+    filled = cache is not None and _cache_filled(state, call)
+    if filled and seq_len > 1:
         raise RandomLTDError("causal routing with a cache that holds tokens runs one new token per call; "
                              "several new tokens at once (chunked prefill) are not supported")
+    if cache is not None:  # the cache takes the keys of the tokens that run: recorded by original position
+        held = cache_keys.held_keys(cache, state.info.position, tokens.shape[0], tokens.device, filled)
+        cache_keys.note_held_keys(cache, state.info.position, held.after(chosen.indices, seq_len))
+    if kept_len == 0:  # no token runs the layer (nor enters its cache): its input, in its output's structure
+        return _skipped(layer, state, call, hidden_name, tokens, batch_first)
+    if filled:  # one new token runs: it attends the keys the layer's cache holds and its own
+        keys = torch.cat([held.positions, held.seen + chosen.indices], dim=1)
+        cache_keys.gather_key_inputs(state.adapter, call, keys, held.seen + seq_len)
+        if state.adapter.prepare is not None:  # e.g. a window in original positions
+            state.adapter.prepare(layer, call, keys)
+    if kept_len == seq_len:
+        return _weigh(call.call(original, layer), tokens, chosen.weights, batch_first, state.adapter.output_index)
     flat = ops.flat_indices(chosen.indices, seq_len)
     kept, passthrough = ops.split_tokens(tokens, flat, kept_len)
     call[hidden_name] = kept if batch_first else kept.transpose(0, 1)
@@ -291,6 +301,15 @@ def _cache_holds_tokens(state: LayerState, call: LayerCall) -> bool:
     """True while generating: a cache is passed and it already holds (or, with gradients off,
     is about to receive) this layer's keys and values. See the README's no-grad rule."""
     return _cache_filled(state, call, any_cache_when_no_grad=True)
+
+
+def _cache(state: LayerState, call: LayerCall):
+    """The KV cache object passed to this call, if any."""
+    for name in state.adapter.caches:
+        cache = call.get(name)
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            return cache
+    return None
 
 
 def _cache_filled(state: LayerState, call: LayerCall, any_cache_when_no_grad: bool = False) -> bool:

@@ -55,7 +55,10 @@ def _gpt_neo_window(layer, call, indices) -> None:
         return
     mask = call.get("attention_mask")
     dtype = layer.ln_1.weight.dtype
-    call["attention_mask"] = restrict_to_window(mask, indices, attention.config.window_size, dtype)
+    hidden = call.get("hidden_states")
+    # one new token at generation (causal routing): it is the last of the keys its cache holds
+    queries = indices[:, -1:] if hidden is not None and hidden.shape[1] == 1 else None
+    call["attention_mask"] = restrict_to_window(mask, indices, attention.config.window_size, dtype, queries)
 
 
 def _named(name: str, base: LayerAdapter = BLOCK, **fields) -> LayerAdapter:

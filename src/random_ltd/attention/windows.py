@@ -12,20 +12,22 @@ from __future__ import annotations
 import torch
 
 
-def window_allows(indices: torch.Tensor, window: int) -> torch.Tensor:
-    """``(B, 1, k, k)`` bool: causal and within ``window`` in original positions."""
-    distance = indices[:, :, None] - indices[:, None, :]
+def window_allows(indices: torch.Tensor, window: int, queries: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, 1, q, k)`` bool: causal and within ``window`` in original positions, for the queries at
+    ``queries`` ``(B, q)`` (default the keys ``indices`` ``(B, k)`` themselves)."""
+    queries = indices if queries is None else queries
+    distance = queries[:, :, None] - indices[:, None, :]
     return ((distance >= 0) & (distance < window)).unsqueeze(1)
 
 
 def restrict_to_window(mask: torch.Tensor | None, indices: torch.Tensor, window: int,
-                       dtype: torch.dtype) -> torch.Tensor:
-    """A gathered ``(B or 1, H, k, k)`` mask (bool: True = attend, or additive float) with the window added.
+                       dtype: torch.dtype, queries: torch.Tensor | None = None) -> torch.Tensor:
+    """A gathered ``(B or 1, H, q, k)`` mask (bool: True = attend, or additive float) with the window added.
 
     ``None`` (nothing masked) becomes an additive mask of ``dtype``. The diagonal stays open, so a
     row that attended somewhere still does.
     """
-    allowed = window_allows(indices, window)
+    allowed = window_allows(indices, window, queries)
     if mask is None:
         return torch.zeros(allowed.shape, dtype=dtype, device=indices.device).masked_fill(
             ~allowed, torch.finfo(dtype).min)
