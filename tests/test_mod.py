@@ -493,6 +493,30 @@ def test_random_ltd_remove_takes_the_routers_and_hooks_away_too():
     assert not model._forward_hooks and not model._forward_pre_hooks
 
 
+@pytest.mark.parametrize("name", ["qwen2-sliding-eager", "mistral-sliding-sdpa-pad"])
+def test_sliding_window_models_generate_exactly_with_a_cache_that_keeps_every_key(name):
+    """Their default cache keeps a window of keys, counted in cached tokens: refused. ``DynamicCache()``
+    keeps every key and the model's mask applies the window in original positions."""
+    from transformers import DynamicCache
+    case, model = _build(name)
+    handle = _apply(case, model, capacity=0.25)
+    model.eval()
+    ids = torch.randint(1, zoo.VOCAB, (1, 12), generator=torch.Generator().manual_seed(3))
+    _route_about_half(model, handle, ids)
+    with torch.no_grad():
+        full = model(input_ids=ids, use_cache=False).logits
+        with pytest.raises(random_ltd.RandomLTDError, match="keeps a window of keys.*DynamicCache"):
+            output = model(input_ids=ids[:, :5], use_cache=True)
+            for t in range(5, 12):
+                output = model(input_ids=ids[:, t : t + 1], past_key_values=output.past_key_values, use_cache=True)
+        output = model(input_ids=ids[:, :5], use_cache=True, past_key_values=DynamicCache())
+        steps = [output.logits]
+        for t in range(5, 12):
+            output = model(input_ids=ids[:, t : t + 1], past_key_values=output.past_key_values, use_cache=True)
+            steps.append(output.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
 def test_a_cache_records_the_positions_a_routed_layer_holds_and_follows_reordering_but_refuses_cropping():
     case, model = _build("llama-eager-leftpad")
     handle = _apply(case, model, capacity=0.25)

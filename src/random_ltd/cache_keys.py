@@ -74,8 +74,9 @@ def gather_key_inputs(adapter: LayerAdapter, call: LayerCall, keys: torch.Tensor
                                  "supports tensor masks (attn_implementation 'sdpa' or 'eager')")
         if value.shape[-1] != total:
             raise RandomLTDError(f"causal routing with a cache: {name} spans {value.shape[-1]} keys, not the "
-                                 f"{total} tokens seen so far (a static or sliding-window cache); generate with "
-                                 "transformers' DynamicCache")
+                                 f"{total} tokens seen so far (a static cache, or one that keeps a window of keys); "
+                                 "pass cache=transformers.DynamicCache() made without the config: it keeps "
+                                 "every key, and the model's mask applies the window")
         if name in adapter.key_biases:
             call[name] = gather_key_bias(value, keys)
         else:
