@@ -176,7 +176,8 @@ def _decisions(monkeypatch) -> list[torch.Tensor]:
 
     def spy(self, layer, tokens):
         chosen = original(self, layer, tokens)
-        mask = torch.zeros(tokens.shape[:2], dtype=torch.bool).scatter(1, chosen.indices, True)
+        ran = torch.ones_like(chosen.indices, dtype=torch.bool) if chosen.valid is None else chosen.valid
+        mask = torch.zeros(tokens.shape[:2], dtype=torch.bool).scatter(1, chosen.indices, ran)
         made.append((layer.position, mask))
         return chosen
 
@@ -249,15 +250,61 @@ def test_evaluation_routes_causally_a_token_runs_the_layer_when_its_logit_is_pos
     _check_weighted(calls[0], torch.sigmoid(logits), chosen, None)
 
 
-def test_causal_routing_refuses_a_batch_whose_sequences_route_differently():
+UNEVEN = ["llama-sdpa", "llama-sdpa-pad", "llama-eager-leftpad", "gpt2-eager-pad", "bert-sdpa", "bert-eager-pad",
+          "bloom-alibi-eager-pad", "falcon-alibi-sdpa", "gpt-neo-local-eager", "qwen2-moe-eager-pad"]
+
+
+def _output(model, inputs: dict) -> torch.Tensor:
+    out = model(**{name: value for name, value in inputs.items() if name != "labels"})
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+@pytest.mark.parametrize("name", UNEVEN)
+def test_a_batch_whose_sequences_route_differently_evaluates_as_each_sequence_alone(name, monkeypatch):
+    """Causal routing lets each sequence run its own number of tokens: the layer runs the most any
+    sequence chose, the others' extra tokens masked as keys and left unchanged."""
+    case, model = _build(name)
+    handle = _apply(case, model, capacity=0.25)
+    model.eval()
+    inputs = case.inputs(torch.Generator().manual_seed(2))
+    _route_about_half(model, handle, inputs["input_ids"][:1])
+    made = _decisions(monkeypatch)
+    with torch.no_grad():
+        batched = _output(model, inputs)
+        counts = [mask.sum(dim=1) for _, mask in made]
+        alone = [_output(model, {k: v[b : b + 1] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
+                 for b in range(batched.shape[0])]
+    assert any(len(set(count.tolist())) > 1 for count in counts), "the sequences route differently"
+    valid = inputs.get("attention_mask", torch.ones(batched.shape[:2], dtype=torch.long)).bool()
+    for b, expected in enumerate(alone):
+        torch.testing.assert_close(batched[b][valid[b]], expected[0][valid[b]], rtol=1e-5, atol=1e-5)
+
+
+def test_a_moe_model_s_evaluation_router_loss_counts_the_tokens_that_ran():
+    """Every token runs every routed layer: the evaluation's router loss and loss are the unwrapped model's."""
+    case, model = _build("qwen2-moe-eager-pad")
+    reference = copy.deepcopy(model).eval()
+    handle = _apply(case, model, capacity=0.25)
+    for router in handle.strategy.routers.values():
+        torch.nn.init.zeros_(router.weight)
+        torch.nn.init.constant_(router.bias, 30.0)  # r = sigmoid(30) = 1 in float32: the unrouted layer
+    model.eval()
+    inputs = case.inputs(torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours, theirs = model(**inputs), reference(**inputs)
+    assert ours.aux_loss is not None
+    torch.testing.assert_close(ours.aux_loss, theirs.aux_loss)
+    torch.testing.assert_close(ours.loss, theirs.loss)
+
+
+def test_generation_refuses_a_batch_whose_sequences_route_differently():
     case, model = _build("llama-sdpa-pad")
     handle = _apply(case, model, layers=[1])
-    torch.nn.init.normal_(handle.strategy.routers[1].weight, std=1.0)
+    ids = torch.randint(1, zoo.VOCAB, (zoo.BATCH, zoo.SEQ), generator=torch.Generator().manual_seed(3))
     model.eval()
-    ids = torch.randint(0, zoo.VOCAB, (zoo.BATCH, zoo.SEQ), generator=torch.Generator().manual_seed(3))
-    with pytest.raises(random_ltd.RandomLTDError, match="as many in each"):
-        with torch.no_grad():
-            model(input_ids=ids, use_cache=False)
+    _route_about_half(model, handle, ids[:1])
+    with torch.no_grad(), pytest.raises(random_ltd.RandomLTDError, match="route differently"):
+        model.generate(ids, max_new_tokens=4, do_sample=False)
 
 
 @pytest.mark.parametrize("reentrant", [False, True])

@@ -34,10 +34,13 @@ class HeldKeys:
 
     seen: int
     positions: torch.Tensor
+    fillers: bool = False
 
-    def after(self, indices: torch.Tensor, seq_len: int) -> HeldKeys:
-        """The record once this call's ``seq_len`` tokens passed and those at ``indices`` ``(B, k)`` ran."""
-        return HeldKeys(self.seen + seq_len, torch.cat([self.positions, self.seen + indices], dim=1))
+    def after(self, indices: torch.Tensor, seq_len: int, fillers: bool = False) -> HeldKeys:
+        """The record once this call's ``seq_len`` tokens passed and those at ``indices`` ``(B, k)`` ran
+        (``fillers``: some of them only to fill a batch whose sequences route differently)."""
+        return HeldKeys(self.seen + seq_len, torch.cat([self.positions, self.seen + indices], dim=1),
+                        self.fillers or fillers)
 
 
 def held_keys(cache, layer: int, batch: int, device: torch.device, filled: bool) -> HeldKeys:
@@ -49,6 +52,10 @@ def held_keys(cache, layer: int, batch: int, device: torch.device, filled: bool)
                                  "see being filled (filled before Mixture-of-Depths was applied, or in training "
                                  "mode); generate from a fresh cache in evaluation mode")
         return HeldKeys(0, torch.zeros(batch, 0, dtype=torch.long, device=device))
+    if filled and record.fillers:
+        raise RandomLTDError("causal routing: this cache was filled by a batch whose sequences route differently "
+                             "(a routed layer's cache holds keys some of them did not choose); generate one "
+                             "sequence per call")
     if record.positions.shape[0] != batch:
         raise RandomLTDError(f"causal routing: the cache holds {record.positions.shape[0]} sequences, this call "
                              f"passes {batch}")

@@ -81,3 +81,45 @@ def check_tensor_mask(name: str, mask) -> None:
             f"{name} is a {type(mask).__name__}, neither a tensor nor a FlexAttention BlockMask: this attention "
             "implementation is not supported; use attn_implementation='sdpa', 'eager' or 'flex_attention'"
         )
+
+
+def mask_fillers(layer: nn.Module, adapter: LayerAdapter, call: LayerCall, valid: torch.Tensor,
+                 attention: AttentionSetup | None, dtype: torch.dtype) -> None:
+    """No kept token attends to a filler (``valid`` ``(B, k)`` False): the slots a sequence that keeps
+    fewer tokens than the batch's most fills (causal routing, ``random_ltd.mod``). A filler's own row
+    still attends somewhere; its output is discarded. Call after ``gather_inputs``."""
+    refused = "causal routing of a batch whose sequences route differently needs a dense attention mask: "
+    if attention is not None and "flash" in (attention.implementation or ""):
+        raise RandomLTDError(refused + "flash attention has none (evaluate one sequence per call)")
+    names = [name for name in adapter.masks if call.get(name) is not None] or list(adapter.masks[:1])
+    if not names:
+        raise RandomLTDError(refused + f"this layer ({type(layer).__name__}) takes none this library knows of "
+                             "(evaluate one sequence per call)")
+    open_keys = valid[:, None, None, :]
+    for name in names:
+        mask = call.get(name)
+        if mask is None:
+            mask = _open_mask(layer, valid, dtype, refused)
+        elif is_block_mask(mask) or not isinstance(mask, torch.Tensor) or mask.dim() != 4:
+            raise RandomLTDError(refused + f"{name} is a {type(mask).__name__} of another form "
+                                 "(use attn_implementation 'sdpa' or 'eager', or evaluate one sequence per call)")
+        elif mask.dtype == torch.bool:
+            mask = mask & open_keys if adapter.bool_means_keep else mask | ~open_keys
+        else:
+            mask = mask.masked_fill(~open_keys, torch.finfo(mask.dtype).min)
+        call[name] = ops.attend_somewhere(mask, adapter.bool_means_keep)
+
+
+def _open_mask(layer: nn.Module, valid: torch.Tensor, dtype: torch.dtype, refused: str) -> torch.Tensor:
+    """An additive ``(B, 1, k, k)`` mask for a call that had none: causal when the layer's attention is
+    (the kept tokens are in their original order), the fillers' keys blocked."""
+    causal = next((module.is_causal for module in layer.modules() if isinstance(getattr(module, "is_causal", None),
+                                                                              bool)), None)
+    if causal is None:
+        raise RandomLTDError(refused + f"this layer ({type(layer).__name__}) was called without one and does not "
+                             "say whether it is causal (evaluate one sequence per call)")
+    keep = valid.shape[1]
+    allowed = valid[:, None, None, :].expand(-1, 1, keep, keep)
+    if causal:
+        allowed = allowed & torch.ones(keep, keep, dtype=torch.bool, device=valid.device).tril()
+    return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)

@@ -25,9 +25,9 @@ from random_ltd.attention.other_inputs import AttentionSetup, attention_setup
 from random_ltd.calls import CallPlan, LayerCall
 from random_ltd.contexts import ForwardContexts
 from random_ltd.errors import RandomLTDError
-from random_ltd.gather import gather_inputs
+from random_ltd.gather import gather_inputs, mask_fillers
 from random_ltd.sharding import ShardedLayout
-from random_ltd.strategies import LayerInfo, Strategy
+from random_ltd.strategies import RAN_ATTR, LayerInfo, Strategy
 
 _STATE_ATTR = "_random_ltd_state"
 
@@ -229,9 +229,16 @@ def _forward_weighted(layer, state: LayerState, call: LayerCall):
     if filled and seq_len > 1:
         raise RandomLTDError("causal routing with a cache that holds tokens runs one new token per call; "
                              "several new tokens at once (chunked prefill) are not supported")
+    uneven = chosen.valid is not None
+    if uneven and filled:
+        raise RandomLTDError(f"causal routing: the new tokens of this batch route differently through layer "
+                             f"{state.info.position} ({state.info.name}); generate one sequence per call")
     if cache is not None:  # the cache takes the keys of the tokens that run: recorded by original position
         held = cache_keys.held_keys(cache, state.info.position, tokens.shape[0], tokens.device, filled)
-        cache_keys.note_held_keys(cache, state.info.position, held.after(chosen.indices, seq_len))
+        cache_keys.note_held_keys(cache, state.info.position, held.after(chosen.indices, seq_len, fillers=uneven))
+    if not training:  # which slots ran, for the MoE router loss of an evaluation (read and cleared by its hook)
+        ran = chosen.valid if kept_len else torch.zeros(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)
+        layer.__dict__[RAN_ATTR] = ran
     if kept_len == 0:  # no token runs the layer (nor enters its cache): its input, in its output's structure
         return _skipped(layer, state, call, hidden_name, tokens, batch_first)
     if filled:  # one new token runs: it attends the keys the layer's cache holds and its own
@@ -246,7 +253,10 @@ def _forward_weighted(layer, state: LayerState, call: LayerCall):
     call[hidden_name] = kept if batch_first else kept.transpose(0, 1)
     gather_inputs(layer, state.adapter, call, chosen.indices, seq_len, attention=state.attention,
                   keep_caches=not training)
-    output = _weigh(call.call(original, layer), kept, chosen.weights, batch_first, state.adapter.output_index)
+    if uneven:
+        mask_fillers(layer, state.adapter, call, chosen.valid, state.attention, tokens.dtype)
+    output = _weigh(call.call(original, layer), kept, chosen.weights, batch_first, state.adapter.output_index,
+                    chosen.valid)
     return replace_hidden(output, passthrough, flat, batch_first, index=state.adapter.output_index)
 
 
@@ -262,11 +272,15 @@ def _skipped(layer, state: LayerState, call: LayerCall, hidden_name: str, tokens
     return with_hidden(output, tokens if batch_first else tokens.transpose(0, 1), state.adapter.output_index)
 
 
-def _weigh(output, kept: torch.Tensor, weights: torch.Tensor, batch_first: bool, index: int = 0):
-    """``output`` with its hidden states ``y`` (of the batch-first inputs ``kept``) made ``kept + w * (y - kept)``."""
+def _weigh(output, kept: torch.Tensor, weights: torch.Tensor, batch_first: bool, index: int = 0,
+           valid: torch.Tensor | None = None):
+    """``output`` with its hidden states ``y`` (of the batch-first inputs ``kept``) made ``kept + w * (y - kept)``;
+    ``kept`` itself where ``valid`` is False (fillers)."""
     short = output if isinstance(output, torch.Tensor) else output[index]
     short = short if batch_first else short.transpose(0, 1)
     weighed = kept + weights.unsqueeze(-1).to(kept.dtype) * (short - kept)
+    if valid is not None:
+        weighed = torch.where(valid.unsqueeze(-1), weighed, kept)
     return with_hidden(output, weighed if batch_first else weighed.transpose(0, 1), index)
 
 

@@ -136,18 +136,19 @@ class MixtureOfDepths(Strategy):
     def select_causal(self, layer: LayerInfo, tokens: torch.Tensor) -> Weighted:
         """Each token by itself: it runs the layer when its router logit is positive (evaluation, generation).
 
-        The kept length becomes a shape, so it is read on the host (one sync per layer and call);
-        the sequences of a batch must choose as many tokens each.
+        The kept length becomes a shape, so it is read on the host (one sync per layer and call). Sequences
+        that choose fewer tokens than the batch's most fill their rows with tokens that are masked as keys
+        and leave the layer unchanged (``Weighted.valid``).
         """
         logits = self.logits(layer, tokens)
         chosen = logits > 0
         counts = chosen.sum(dim=1).tolist()
-        if len(set(counts)) > 1:
-            raise RandomLTDError(f"causal Mixture-of-Depths routing: layer {layer.position} ({layer.name}) runs "
-                                 f"{counts} tokens in the sequences of this batch; it needs as many in each "
-                                 "(evaluate or generate one sequence per call, or batches that route alike)")
-        indices = ops.keep_top(chosen.to(logits.dtype), counts[0])
-        return Weighted(indices, router_weight(logits, self.weight).gather(1, indices))
+        indices = ops.keep_top(chosen.to(logits.dtype), max(counts))
+        weights = router_weight(logits, self.weight).gather(1, indices)
+        if len(set(counts)) == 1:
+            return Weighted(indices, weights)
+        valid = chosen.gather(1, indices)
+        return Weighted(indices, weights.masked_fill(~valid, 0.0), valid)
 
     def aux_loss(self) -> torch.Tensor:
         """Mean over routed layers of the router-prediction BCE of the latest training forward."""

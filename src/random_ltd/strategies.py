@@ -48,16 +48,25 @@ class LayerInfo:
     stream: object = None  # what the strategy's stream(position) returned when the layer was wrapped
 
 
+# A layer's ``__dict__`` entry, set by a weighted call: ``(B, k)`` bool, the slots whose tokens ran the layer
+# (``None``: all), for hooks that read the layer's per-token work (the MoE router loss, ``adapters.moe``).
+RAN_ATTR = "_random_ltd_ran"
+
+
 @dataclasses.dataclass(frozen=True)
 class Weighted:
     """``select``'s answer for a strategy with ``weighted = True`` (Mixture-of-Depths, ``random_ltd.mod``).
 
     ``indices`` ``(B, k)`` sorted ascending, ``weights`` ``(B, k)``: kept token ``x`` leaves the layer
     as ``x + w * (layer(x) - x)``; every other token leaves unchanged. ``k == 0`` skips the layer.
+    ``valid`` ``(B, k)`` bool, or ``None`` (all): where sequences keep different numbers of tokens
+    (causal routing), the slots past a sequence's own count are fillers, masked as keys and left
+    unchanged.
     """
 
     indices: torch.Tensor
     weights: torch.Tensor
+    valid: torch.Tensor | None = None
 
 
 class Strategy:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from random_ltd.errors import RandomLTDError
+from random_ltd.strategies import RAN_ATTR
 
 _KEPT_ATTR = "_random_ltd_kept_indices"
 
@@ -86,23 +87,30 @@ class RouterLoss:
 
     def _before(self, model, args, kwargs):
         self.routed_tokens, self._recording, self._in_forward = [], None, True
-        if not model.training:
+        # evaluation routes too under a weighted strategy (Mixture-of-Depths' causal routing)
+        routes_in_eval = getattr(self.control.strategy, "weighted", False)
+        if not (model.training or routes_in_eval):
             return None
         bound = self._signature.bind(model, *args, **kwargs)
         wanted = bound.arguments.get("output_router_logits")
         wanted = model.config.output_router_logits if wanted is None else wanted
         mask = bound.arguments.get("attention_mask")
-        if not (wanted and isinstance(mask, torch.Tensor) and mask.dim() == 2 and self.control.dropping):
+        mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        if not (wanted and self.control.dropping and (mask is not None or not model.training)):
             return None
-        self._recording, self._mask = [], mask
+        tokens = next(bound.arguments[name] for name in ("input_ids", "inputs_embeds")
+                      if bound.arguments.get(name) is not None)
+        self._recording = []
+        self._mask = mask if mask is not None else torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
         bound.arguments["output_router_logits"] = False
         return bound.args[1:], bound.kwargs
 
     def _routed(self, router, args, output):
-        if not (router.training and self._in_forward):  # not in eval, nor when checkpointing recomputes
+        if not self._in_forward:  # not when checkpointing recomputes
             return
         logits = output[0] if isinstance(output, tuple) else output
-        self.routed_tokens.append(logits.shape[0])
+        if router.training:
+            self.routed_tokens.append(logits.shape[0])
         if self._recording is None:
             return
         valid = self._mask
@@ -112,11 +120,15 @@ class RouterLoss:
             if kept is None or kept.numel() != logits.shape[0]:
                 raise RandomLTDError(f"a router saw {logits.shape[0]} tokens, neither the batch nor its kept tokens")
             valid = valid.gather(1, kept.to(valid.device))
+        ran = None if layer is None else layer.__dict__.get(RAN_ATTR)
+        if ran is not None:  # fillers of an unevenly routed batch, or a layer no token ran
+            valid = valid * ran.to(valid.device, valid.dtype)
         self._recording.append((logits, valid.reshape(-1)))
 
     def _after(self, model, args, kwargs, output):
         for layer in set(self.routers.values()) - {None}:
             layer.__dict__.pop(_KEPT_ATTR, None)
+            layer.__dict__.pop(RAN_ATTR, None)
         recording, self._recording, self._mask, self._in_forward = self._recording, None, None, False
         if recording is None:
             return None
