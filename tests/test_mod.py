@@ -297,6 +297,101 @@ def test_a_moe_model_s_evaluation_router_loss_counts_the_tokens_that_ran():
     torch.testing.assert_close(ours.loss, theirs.loss)
 
 
+class _ParityRouting:
+    """Routes by the token ids the model was last called with: an even id runs every routed layer, an odd
+    one skips it (through ``MixtureOfDepths.logits``, so each sequence's choice is fixed by its ids)."""
+
+    def __init__(self, monkeypatch, decoded_tokens_run: bool = False):
+        self.ids, self.decoded_tokens_run = None, decoded_tokens_run
+        monkeypatch.setattr(mod.MixtureOfDepths, "logits", lambda strategy, layer, tokens: self.logits(tokens))
+
+    def logits(self, tokens):
+        runs = self.ids[:, -tokens.shape[1]:] % 2 == 0
+        if self.decoded_tokens_run and tokens.shape[1] == 1:
+            runs = torch.ones_like(runs)
+        return torch.where(runs, 1.0, -1.0).to(tokens.dtype) + 0 * tokens[..., 0]
+
+    def __call__(self, model, ids, **kwargs):
+        self.ids = ids
+        return model(input_ids=ids, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["llama-sdpa", "gpt2-eager-pad"])
+def test_a_sequence_that_runs_every_token_beside_one_that_does_not_evaluates_as_alone(name, monkeypatch):
+    case, model = _build(name)
+    _apply(case, model)
+    model.eval()
+    routing = _ParityRouting(monkeypatch)
+    ids = torch.stack([torch.arange(2, 26, 2), torch.arange(1, 13)])  # all even; every other
+    with torch.no_grad():
+        batched = routing(model, ids, use_cache=False).logits
+        alone = [routing(model, ids[b : b + 1], use_cache=False).logits for b in range(2)]
+    for b in range(2):
+        torch.testing.assert_close(batched[b], alone[b][0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_routed_layer_that_no_prompt_token_ran_decodes_with_the_keys_it_then_holds(monkeypatch):
+    case, model = _build("llama-eager-leftpad")
+    _apply(case, model)
+    model.eval()
+    routing = _ParityRouting(monkeypatch)
+    ids = torch.tensor([[1, 3, 5, 7, 2, 9, 4, 6]])  # the prompt of 4 runs no routed layer
+    with torch.no_grad():
+        full = routing(model, ids, use_cache=False).logits
+        output = routing(model, ids[:, :4], use_cache=True)
+        steps = [output.logits]
+        for t in range(4, 8):
+            routing.ids = ids[:, : t + 1]
+            output = model(input_ids=ids[:, t : t + 1], past_key_values=output.past_key_values, use_cache=True)
+            steps.append(output.logits)
+        with pytest.raises(random_ltd.RandomLTDError, match="chunked prefill"):
+            routing.ids = torch.cat([ids, ids], dim=1)
+            model(input_ids=ids[:, :3], past_key_values=output.past_key_values, use_cache=True)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_beam_search_over_an_unevenly_routed_prompt_is_refused(monkeypatch):
+    case, model = _build("llama-sdpa")
+    _apply(case, model)
+    model.eval()
+    routing = _ParityRouting(monkeypatch, decoded_tokens_run=True)  # only the prompt's fillers can refuse
+    ids = torch.stack([torch.arange(2, 14, 2), torch.arange(1, 7)])
+    original = model.forward
+
+    def forward(*args, **kwargs):  # generate passes the whole sequence so far through its inputs
+        routing.ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else routing.ids
+        return original(*args, **kwargs)
+
+    model.forward = forward
+    with torch.no_grad(), pytest.raises(random_ltd.RandomLTDError, match="route differently"):
+        model.generate(ids, max_new_tokens=3, num_beams=2, do_sample=False, attention_mask=torch.ones_like(ids))
+
+
+def test_the_record_lives_and_dies_with_its_cache(monkeypatch):
+    import gc
+    import weakref
+    case, model = _build("llama-sdpa")
+    _apply(case, model)
+    model.eval()
+    routing = _ParityRouting(monkeypatch)
+    ids = torch.tensor([[2, 3, 4, 5, 6, 7], [2, 5, 4, 7, 6, 9]])
+    with torch.no_grad():
+        cache = routing(model, ids, use_cache=True).past_key_values
+    copied = copy.deepcopy(cache)
+    copied.reorder_cache(torch.tensor([1, 0]))
+    assert torch.equal(cache.__dict__["_random_ltd_held_keys"][1].positions, torch.tensor([[0, 2, 4], [0, 2, 4]]))
+    assert torch.equal(copied.__dict__["_random_ltd_held_keys"][1].positions, torch.tensor([[0, 2, 4], [0, 2, 4]]))
+    cache.reset()
+    assert cache.__dict__["_random_ltd_held_keys"] == {}, "a reset cache holds no keys"
+    alive = weakref.ref(copied)
+    gc.disable()
+    try:
+        del copied
+        assert alive() is None, "freed as soon as it is dropped, not at the next garbage collection"
+    finally:
+        gc.enable()
+
+
 def test_generation_refuses_a_batch_whose_sequences_route_differently():
     case, model = _build("llama-sdpa-pad")
     handle = _apply(case, model, layers=[1])

@@ -13,7 +13,6 @@ decoding) cannot be followed in original positions and is refused.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 
@@ -98,27 +97,53 @@ def _records(cache) -> dict[int, HeldKeys]:
 
 
 def _follow_cache_operations(cache) -> None:
-    """Beam search reorders a cache's sequences and contrastive search repeats and selects them: the records
-    follow. Cropping keeps a count of keys per layer, which is not a position here: refused."""
-    def rows(method: str, select):
-        original = getattr(cache, method, None)
-        if original is None:
-            return
+    """The cache's class becomes a subclass whose operations keep the records in step (a class, not
+    wrappers on the instance: a deep copy of the cache then acts on itself, and no cycle keeps it alive)."""
+    if type(cache).__dict__.get("_follows_held_keys"):
+        return
+    base = type(cache)
+    if base not in _FOLLOWING:
+        methods = {name: method for name, method in _OPERATIONS.items() if hasattr(base, name)}
+        _FOLLOWING[base] = type(base.__name__, (base,), {**methods, "_follows_held_keys": True,
+                                                          "__module__": base.__module__})
+    cache.__class__ = _FOLLOWING[base]
 
-        @functools.wraps(original)
-        def moved(*args, **kwargs):
-            result = original(*args, **kwargs)
-            records = _records(cache)
-            for layer, record in records.items():
-                records[layer] = HeldKeys(record.seen, select(record.positions, *args, **kwargs))
-            return result
-        setattr(cache, method, moved)
 
-    rows("reorder_cache", lambda positions, beam_idx: positions.index_select(0, beam_idx.to(positions.device)))
-    rows("batch_select_indices", lambda positions, indices: positions[indices])
-    rows("batch_repeat_interleave", lambda positions, repeats: positions.repeat_interleave(repeats, dim=0))
+def _moved(cache, select) -> None:
+    records = _records(cache)
+    for layer, record in records.items():
+        records[layer] = dataclasses.replace(record, positions=select(record.positions))
 
-    def crop(*args, **kwargs):
-        raise RandomLTDError("causal routing: cropping a cache (assisted or speculative decoding) is not supported "
-                             "under Mixture-of-Depths: a routed layer's cache holds keys of some positions only")
-    cache.crop = crop
+
+def _reorder_cache(self, beam_idx, *args, **kwargs):
+    result = super(type(self), self).reorder_cache(beam_idx, *args, **kwargs)
+    _moved(self, lambda positions: positions.index_select(0, beam_idx.to(positions.device)))
+    return result
+
+
+def _batch_select_indices(self, indices, *args, **kwargs):
+    result = super(type(self), self).batch_select_indices(indices, *args, **kwargs)
+    _moved(self, lambda positions: positions[indices])
+    return result
+
+
+def _batch_repeat_interleave(self, repeats, *args, **kwargs):
+    result = super(type(self), self).batch_repeat_interleave(repeats, *args, **kwargs)
+    _moved(self, lambda positions: positions.repeat_interleave(repeats, dim=0))
+    return result
+
+
+def _reset(self, *args, **kwargs):
+    result = super(type(self), self).reset(*args, **kwargs)
+    _records(self).clear()
+    return result
+
+
+def _crop(self, *args, **kwargs):
+    raise RandomLTDError("causal routing: cropping a cache (assisted or speculative decoding) is not supported "
+                         "under Mixture-of-Depths: a routed layer's cache holds keys of some positions only")
+
+
+_OPERATIONS = {"reorder_cache": _reorder_cache, "batch_select_indices": _batch_select_indices,
+               "batch_repeat_interleave": _batch_repeat_interleave, "reset": _reset, "crop": _crop}
+_FOLLOWING: dict[type, type] = {}

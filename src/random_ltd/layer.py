@@ -209,7 +209,7 @@ def _forward_weighted(layer, state: LayerState, call: LayerCall):
     Training asks ``select`` (any batch, no host sync); evaluation and generation ask
     ``select_causal``, whose choice of a token depends on that token alone, and keep the cache.
     """
-    control, original = state.control, state.original_forward
+    control = state.control
     hidden_name = state.adapter.hidden or state.plan.first()
     hidden = call.get(hidden_name)
     batch_first = _batch_first(layer, state.adapter)
@@ -223,41 +223,60 @@ def _forward_weighted(layer, state: LayerState, call: LayerCall):
         chosen = control.strategy.select(state.info, tokens, control.keep, context)
     else:
         chosen = control.strategy.select_causal(state.info, tokens)
-    kept_len, seq_len = chosen.indices.shape[1], tokens.shape[1]
-    cache = None if training else _cache(state, call)
-    filled = cache is not None and _cache_filled(state, call)
+    seq_len = tokens.shape[1]
+    held = None if training else _held_keys(state, call, tokens)
+    filled = held is not None and held.seen > 0  # by the record: a layer no earlier token ran holds no key
     if filled and seq_len > 1:
         raise RandomLTDError("causal routing with a cache that holds tokens runs one new token per call; "
                              "several new tokens at once (chunked prefill) are not supported")
-    uneven = chosen.valid is not None
-    if uneven and filled:
+    if chosen.valid is not None and filled:
         raise RandomLTDError(f"causal routing: the new tokens of this batch route differently through layer "
                              f"{state.info.position} ({state.info.name}); generate one sequence per call")
-    if cache is not None:  # the cache takes the keys of the tokens that run: recorded by original position
-        held = cache_keys.held_keys(cache, state.info.position, tokens.shape[0], tokens.device, filled)
-        cache_keys.note_held_keys(cache, state.info.position, held.after(chosen.indices, seq_len, fillers=uneven))
-    if not training:  # which slots ran, for the MoE router loss of an evaluation (read and cleared by its hook)
-        ran = chosen.valid if kept_len else torch.zeros(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)
-        layer.__dict__[RAN_ATTR] = ran
+    if held is not None:  # the cache takes the keys of the tokens that run: recorded by original position
+        cache_keys.note_held_keys(_cache(state, call), state.info.position,
+                                  held.after(chosen.indices, seq_len, fillers=chosen.valid is not None))
+    if training:
+        return _run_weighted(layer, state, call, hidden_name, tokens, batch_first, chosen, None, training)
+    # which slots ran, read by the MoE router loss's hook while the layer runs
+    empty = torch.zeros(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)
+    layer.__dict__[RAN_ATTR] = chosen.valid if chosen.indices.shape[1] else empty
+    try:
+        return _run_weighted(layer, state, call, hidden_name, tokens, batch_first, chosen,
+                             held if filled else None, training)
+    finally:
+        layer.__dict__.pop(RAN_ATTR, None)
+
+
+def _held_keys(state: LayerState, call: LayerCall, tokens: torch.Tensor) -> cache_keys.HeldKeys | None:
+    cache = _cache(state, call)
+    if cache is None:
+        return None
+    return cache_keys.held_keys(cache, state.info.position, tokens.shape[0], tokens.device, _cache_filled(state, call))
+
+
+def _run_weighted(layer, state: LayerState, call: LayerCall, hidden_name: str, tokens: torch.Tensor,
+                  batch_first: bool, chosen, held: cache_keys.HeldKeys | None, training: bool):
+    """Run the layer on ``chosen``'s tokens; ``held``: the keys its cache holds, when a new token joins them."""
+    original, index = state.original_forward, state.adapter.output_index
+    kept_len, seq_len = chosen.indices.shape[1], tokens.shape[1]
     if kept_len == 0:  # no token runs the layer (nor enters its cache): its input, in its output's structure
         return _skipped(layer, state, call, hidden_name, tokens, batch_first)
-    if filled:  # one new token runs: it attends the keys the layer's cache holds and its own
+    if held is not None:  # one new token runs: it attends the keys the layer's cache holds and its own
         keys = torch.cat([held.positions, held.seen + chosen.indices], dim=1)
         cache_keys.gather_key_inputs(state.adapter, call, keys, held.seen + seq_len)
         if state.adapter.prepare is not None:  # e.g. a window in original positions
             state.adapter.prepare(layer, call, keys)
-    if kept_len == seq_len:
-        return _weigh(call.call(original, layer), tokens, chosen.weights, batch_first, state.adapter.output_index)
+    if kept_len == seq_len and chosen.valid is None:
+        return _weigh(call.call(original, layer), tokens, chosen.weights, batch_first, index)
     flat = ops.flat_indices(chosen.indices, seq_len)
     kept, passthrough = ops.split_tokens(tokens, flat, kept_len)
     call[hidden_name] = kept if batch_first else kept.transpose(0, 1)
     gather_inputs(layer, state.adapter, call, chosen.indices, seq_len, attention=state.attention,
                   keep_caches=not training)
-    if uneven:
+    if chosen.valid is not None:
         mask_fillers(layer, state.adapter, call, chosen.valid, state.attention, tokens.dtype)
-    output = _weigh(call.call(original, layer), kept, chosen.weights, batch_first, state.adapter.output_index,
-                    chosen.valid)
-    return replace_hidden(output, passthrough, flat, batch_first, index=state.adapter.output_index)
+    output = _weigh(call.call(original, layer), kept, chosen.weights, batch_first, index, chosen.valid)
+    return replace_hidden(output, passthrough, flat, batch_first, index=index)
 
 
 def _skipped(layer, state: LayerState, call: LayerCall, hidden_name: str, tokens: torch.Tensor, batch_first: bool):
