@@ -83,10 +83,8 @@ def gather_key_inputs(adapter: LayerAdapter, call: LayerCall, keys: torch.Tensor
                                  f"{total} tokens seen so far (a static cache, or one that keeps a window of keys); "
                                  "pass cache=transformers.DynamicCache() made without the config: it keeps "
                                  "every key, and the model's mask applies the window")
-        if name in adapter.key_biases:
-            call[name] = gather_key_bias(value, keys)
-        else:
-            call[name] = ops.gather_sequence(value, keys, dim=value.dim() - 1)
+        gather = gather_key_bias if name in adapter.key_biases else ops.gather_mask  # one query row: keys only
+        call[name] = gather(value, keys)
 
 
 def _records(cache) -> dict[int, HeldKeys]:

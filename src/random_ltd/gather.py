@@ -122,4 +122,4 @@ def _open_mask(layer: nn.Module, valid: torch.Tensor, dtype: torch.dtype, refuse
     allowed = valid[:, None, None, :].expand(-1, 1, keep, keep)
     if causal:
         allowed = allowed & torch.ones(keep, keep, dtype=torch.bool, device=valid.device).tril()
-    return torch.zeros(allowed.shape, dtype=dtype, device=valid.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return ops.additive_mask(allowed, dtype)

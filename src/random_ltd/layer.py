@@ -224,7 +224,9 @@ def _forward_weighted(layer, state: LayerState, call: LayerCall):
     else:
         chosen = control.strategy.select_causal(state.info, tokens)
     seq_len = tokens.shape[1]
-    held = None if training else _held_keys(state, call, tokens)
+    cache = None if training else _cache(state, call)
+    held = None if cache is None else cache_keys.held_keys(cache, state.info.position, tokens.shape[0],
+                                                           tokens.device, _cache_filled(state, call))
     filled = held is not None and held.seen > 0  # by the record: a layer no earlier token ran holds no key
     if filled and seq_len > 1:
         raise RandomLTDError("causal routing with a cache that holds tokens runs one new token per call; "
@@ -233,25 +235,18 @@ def _forward_weighted(layer, state: LayerState, call: LayerCall):
         raise RandomLTDError(f"causal routing: the new tokens of this batch route differently through layer "
                              f"{state.info.position} ({state.info.name}); generate one sequence per call")
     if held is not None:  # the cache takes the keys of the tokens that run: recorded by original position
-        cache_keys.note_held_keys(_cache(state, call), state.info.position,
+        cache_keys.note_held_keys(cache, state.info.position,
                                   held.after(chosen.indices, seq_len, fillers=chosen.valid is not None))
     if training:
         return _run_weighted(layer, state, call, hidden_name, tokens, batch_first, chosen, None, training)
     # which slots ran, read by the MoE router loss's hook while the layer runs
-    empty = torch.zeros(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)
-    layer.__dict__[RAN_ATTR] = chosen.valid if chosen.indices.shape[1] else empty
+    layer.__dict__[RAN_ATTR] = chosen.valid if chosen.indices.shape[1] else \
+        torch.zeros(tokens.shape[0], 1, dtype=torch.bool, device=tokens.device)
     try:
         return _run_weighted(layer, state, call, hidden_name, tokens, batch_first, chosen,
                              held if filled else None, training)
     finally:
         layer.__dict__.pop(RAN_ATTR, None)
-
-
-def _held_keys(state: LayerState, call: LayerCall, tokens: torch.Tensor) -> cache_keys.HeldKeys | None:
-    cache = _cache(state, call)
-    if cache is None:
-        return None
-    return cache_keys.held_keys(cache, state.info.position, tokens.shape[0], tokens.device, _cache_filled(state, call))
 
 
 def _run_weighted(layer, state: LayerState, call: LayerCall, hidden_name: str, tokens: torch.Tensor,

@@ -159,6 +159,11 @@ def _gather_two_dimensional(mask: torch.Tensor, indices: torch.Tensor) -> torch.
                      f"{indices.shape[0]} sequences nor a shared (s, s) mask")
 
 
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An additive attention mask of ``dtype``: 0 where ``allowed`` (bool), the dtype's minimum elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
 def attend_somewhere(mask: torch.Tensor, bool_means_keep: bool = True) -> torch.Tensor:
     """Make every query row of a gathered mask attend to at least one key.
 

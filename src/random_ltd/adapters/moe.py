@@ -88,8 +88,7 @@ class RouterLoss:
     def _before(self, model, args, kwargs):
         self.routed_tokens, self._recording, self._in_forward = [], None, True
         # evaluation routes too under a weighted strategy (Mixture-of-Depths' causal routing)
-        routes_in_eval = getattr(self.control.strategy, "weighted", False)
-        if not (model.training or routes_in_eval):
+        if not (model.training or self.control.strategy.weighted):
             return None
         bound = self._signature.bind(model, *args, **kwargs)
         wanted = bound.arguments.get("output_router_logits")
@@ -128,7 +127,6 @@ class RouterLoss:
     def _after(self, model, args, kwargs, output):
         for layer in set(self.routers.values()) - {None}:
             layer.__dict__.pop(_KEPT_ATTR, None)
-            layer.__dict__.pop(RAN_ATTR, None)
         recording, self._recording, self._mask, self._in_forward = self._recording, None, None, False
         if recording is None:
             return None

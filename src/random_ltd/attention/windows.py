@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from random_ltd.ops import additive_mask
+
 
 def window_allows(indices: torch.Tensor, window: int, queries: torch.Tensor | None = None) -> torch.Tensor:
     """``(B, 1, q, k)`` bool: causal and within ``window`` in original positions, for the queries at
@@ -29,8 +31,7 @@ def restrict_to_window(mask: torch.Tensor | None, indices: torch.Tensor, window:
     """
     allowed = window_allows(indices, window, queries)
     if mask is None:
-        return torch.zeros(allowed.shape, dtype=dtype, device=indices.device).masked_fill(
-            ~allowed, torch.finfo(dtype).min)
+        return additive_mask(allowed, dtype)
     if mask.dtype == torch.bool:
         return mask & allowed
     return mask.masked_fill(~allowed, torch.finfo(mask.dtype).min)
